@@ -1,0 +1,131 @@
+"""Backend registry: which implementations of the recurrence op exist, which
+this machine can run, and which one ``backend="auto"`` picks.
+
+Every backend is a module that implements the op contract of DESIGN.md §3
+(legend: T time steps, B batch, N directions (1 or 2), H hidden size,
+P = H, or proj_size when a projection is used; X is the input dtype and
+A the accumulation dtype: float64 for float64 input, else float32)::
+
+    NAME: str
+    unavailable_reason() -> str | None
+        None when this machine can run the backend, else why not (no GPU,
+        extension not built, ...). Cheap; may be called often.
+    unsupported_reason(gx, w_hh, w_hr, lengths) -> str | None
+        None when the backend supports this call (device, dtype, sizes,
+        projection), else a sentence saying what it does not support.
+    forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws) -> y, h_n, c_n, gates, cs
+        gx      [T, B, N, 4H]  X  input pre-activations, both biases included
+        w_hh    [N, 4H, P]     X  recurrent weights per direction
+        w_hr    [N, P, H]      X  projection weights, or None (no projection)
+        h0      [N, B, P]      X
+        c0      [N, B, H]      X
+        lengths [B] int64 on gx's device, values in 1..T, any order; or None (all T)
+        need_ws bool: whether to return the workspace for backward
+        y       [T, B, N, P]   X  hidden output per time step, 0 where t >= L_b
+        h_n     [N, B, P]      X  direction 0's state after t = L_b-1, direction 1's after t = 0
+        c_n     [N, B, H]      X
+        gates   [T, B, N, 4H]  A  activated gates (i, f, g, o) at each valid t    } shape (0,)
+        cs      [T, B, N, H]   A  cell state after step t, for each valid t       } if not need_ws
+    backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs) -> dgx, dh0, dc0, dw_hr
+        dy [T, B, N, P], dh_n [N, B, P], dc_n [N, B, H] (X); the rest as forward produced it
+        dgx [T, B, N, 4H] X, zero where t >= L_b; dh0 [N, B, P], dc0 [N, B, H] X;
+        dw_hr [N, P, H] X, or None without projection.
+
+All tensors reach a backend contiguous. Values of ``gates``/``cs`` at t >= L_b
+are unspecified and never read. ``dw_hh`` is not a backend's job: the op
+computes it with one batched GEMM (ops/recurrence.py).
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+import torch
+
+# name -> module implementing the contract. Order within a device's list is
+# the preference of backend="auto" (fastest first); "reference" is last.
+_MODULES = {
+    "reference": "bilstm_fast.ops.reference",
+    "triton": "bilstm_fast.ops.triton_lstm",
+    "cuda": "bilstm_fast.ops.cuda_lstm",
+    "cpu": "bilstm_fast.ops.cpu_lstm",
+}
+_AUTO_ORDER = {
+    "cuda": ("cuda", "triton", "reference"),
+    "cpu": ("cpu", "reference"),
+}
+
+_loaded: dict[str, ModuleType | str] = {}
+
+
+def _load(name: str) -> ModuleType | str:
+    """The backend's module, or a string saying why it cannot be imported."""
+    if name not in _loaded:
+        try:
+            _loaded[name] = importlib.import_module(_MODULES[name])
+        except ImportError as e:  # the module file itself is missing or broken
+            _loaded[name] = f"cannot import {_MODULES[name]}: {e}"
+    return _loaded[name]
+
+
+def backend_status() -> dict[str, str | None]:
+    """Every known backend -> None if this machine can run it, else the reason."""
+    status = {}
+    for name in _MODULES:
+        mod = _load(name)
+        status[name] = mod if isinstance(mod, str) else mod.unavailable_reason()
+    return status
+
+
+def available_backends() -> list[str]:
+    """Names of the backends this machine can run (``backend_status()`` says why
+    the others cannot)."""
+    return [name for name, why in backend_status().items() if why is None]
+
+
+def _unknown_or_unavailable(name: str) -> str:
+    lines = [f"{n}: {'available' if why is None else why}" for n, why in backend_status().items()]
+    return "; ".join(lines)
+
+
+def resolve_backend(backend: str, gx: torch.Tensor, w_hh: torch.Tensor,
+                    w_hr: torch.Tensor | None, lengths: torch.Tensor | None) -> str:
+    """The concrete backend name that will run this call.
+
+    ``backend="auto"`` takes the first backend in the device's preference
+    order that is available and supports the call; "reference" supports
+    everything, so auto never fails. An explicitly named backend that is
+    unknown, unavailable or does not support the call is an error (never a
+    silent fallback).
+    """
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    if backend == "auto":
+        for name in _AUTO_ORDER.get(gx.device.type, ("reference",)):
+            mod = _load(name)
+            if isinstance(mod, str) or mod.unavailable_reason() is not None:
+                continue
+            if mod.unsupported_reason(gx, w_hh, w_hr, lengths) is None:
+                return name
+        return "reference"
+    if backend not in _MODULES:
+        raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of "
+                         f"{list(_MODULES)} ({_unknown_or_unavailable(backend)})")
+    mod = _load(backend)
+    why = mod if isinstance(mod, str) else mod.unavailable_reason()
+    if why is not None:
+        raise RuntimeError(f"backend {backend!r} is not available on this machine: {why}. "
+                           f"Available: {available_backends()}")
+    why = mod.unsupported_reason(gx, w_hh, w_hr, lengths)
+    if why is not None:
+        raise ValueError(f"backend {backend!r} does not support this call: {why}. "
+                         "Use backend='auto' or 'reference'.")
+    return backend
+
+
+def get(name: str) -> ModuleType:
+    """The module of an already-resolved backend name."""
+    mod = _load(name)
+    if isinstance(mod, str):
+        raise RuntimeError(mod)
+    return mod
