@@ -10,9 +10,12 @@ A the accumulation dtype: float64 for float64 input, else float32)::
     unavailable_reason() -> str | None
         None when this machine can run the backend, else why not (no GPU,
         extension not built, ...). Cheap; may be called often.
-    unsupported_reason(gx, w_hh, w_hr, lengths) -> str | None
-        None when the backend supports this call (device, dtype, sizes,
-        projection), else a sentence saying what it does not support.
+    unsupported_reason(spec: CallSpec) -> str | None
+        None when the backend supports a call of this kind (device, dtype,
+        sizes, projection), else a sentence saying what it does not support.
+        It sees only the static description of the call (no tensors, no T or
+        B), so the choice is a compile-time constant under torch.compile and
+        never depends on the sequence length or batch size.
     forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws) -> y, h_n, c_n, gates, cs
         gx      [T, B, N, 4H]  X  input pre-activations, both biases included
         w_hh    [N, 4H, P]     X  recurrent weights per direction
@@ -39,8 +42,20 @@ from __future__ import annotations
 
 import importlib
 from types import ModuleType
+from typing import NamedTuple
 
 import torch
+
+
+class CallSpec(NamedTuple):
+    """What a backend may look at to decide whether it supports a call."""
+    device: str          # "cpu", "cuda", ...
+    dtype: torch.dtype   # X
+    N: int               # directions, 1 or 2
+    H: int               # hidden size
+    P: int               # proj_size, or H
+    proj: bool           # w_hr given
+    lengths: bool        # per-sequence lengths given
 
 # name -> module implementing the contract. Order within a device's list is
 # the preference of backend="auto" (fastest first); "reference" is last.
@@ -88,9 +103,13 @@ def _unknown_or_unavailable(name: str) -> str:
     return "; ".join(lines)
 
 
-def resolve_backend(backend: str, gx: torch.Tensor, w_hh: torch.Tensor,
-                    w_hr: torch.Tensor | None, lengths: torch.Tensor | None) -> str:
-    """The concrete backend name that will run this call.
+@torch.compiler.assume_constant_result
+def resolve_backend(backend: str, spec: CallSpec) -> str:
+    """The concrete backend name that will run a call described by ``spec``.
+
+    A constant for torch.compile (Dynamo runs it once while tracing, never
+    traces into it). Not cached: availability can depend on environment
+    variables (TRITON_INTERPRET, BILSTM_FAST_CUDA_EMULATE) that may change.
 
     ``backend="auto"`` takes the first backend in the device's preference
     order that is available and supports the call; "reference" supports
@@ -101,11 +120,11 @@ def resolve_backend(backend: str, gx: torch.Tensor, w_hh: torch.Tensor,
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
     if backend == "auto":
-        for name in _AUTO_ORDER.get(gx.device.type, ("reference",)):
+        for name in _AUTO_ORDER.get(spec.device, ("reference",)):
             mod = _load(name)
             if isinstance(mod, str) or mod.unavailable_reason() is not None:
                 continue
-            if mod.unsupported_reason(gx, w_hh, w_hr, lengths) is None:
+            if mod.unsupported_reason(spec) is None:
                 return name
         return "reference"
     if backend not in _MODULES:
@@ -116,7 +135,7 @@ def resolve_backend(backend: str, gx: torch.Tensor, w_hh: torch.Tensor,
     if why is not None:
         raise RuntimeError(f"backend {backend!r} is not available on this machine: {why}. "
                            f"Available: {available_backends()}")
-    why = mod.unsupported_reason(gx, w_hh, w_hr, lengths)
+    why = mod.unsupported_reason(spec)
     if why is not None:
         raise ValueError(f"backend {backend!r} does not support this call: {why}. "
                          "Use backend='auto' or 'reference'.")

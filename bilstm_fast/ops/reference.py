@@ -23,7 +23,7 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def unsupported_reason(gx, w_hh, w_hr, lengths) -> str | None:
+def unsupported_reason(spec) -> str | None:
     return None
 
 
@@ -79,7 +79,7 @@ def forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws):
         gates = _step_order(torch.stack(gates).transpose(1, 2))      # [T, B, N, 4H]
         cs = _step_order(torch.stack(cs).transpose(1, 2))            # [T, B, N, H]
     else:
-        gates = cs = gx.new_empty(0, dtype=A)
+        gates, cs = gx.new_empty(0, dtype=A), gx.new_empty(0, dtype=A)  # two tensors: outputs may not alias
     return y, h.to(gx.dtype), c.to(gx.dtype), gates, cs
 
 
