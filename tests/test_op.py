@@ -86,7 +86,7 @@ def test_torch_compile_fullgraph_matches_eager():
     torch._dynamo.reset()
     _, model = lstm_pair(4, 6, num_layers=2, dtype=torch.float32, backend="reference")
     x = torch.randn(5, 3, 4, requires_grad=True)
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    compiled = torch.compile(model, fullgraph=True)  # inductor, as a user would
     out_c, (h_c, c_c) = compiled(x)
     out_e, (h_e, c_e) = model(x)
     assert_close("compiled output", out_c, out_e, 1e-6, 1e-6)

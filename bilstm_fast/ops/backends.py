@@ -104,8 +104,9 @@ def _unknown_or_unavailable(name: str) -> str:
 
 
 @torch.compiler.assume_constant_result
-def resolve_backend(backend: str, spec: CallSpec) -> str:
-    """The concrete backend name that will run a call described by ``spec``.
+def resolve_backend(backend: str, *spec_fields) -> str:
+    """The concrete backend name that will run a call described by
+    ``CallSpec(*spec_fields)`` (plain constants, as Dynamo passes them).
 
     A constant for torch.compile (Dynamo runs it once while tracing, never
     traces into it). Not cached: availability can depend on environment
@@ -119,6 +120,7 @@ def resolve_backend(backend: str, spec: CallSpec) -> str:
     """
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
+    spec = CallSpec(*spec_fields)
     if backend == "auto":
         for name in _AUTO_ORDER.get(spec.device, ("reference",)):
             mod = _load(name)

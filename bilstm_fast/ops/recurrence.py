@@ -166,8 +166,8 @@ def lstm_recurrence(
                f"lengths: expected an integer tensor of shape [B={B}], got "
                f"{lengths.dtype} {tuple(lengths.shape)}")
         lengths = lengths.to(device=gx.device, dtype=torch.int64)
-    spec = backends.CallSpec(gx.device.type, gx.dtype, N, H, P, w_hr is not None, lengths is not None)
-    name = backends.resolve_backend(backend, spec)
+    name = backends.resolve_backend(  # fields of backends.CallSpec
+        backend, gx.device.type, gx.dtype, N, H, P, w_hr is not None, lengths is not None)
     need_ws = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (gx, w_hh, w_hr, h0, c0))
     y, h_n, c_n, _, _ = _lstm_recurrence_op(
