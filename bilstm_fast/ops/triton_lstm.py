@@ -1,0 +1,587 @@
+"""Triton backend of the recurrence op: both directions of one LSTM layer in
+one persistent launch (forward) and one (backward).
+
+Legend: T time steps, B batch, N directions (1 or 2), H hidden size,
+X input dtype (fp32 / fp16 / bf16), f32 the accumulation and cell-state dtype.
+BB = BLOCK_B (batch rows per program), BH = BLOCK_H (hidden units per tile),
+HP = H rounded up to a power of two (>= 16, the smallest tl.dot tile).
+
+Contract: backends.py (forward/backward/unsupported_reason/unavailable_reason).
+Reading order: contract functions -> launchers -> dispatcher -> kernels -> helpers.
+
+Grid and time
+-------------
+grid = (N, cdiv(B, BB)): program (n, p) owns direction n for batch rows
+p*BB .. p*BB+BB-1, runs all T steps inside the kernel and owns all four gates
+(i, f, g, o) of every hidden unit of those rows, so the cell update happens in
+registers right after the gate GEMM. No program ever waits for another
+program, which is why the interpreter (programs run one after another) can run
+it and why it cannot deadlock on a GPU. Both directions (and all batch tiles)
+run concurrently because they are different programs of the same launch.
+
+Time is per row: at step s the row b of direction 0 is at t = s and of
+direction 1 at t = L_b-1-s; the row is *valid* while s < L_b. An invalid step
+writes the zeros of y (or dgx) at t = s, which are exactly the positions
+t >= L_b, so every element of y / dgx is written once and nothing is memset.
+Packed (variable-length) input therefore costs the same as padded input, and
+lengths need not be sorted. h_n / c_n are stored at the row's last valid step
+(s == L_b-1); the backward takes dh_n / dc_n in at that same step. After that
+(or, in the backward, before it) a row's state is garbage that is never read.
+
+The two paths (one kernel source each for forward and backward, switched by
+the constexpr RESIDENT; the dispatcher `kernel_config` picks it)
+-------------------------------------------------------------------------
+RESIDENT (small H: HP <= 64 for every dtype, see `_RESIDENT_MAX_HP`):
+    the program loads W_hh of its direction once, as four [HP, HP] gate
+    tiles, and keeps them in registers for all T steps; h and c (dh, dc)
+    stay in registers too. One step = 4 tl.dot [BB, HP] x [HP, HP] + the
+    cell. No barrier, no scratch.
+STREAMED (larger H, or forced for tests):
+    per step the program loops over tiles of BH hidden units; for each it
+    streams the four [BH, BH] W_hh tiles of every k-tile from L2 and reads
+    the previous h (k-tile) from global memory: y[t_prev] holds it already
+    in X (the dot operand dtype), h0 at s = 0. c lives in an fp32 scratch,
+    double-buffered by step parity. tl.debug_barrier() (= __syncthreads)
+    ends each step so that every warp of the program sees h_t before step
+    t+1 reads it. Backward: phase 1 writes dG (the gate gradients, into dgx,
+    which is the all-gather buffer) per j-tile, barrier, phase 2 computes
+    dh = dG W_hh per k-tile into an fp32 scratch, barrier.
+
+Predicted per-step cost of one program (we cannot time it here: no GPU)
+---------------------------------------------------------------------
+FLOPs per step per program, both paths: 2 * BB * 4H * H (the gate GEMM; the
+backward the same for dG W_hh) + ~30 * BB * H for the cell.
+Bytes per step per program, s = sizeof(X):
+    RESIDENT forward : reads gx 4H*BB*s, writes y H*BB*s (+ ws 5H*BB*4 when
+                       need_ws); W_hh costs 0 bytes after the first step.
+    RESIDENT backward: reads gates+cs 5H*BB*4 (+ cs[t_prev] H*BB*4), dy H*BB*s;
+                       writes dgx 4H*BB*s.
+    STREAMED         : the above, plus W_hh 4*H*H*s from L2 every step, plus
+                       h_{t-1} (H/BH)*BB*H*s re-read per j-tile (L1/L2 hits),
+                       plus c scratch 2*H*BB*4 (backward: dh/dc 4*H*BB*4).
+A step of the STREAMED path is bound by the L2->SM bandwidth of ONE SM
+(order 64 B/clk, ~90 GB/s at 1.4 GHz on A100): e.g. H=256 fp16 streams
+512 KB of W per step -> ~6 us/step; H=1024 fp16 8 MB -> ~90 us/step. The
+RESIDENT path is bound by the dependent chain dot -> cell -> next dot
+(latency, a few us per step at most). Numbers are predictions, not timings.
+A multi-program-per-direction variant (hidden units split over SMs with a
+grid barrier) would cut the STREAMED cost by the number of SMs used, but
+needs a co-residency guarantee that cannot be tested here; it is not built.
+
+dtypes: gates are accumulated in fp32 (tl.dot with an fp32 accumulator),
+the cell state and all workspace are fp32; the dot operands are X (fp32 uses
+TF32 only when torch.backends.cuda.matmul.allow_tf32 is on). T and B are
+runtime arguments with do_not_specialize, so a new sequence length or batch
+size never recompiles; H, the tile sizes, N and the flags are constexpr.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+NAME = "triton"
+
+# Read once, when this module (and so every @triton.jit below) is imported:
+# triton.jit builds an interpreted function only if the variable is set then.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+# Shared memory per block (opt-in) by compute capability, bytes; used when the
+# device cannot be asked (the interpreter, ahead-of-time compilation).
+SMEM_BYTES = {80: 163 * 1024, 86: 99 * 1024, 89: 99 * 1024, 90: 227 * 1024}
+_DEFAULT_SMEM = SMEM_BYTES[80]
+
+
+# ------------------------------------------------------------------ contract
+_unavailable: Optional[str] = None
+_unavailable_known = False
+
+
+def unavailable_reason() -> Optional[str]:
+    """None when this machine can run Triton kernels (a CUDA GPU, or the
+    interpreter enabled before this module was imported). Cached: cheap."""
+    global _unavailable, _unavailable_known
+    if not _unavailable_known:
+        if INTERPRET or torch.cuda.is_available():
+            _unavailable = None
+        else:
+            _unavailable = ("the Triton backend needs a CUDA GPU, or TRITON_INTERPRET=1 set "
+                            "before bilstm_fast.ops.triton_lstm is imported (CPU interpreter)")
+        _unavailable_known = True
+    return _unavailable
+
+
+def unsupported_reason(gx, w_hh, w_hr, lengths) -> Optional[str]:
+    if w_hr is not None:
+        return ("proj_size (w_hr) is not supported by the Triton backend; "
+                "the reference backend serves it")
+    if gx.dtype not in _DTYPES:
+        return (f"dtype {gx.dtype} is not supported by the Triton backend (fp32, fp16, bf16 "
+                "only; fp64 is served by the reference and cpu backends)")
+    if gx.dim() != 4 or gx.shape[2] not in (1, 2) or gx.shape[3] % 4 != 0 or gx.shape[3] == 0:
+        return f"gx must be [T, B, N, 4H] with N in (1, 2), got {tuple(gx.shape)}"
+    T, B, N, G = gx.shape
+    H = G // 4
+    if tuple(w_hh.shape) != (N, G, H):
+        return f"w_hh must be [N={N}, 4H={G}, H={H}], got {tuple(w_hh.shape)}"
+    if w_hh.dtype != gx.dtype or w_hh.device != gx.device:
+        return f"w_hh must have gx's dtype {gx.dtype} and device {gx.device}"
+    if lengths is not None and (lengths.dtype != torch.int64 or lengths.device != gx.device
+                                or tuple(lengths.shape) != (B,)):
+        return f"lengths must be int64 [B={B}] on {gx.device}"
+    if gx.device.type == "cuda":
+        if not torch.cuda.is_available():
+            return "CUDA tensors but no CUDA device"
+    elif not (gx.device.type == "cpu" and INTERPRET):
+        return (f"the Triton backend runs on CUDA tensors, or on CPU tensors only under "
+                f"TRITON_INTERPRET=1 set before bilstm_fast.ops.triton_lstm is imported "
+                f"(got a {gx.device.type} tensor, interpreter {'on' if INTERPRET else 'off'})")
+    if T * B * N * G >= 2**31 and gx.device.type == "cuda":
+        pass  # offsets that scale with t are int64 in the kernels
+    return None
+
+
+def forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws):
+    assert w_hr is None, unsupported_reason(gx, w_hh, w_hr, lengths)
+    return lstm_fwd_triton(gx, w_hh, h0, c0, lengths, need_ws)
+
+
+def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs):
+    assert w_hr is None, "proj_size is not supported by the Triton backend"
+    dgx, dh0, dc0 = lstm_bwd_triton(dy, dh_n, dc_n, w_hh, c0, lengths, gates, cs)
+    return dgx, dh0, dc0, None
+
+
+# ----------------------------------------------------------------- launchers
+def lstm_fwd_triton(
+    gx: torch.Tensor,                 # [T, B, N, 4H] X
+    w_hh: torch.Tensor,               # [N, 4H, H]    X
+    h0: torch.Tensor,                 # [N, B, H]     X
+    c0: torch.Tensor,                 # [N, B, H]     X
+    lengths: Optional[torch.Tensor],  # [B] int64, values in 1..T, or None
+    need_ws: bool,
+    config: Optional["KernelConfig"] = None,
+):
+    """-> y [T, B, N, H] X, h_n, c_n [N, B, H] X, gates [T, B, N, 4H] f32,
+    cs [T, B, N, H] f32 (both shape (0,) when not need_ws). One launch."""
+    T, B, N, G = gx.shape
+    H = G // 4
+    cfg = config or kernel_config(H, gx.dtype, _smem_bytes(gx.device))
+    f32 = torch.float32
+    y = gx.new_empty(T, B, N, H)          # every element written by the kernel
+    h_n, c_n = h0.new_empty(N, B, H), c0.new_empty(N, B, H)
+    gates = gx.new_empty((T, B, N, G) if need_ws else (0,), dtype=f32)
+    cs = gx.new_empty((T, B, N, H) if need_ws else (0,), dtype=f32)
+    # STREAMED keeps c in global memory, double-buffered by step parity.
+    c_scr = gx.new_empty((2, N, B, H) if not cfg.resident else (0,), dtype=f32)
+    grid = (N, triton.cdiv(B, cfg.block_b))
+    _lstm_fwd_kernel[grid](
+        gx, w_hh, h0, c0, gx if lengths is None else lengths,
+        y, h_n, c_n, gates, cs, c_scr,
+        T, B,
+        H=H, N=N, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, RESIDENT=cfg.resident,
+        HAS_LENGTHS=lengths is not None, NEED_WS=bool(need_ws), DOT_PREC=_dot_precision(gx.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return y, h_n, c_n, gates, cs
+
+
+def lstm_bwd_triton(
+    dy: torch.Tensor,                 # [T, B, N, H]  X
+    dh_n: torch.Tensor,               # [N, B, H]     X
+    dc_n: torch.Tensor,               # [N, B, H]     X
+    w_hh: torch.Tensor,               # [N, 4H, H]    X
+    c0: torch.Tensor,                 # [N, B, H]     X
+    lengths: Optional[torch.Tensor],  # [B] int64 or None
+    gates: torch.Tensor,              # [T, B, N, 4H] f32, from the forward
+    cs: torch.Tensor,                 # [T, B, N, H]  f32, from the forward
+    config: Optional["KernelConfig"] = None,
+):
+    """-> dgx [T, B, N, 4H] X (zero where t >= L_b), dh0, dc0 [N, B, H] X.
+    One launch, no atomics: every output element has exactly one writer."""
+    T, B, N, G = gates.shape
+    H = G // 4
+    cfg = config or kernel_config(H, dy.dtype, _smem_bytes(dy.device))
+    f32 = torch.float32
+    dgx = dy.new_empty(T, B, N, G)        # every element written by the kernel
+    dh0, dc0 = dy.new_empty(N, B, H), dy.new_empty(N, B, H)
+    # STREAMED: dh exchanged through global memory; dc double-buffered by parity.
+    dh_scr = dy.new_empty((N, B, H) if not cfg.resident else (0,), dtype=f32)
+    dc_scr = dy.new_empty((2, N, B, H) if not cfg.resident else (0,), dtype=f32)
+    grid = (N, triton.cdiv(B, cfg.block_b))
+    _lstm_bwd_kernel[grid](
+        dy, dh_n, dc_n, w_hh, c0, dy if lengths is None else lengths,
+        gates, cs, dgx, dh0, dc0, dh_scr, dc_scr,
+        T, B,
+        H=H, N=N, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, RESIDENT=cfg.resident,
+        HAS_LENGTHS=lengths is not None, DOT_PREC=_dot_precision(dy.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return dgx, dh0, dc0
+
+
+# ---------------------------------------------------------------- dispatcher
+@dataclass(frozen=True)
+class KernelConfig:
+    resident: bool   # True: W_hh and the state in registers for all steps
+    block_h: int     # hidden units per tile (HP when resident)
+    block_b: int     # batch rows per program
+    num_warps: int
+    num_stages: int  # software pipelining depth of the STREAMED k-loop
+
+
+# Tests set this to force a path / tile size at tiny H (None: the rule below).
+FORCE_CONFIG: Optional[KernelConfig] = None
+
+# Largest HP kept RESIDENT. 4 gate tiles of HP x HP in X plus their dot-operand
+# copies must fit the register file of one program without spilling; the
+# compile report (python -m bilstm_fast.compile_report) checks the chosen
+# variants on sm_80/sm_90 and fails on any spill.
+_RESIDENT_MAX_HP = 64
+_BLOCK_B = 16     # the smallest tl.dot M; B is masked up to a multiple of it
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, (x - 1).bit_length())
+
+
+def kernel_config(H: int, dtype: torch.dtype, smem_bytes: int = _DEFAULT_SMEM) -> KernelConfig:
+    """The dispatch rule (documented in docs/triton.md):
+
+    * HP = max(16, next_pow2(H)) <= 64 -> RESIDENT, BH = HP,
+      num_warps 4 (HP <= 32) or 8 (HP = 64); num_stages 1 (no k-loop).
+    * else STREAMED with the largest BH in (64, 32, 16) whose pipelined W
+      tiles fit the arch's shared memory: num_stages * (4*BH*BH + BB*BH) *
+      sizeof(X) plus the f32 layout-conversion buffer <= smem_bytes / 2
+      (half: leave room for the compiler's own buffers); num_warps 4, and
+      num_stages 2 (double-buffer the streamed W tiles).
+    T and B never enter the rule: they are runtime values (no recompile).
+    """
+    if FORCE_CONFIG is not None:
+        return FORCE_CONFIG
+    hp = max(16, _next_pow2(H))
+    if hp <= _RESIDENT_MAX_HP:
+        return KernelConfig(True, hp, _BLOCK_B, 4 if hp <= 32 else 8, 1)
+    size = torch.empty((), dtype=dtype).element_size()
+    stages = 2
+    for bh in (64, 32, 16):
+        need = stages * (4 * bh * bh + _BLOCK_B * bh) * size + 4 * _BLOCK_B * bh * 4
+        if need <= smem_bytes // 2:
+            break
+    return KernelConfig(False, bh, _BLOCK_B, 4, stages)
+
+
+def _smem_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+    return _DEFAULT_SMEM
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"  # ignored by tl.dot for fp16/bf16 operands
+
+
+# -------------------------------------------------------------------- kernels
+@triton.jit(do_not_specialize=["T", "B"])
+def _lstm_fwd_kernel(
+    gx,        # [T, B, N, 4H] X
+    w_hh,      # [N, 4H, H]    X
+    h0,        # [N, B, H]     X
+    c0,        # [N, B, H]     X
+    lengths,   # [B] int64 (read only if HAS_LENGTHS)
+    y,         # [T, B, N, H]  X   out
+    h_n,       # [N, B, H]     X   out
+    c_n,       # [N, B, H]     X   out
+    gates,     # [T, B, N, 4H] f32 out (if NEED_WS)
+    cs,        # [T, B, N, H]  f32 out (if NEED_WS)
+    c_scr,     # [2, N, B, H]  f32 scratch (STREAMED only)
+    T, B,      # runtime: never specialized
+    H: tl.constexpr, N: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+    RESIDENT: tl.constexpr, HAS_LENGTHS: tl.constexpr, NEED_WS: tl.constexpr,
+    DOT_PREC: tl.constexpr,
+):
+    n = tl.program_id(0)
+    rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)     # [BB] batch rows
+    b_ok = rb < B
+    L = _row_lengths(lengths, rb, b_ok, T, HAS_LENGTHS)         # [BB], 0 for padding rows
+    w_n = w_hh + n * (4 * H * H)
+
+    if RESIDENT:
+        rh = tl.arange(0, BLOCK_H)                              # all hidden units (HP)
+        h_ok = rh < H
+        # W^T tiles [k, j] = w_hh[n, g*H + j, k]; padding (j or k >= H) is 0.
+        wt_i = _w_tile(w_n, 0, rh[None, :], rh[:, None], H)
+        wt_f = _w_tile(w_n, 1, rh[None, :], rh[:, None], H)
+        wt_g = _w_tile(w_n, 2, rh[None, :], rh[:, None], H)
+        wt_o = _w_tile(w_n, 3, rh[None, :], rh[:, None], H)
+        st_off = (n * B + rb)[:, None] * H + rh[None, :]        # [BB, HP] into [N, B, H]
+        st_ok = b_ok[:, None] & h_ok[None, :]
+        h = tl.load(h0 + st_off, mask=st_ok, other=0.0).to(tl.float32)
+        c = tl.load(c0 + st_off, mask=st_ok, other=0.0).to(tl.float32)
+        for s in range(T):
+            t, valid, t_prev, first, last = _step_time(s, L, n)
+            row = (t * B + rb) * N + n                          # [BB] int64 (t, b, n) row
+            hx = h.to(wt_i.dtype)
+            a_i = _load_gx(gx, row, 0, rh, st_ok, H) + tl.dot(hx, wt_i, input_precision=DOT_PREC)
+            a_f = _load_gx(gx, row, 1, rh, st_ok, H) + tl.dot(hx, wt_f, input_precision=DOT_PREC)
+            a_g = _load_gx(gx, row, 2, rh, st_ok, H) + tl.dot(hx, wt_g, input_precision=DOT_PREC)
+            a_o = _load_gx(gx, row, 3, rh, st_ok, H) + tl.dot(hx, wt_o, input_precision=DOT_PREC)
+            h, c = _cell_and_store(a_i, a_f, a_g, a_o, c, row, rb, rh, st_ok, valid, last, n,
+                                   y, h_n, c_n, gates, cs, B, H, NEED_WS)
+    else:
+        for s in range(T):
+            t, valid, t_prev, first, last = _step_time(s, L, n)
+            row = (t * B + rb) * N + n
+            # the row that holds h_{t-1}: y at the previous step's time, or h0 at s = 0
+            prev_row = (t_prev * B + rb) * N + n
+            first = first[:, None]
+            for j0 in range(0, H, BLOCK_H):
+                rj = j0 + tl.arange(0, BLOCK_H)
+                j_ok = b_ok[:, None] & (rj < H)[None, :]
+                a_i = _load_gx(gx, row, 0, rj, j_ok, H)
+                a_f = _load_gx(gx, row, 1, rj, j_ok, H)
+                a_g = _load_gx(gx, row, 2, rj, j_ok, H)
+                a_o = _load_gx(gx, row, 3, rj, j_ok, H)
+                for k0 in range(0, H, BLOCK_H):
+                    rk = k0 + tl.arange(0, BLOCK_H)
+                    k_ok = b_ok[:, None] & (rk < H)[None, :]
+                    # only valid rows need h_{t-1}; the rest are discarded
+                    hx = tl.load(y + prev_row[:, None] * H + rk[None, :],
+                                 mask=k_ok & valid[:, None] & ~first, other=0.0)
+                    hx += tl.load(h0 + (n * B + rb)[:, None] * H + rk[None, :],
+                                  mask=k_ok & first, other=0.0)
+                    wt_i = _w_tile(w_n, 0, rj[None, :], rk[:, None], H)
+                    wt_f = _w_tile(w_n, 1, rj[None, :], rk[:, None], H)
+                    wt_g = _w_tile(w_n, 2, rj[None, :], rk[:, None], H)
+                    wt_o = _w_tile(w_n, 3, rj[None, :], rk[:, None], H)
+                    a_i += tl.dot(hx, wt_i, input_precision=DOT_PREC)
+                    a_f += tl.dot(hx, wt_f, input_precision=DOT_PREC)
+                    a_g += tl.dot(hx, wt_g, input_precision=DOT_PREC)
+                    a_o += tl.dot(hx, wt_o, input_precision=DOT_PREC)
+                st_off = (n * B + rb)[:, None] * H + rj[None, :]
+                par = (s % 2) * (N * B * H)                     # c double buffer by parity
+                c = tl.load(c_scr + par + st_off, mask=j_ok & ~first, other=0.0)
+                c += tl.load(c0 + st_off, mask=j_ok & first, other=0.0).to(tl.float32)
+                h_new, c_new = _cell_and_store(a_i, a_f, a_g, a_o, c, row, rb, rj, j_ok, valid,
+                                               last, n, y, h_n, c_n, gates, cs, B, H, NEED_WS)
+                tl.store(c_scr + (N * B * H - par) + st_off, c_new, mask=j_ok)
+            # y[t] (= h_t) and c_scr of every tile are read by all warps next step
+            tl.debug_barrier()
+
+
+@triton.jit(do_not_specialize=["T", "B"])
+def _lstm_bwd_kernel(
+    dy,        # [T, B, N, H]  X
+    dh_n,      # [N, B, H]     X
+    dc_n,      # [N, B, H]     X
+    w_hh,      # [N, 4H, H]    X
+    c0,        # [N, B, H]     X
+    lengths,   # [B] int64 (read only if HAS_LENGTHS)
+    gates,     # [T, B, N, 4H] f32 activated gates from the forward
+    cs,        # [T, B, N, H]  f32 cell states from the forward
+    dgx,       # [T, B, N, 4H] X   out (also the dG all-gather buffer when STREAMED)
+    dh0,       # [N, B, H]     X   out
+    dc0,       # [N, B, H]     X   out
+    dh_scr,    # [N, B, H]     f32 scratch (STREAMED only)
+    dc_scr,    # [2, N, B, H]  f32 scratch (STREAMED only)
+    T, B,      # runtime: never specialized
+    H: tl.constexpr, N: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+    RESIDENT: tl.constexpr, HAS_LENGTHS: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    n = tl.program_id(0)
+    rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
+    b_ok = rb < B
+    L = _row_lengths(lengths, rb, b_ok, T, HAS_LENGTHS)
+    w_n = w_hh + n * (4 * H * H)
+
+    if RESIDENT:
+        rh = tl.arange(0, BLOCK_H)
+        h_ok = rh < H
+        # W tiles [j, k] = w_hh[n, g*H + j, k]: dh_{t-1} = sum_g dG_g W_g
+        w_i = _w_tile(w_n, 0, rh[:, None], rh[None, :], H)
+        w_f = _w_tile(w_n, 1, rh[:, None], rh[None, :], H)
+        w_g = _w_tile(w_n, 2, rh[:, None], rh[None, :], H)
+        w_o = _w_tile(w_n, 3, rh[:, None], rh[None, :], H)
+        st_off = (n * B + rb)[:, None] * H + rh[None, :]
+        st_ok = b_ok[:, None] & h_ok[None, :]
+        dh_in = tl.load(dh_n + st_off, mask=st_ok, other=0.0).to(tl.float32)
+        dc_in = tl.load(dc_n + st_off, mask=st_ok, other=0.0).to(tl.float32)
+        c_first = tl.load(c0 + st_off, mask=st_ok, other=0.0).to(tl.float32)
+        dh = dh_in
+        dc = dc_in
+        for r in range(T):
+            s = T - 1 - r
+            t, valid, t_prev, first, last = _step_time(s, L, n)
+            enter = last[:, None]                               # the row's last forward step
+            dh = tl.where(enter, dh_in, dh)
+            dc = tl.where(enter, dc_in, dc)
+            row = (t * B + rb) * N + n
+            dp_i, dp_f, dp_g, dp_o, dc = _cell_bwd_and_store(
+                dh, dc, c_first, row, (t_prev * B + rb) * N + n, rb, rh, st_ok, valid, first, n,
+                dy, gates, cs, dgx, dc0, B, H)
+            dpx = dp_i.to(w_i.dtype)
+            dh = tl.dot(dpx, w_i, input_precision=DOT_PREC)
+            dh += tl.dot(dp_f.to(w_i.dtype), w_f, input_precision=DOT_PREC)
+            dh += tl.dot(dp_g.to(w_i.dtype), w_g, input_precision=DOT_PREC)
+            dh += tl.dot(dp_o.to(w_i.dtype), w_o, input_precision=DOT_PREC)
+            tl.store(dh0 + st_off, dh.to(dh0.dtype.element_ty), mask=st_ok & first[:, None])
+    else:
+        for r in range(T):
+            s = T - 1 - r
+            t, valid, t_prev, first, last = _step_time(s, L, n)
+            enter = last[:, None]
+            row = (t * B + rb) * N + n
+            par = (s % 2) * (N * B * H)
+            # phase 1, per j-tile: dG_t (into dgx) and dc_{t-1}
+            for j0 in range(0, H, BLOCK_H):
+                rj = j0 + tl.arange(0, BLOCK_H)
+                j_ok = b_ok[:, None] & (rj < H)[None, :]
+                st_off = (n * B + rb)[:, None] * H + rj[None, :]
+                dh = tl.load(dh_n + st_off, mask=j_ok & enter, other=0.0).to(tl.float32)
+                dh += tl.load(dh_scr + st_off, mask=j_ok & ~enter, other=0.0)
+                dc = tl.load(dc_n + st_off, mask=j_ok & enter, other=0.0).to(tl.float32)
+                dc += tl.load(dc_scr + par + st_off, mask=j_ok & ~enter, other=0.0)
+                c_first = tl.load(c0 + st_off, mask=j_ok & first[:, None], other=0.0).to(tl.float32)
+                dp_i, dp_f, dp_g, dp_o, dc = _cell_bwd_and_store(
+                    dh, dc, c_first, row, (t_prev * B + rb) * N + n, rb, rj, j_ok, valid, first, n,
+                    dy, gates, cs, dgx, dc0, B, H)
+                tl.store(dc_scr + (N * B * H - par) + st_off, dc, mask=j_ok)
+            tl.debug_barrier()       # dG_t of every j-tile is in dgx
+            # phase 2, per k-tile: dh_{t-1}[k] = sum_j sum_g dG_g[:, j] W_g[j, k]
+            for k0 in range(0, H, BLOCK_H):
+                rk = k0 + tl.arange(0, BLOCK_H)
+                k_ok = b_ok[:, None] & (rk < H)[None, :]
+                acc = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+                for j0 in range(0, H, BLOCK_H):
+                    rj = j0 + tl.arange(0, BLOCK_H)
+                    j_ok = b_ok[:, None] & (rj < H)[None, :]
+                    g_off = row[:, None] * (4 * H) + rj[None, :]
+                    acc += tl.dot(tl.load(dgx + g_off, mask=j_ok, other=0.0),
+                                  _w_tile(w_n, 0, rj[:, None], rk[None, :], H), input_precision=DOT_PREC)
+                    acc += tl.dot(tl.load(dgx + g_off + H, mask=j_ok, other=0.0),
+                                  _w_tile(w_n, 1, rj[:, None], rk[None, :], H), input_precision=DOT_PREC)
+                    acc += tl.dot(tl.load(dgx + g_off + 2 * H, mask=j_ok, other=0.0),
+                                  _w_tile(w_n, 2, rj[:, None], rk[None, :], H), input_precision=DOT_PREC)
+                    acc += tl.dot(tl.load(dgx + g_off + 3 * H, mask=j_ok, other=0.0),
+                                  _w_tile(w_n, 3, rj[:, None], rk[None, :], H), input_precision=DOT_PREC)
+                st_off = (n * B + rb)[:, None] * H + rk[None, :]
+                tl.store(dh_scr + st_off, acc, mask=k_ok)
+                tl.store(dh0 + st_off, acc.to(dh0.dtype.element_ty), mask=k_ok & first[:, None])
+            tl.debug_barrier()       # dh_{t-1} of every k-tile is in dh_scr
+
+
+# -------------------------------------------------------------------- helpers
+@triton.jit
+def _row_lengths(lengths, rb, b_ok, T, HAS_LENGTHS: tl.constexpr):
+    """[BB] int32 valid length of each row; 0 for padding rows (never valid)."""
+    if HAS_LENGTHS:
+        L = tl.load(lengths + rb, mask=b_ok, other=0).to(tl.int32)
+    else:
+        L = tl.where(b_ok, T, 0)
+    return L
+
+
+@triton.jit
+def _step_time(s, L, n):
+    """Step s -> per-row [BB] time t (int64), valid (s < L_b), the previous
+    step's time, first (s == 0) and last (s == L_b-1, the row's last valid step).
+
+    Direction 0: t = s. Direction 1: t = L_b-1-s (starts at its own end).
+    Invalid rows (s >= L_b) get t = s, the position whose zero they write.
+    All are [BB] vectors (masks built from a scalar s would be scalars)."""
+    s_b = L * 0 + s                                         # [BB] int32, all s
+    valid = s_b < L
+    rev = valid & (n == 1)
+    t = tl.where(rev, L - 1 - s_b, s_b).to(tl.int64)
+    t_prev = tl.where(rev, t + 1, t - 1)                    # only used where valid & s > 0
+    return t, valid, t_prev, s_b == 0, s_b == L - 1
+
+
+@triton.jit
+def _w_tile(w_n, gate, rj, rk, H):
+    """W_hh[n, gate*H + j, k] at broadcastable index tensors rj, rk; 0 outside H."""
+    return tl.load(w_n + (gate * H + rj) * H + rk, mask=(rj < H) & (rk < H), other=0.0)
+
+
+@triton.jit
+def _load_gx(gx, row, gate, rj, ok, H):
+    """[BB, BH] f32 pre-activation of one gate at rows `row` of [T*B*N, 4H]."""
+    return tl.load(gx + row[:, None] * (4 * H) + gate * H + rj[None, :], mask=ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _tanh(x):
+    # exp of a non-positive argument: no overflow; libdevice tanh is not
+    # available in the interpreter.
+    e = tl.exp(-2.0 * tl.abs(x))
+    r = (1.0 - e) / (1.0 + e)
+    return tl.where(x >= 0, r, -r)
+
+
+@triton.jit
+def _cell_and_store(a_i, a_f, a_g, a_o, c_prev, row, rb, rj, ok, valid, last, n,
+                    y, h_n, c_n, gates, cs, B, H, NEED_WS: tl.constexpr):
+    """The LSTM cell on [BB, BH] f32 pre-activations; stores y (0 if invalid),
+    h_n/c_n at the row's last valid step, and the workspace. -> h_t, c_t (f32)."""
+    i = tl.sigmoid(a_i)
+    f = tl.sigmoid(a_f)
+    g = _tanh(a_g)
+    o = tl.sigmoid(a_o)
+    c = f * c_prev + i * g
+    h = o * _tanh(c)
+    v = valid[:, None]
+    tl.store(y + row[:, None] * H + rj[None, :], tl.where(v, h, 0.0).to(y.dtype.element_ty), mask=ok)
+    st_off = (n * B + rb)[:, None] * H + rj[None, :]
+    at_last = ok & last[:, None]
+    tl.store(h_n + st_off, h.to(h_n.dtype.element_ty), mask=at_last)
+    tl.store(c_n + st_off, c.to(c_n.dtype.element_ty), mask=at_last)
+    if NEED_WS:
+        g_off = row[:, None] * (4 * H) + rj[None, :]
+        tl.store(gates + g_off, i, mask=ok & v)
+        tl.store(gates + g_off + H, f, mask=ok & v)
+        tl.store(gates + g_off + 2 * H, g, mask=ok & v)
+        tl.store(gates + g_off + 3 * H, o, mask=ok & v)
+        tl.store(cs + row[:, None] * H + rj[None, :], c, mask=ok & v)
+    return h, c
+
+
+@triton.jit
+def _cell_bwd_and_store(dh, dc, c_first, row, prev_row, rb, rj, ok, valid, first, n,
+                        dy, gates, cs, dgx, dc0, B, H):
+    """Backward of one cell step on a [BB, BH] tile: dh, dc are the gradients
+    arriving at h_t, c_t (f32). Stores dG_t into dgx (zero if invalid) and dc0
+    at s = 0. -> dG_i, dG_f, dG_g, dG_o (f32, zero if invalid), dc_{t-1}."""
+    v = valid[:, None]
+    ld = ok & v
+    g_off = row[:, None] * (4 * H) + rj[None, :]
+    i = tl.load(gates + g_off, mask=ld, other=0.0)
+    f = tl.load(gates + g_off + H, mask=ld, other=0.0)
+    g = tl.load(gates + g_off + 2 * H, mask=ld, other=0.0)
+    o = tl.load(gates + g_off + 3 * H, mask=ld, other=0.0)
+    c_t = tl.load(cs + row[:, None] * H + rj[None, :], mask=ld, other=0.0)
+    # c_{t-1}: cs at the previous step's time, or c0 at s = 0
+    f0 = first[:, None]
+    c_prev = tl.load(cs + prev_row[:, None] * H + rj[None, :], mask=ld & ~f0, other=0.0)
+    c_prev = tl.where(f0, c_first, c_prev)
+    dh_out = dh + tl.load(dy + row[:, None] * H + rj[None, :], mask=ld, other=0.0).to(tl.float32)
+    tc = _tanh(c_t)
+    dct = dc + dh_out * o * (1.0 - tc * tc)
+    dp_i = tl.where(v, dct * g * i * (1.0 - i), 0.0)
+    dp_f = tl.where(v, dct * c_prev * f * (1.0 - f), 0.0)
+    dp_g = tl.where(v, dct * i * (1.0 - g * g), 0.0)
+    dp_o = tl.where(v, dh_out * tc * o * (1.0 - o), 0.0)
+    X = dgx.dtype.element_ty
+    tl.store(dgx + g_off, dp_i.to(X), mask=ok)
+    tl.store(dgx + g_off + H, dp_f.to(X), mask=ok)
+    tl.store(dgx + g_off + 2 * H, dp_g.to(X), mask=ok)
+    tl.store(dgx + g_off + 3 * H, dp_o.to(X), mask=ok)
+    dc_prev = dct * f
+    tl.store(dc0 + (n * B + rb)[:, None] * H + rj[None, :], dc_prev.to(dc0.dtype.element_ty),
+             mask=ok & f0)
+    return dp_i, dp_f, dp_g, dp_o, dc_prev
