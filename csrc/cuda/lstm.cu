@@ -1,0 +1,459 @@
+// lstm.cu — persistent CUDA kernels for the LSTM recurrence of N directions
+// (DESIGN.md §3, contract in bilstm_fast/ops/backends.py), and their launcher.
+//
+// Legend: T steps, B batch, N directions (1 or 2), H hidden size, G = 4H,
+// X input dtype (float, half, bfloat16), all math and state in fp32.
+//
+// One launch runs every step of both directions. Grid = N * blocks; block
+// (n, j) owns all four gates of the hidden units [j*slice, (j+1)*slice) of
+// direction n. Per step it reads the whole previous h of its direction, does
+// its 4*slice x H slice of the recurrent mat-vec, updates c and h of its units
+// in registers and publishes h; then the blocks of that direction meet at a
+// grid barrier (one per direction: the directions never wait for each other).
+// h is double-buffered, so one barrier per step is enough.
+//   on-chip path (kOnChip): the block's W_hh slice (4*slice*H of X) is loaded
+//     once into shared memory and stays there for all T steps;
+//   streaming path (kStream): W_hh is read from global memory (L2) each step,
+//     so every H works.
+// Backward mirrors it: phase 1 computes dG for the block's units and publishes
+// it; barrier; phase 2 computes dh = dG W_hh for the block's units (W_hh
+// columns on chip or streamed).
+//
+// The same source compiles as plain C++ against emu.h (BILSTM_CUDA_EMULATE):
+// no inline PTX, no warp-synchronous code, no shuffles.
+
+#include <algorithm>
+#include <cstdio>
+#include <stdexcept>
+#include <string>
+
+#include "lstm_api.h"
+
+#ifdef BILSTM_CUDA_EMULATE
+#include "emu.h"
+using bl_half = emu::half;
+using bl_bf16 = emu::bfloat16;
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(bl_half x) { return emu::to_float(x); }
+__device__ __forceinline__ float to_f(bl_bf16 x) { return emu::to_float(x); }
+template <class T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ bl_half from_f<bl_half>(float x) { return emu::half_from_float(x); }
+template <> __device__ __forceinline__ bl_bf16 from_f<bl_bf16>(float x) { return emu::bf16_from_float(x); }
+using std::min;
+__device__ __forceinline__ float bl_exp(float x) { return std::exp(x); }
+__device__ __forceinline__ float bl_tanh(float x) { return std::tanh(x); }
+#else
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+using bl_half = __half;
+using bl_bf16 = __nv_bfloat16;
+__device__ __forceinline__ float to_f(float x) { return x; }
+__device__ __forceinline__ float to_f(bl_half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f(bl_bf16 x) { return __bfloat162float(x); }
+template <class T> __device__ __forceinline__ T from_f(float x);
+template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
+template <> __device__ __forceinline__ bl_half from_f<bl_half>(float x) { return __float2half_rn(x); }
+template <> __device__ __forceinline__ bl_bf16 from_f<bl_bf16>(float x) { return __float2bfloat16_rn(x); }
+#define BL_DYNAMIC_SMEM(TYPE, NAME)                   \
+  extern __shared__ float4 bl_dynamic_smem_raw[];     \
+  TYPE* NAME = reinterpret_cast<TYPE*>(bl_dynamic_smem_raw)
+__device__ __forceinline__ float bl_exp(float x) { return expf(x); }
+__device__ __forceinline__ float bl_tanh(float x) { return tanhf(x); }
+template <class T>
+__device__ __forceinline__ T bl_load_acquire(const T* p) {
+  T v = *reinterpret_cast<const volatile T*>(p);
+  __threadfence();
+  return v;
+}
+#endif
+
+// ------------------------------------------------ compile-time switches
+// BOOL_SWITCH(cond, NAME, ...) / DTYPE_SWITCH(code, T, ...): run the body
+// with a constexpr bool / a type alias, instantiating each variant once.
+#define BOOL_SWITCH(COND, NAME, ...)     \
+  [&] {                                  \
+    if (COND) {                          \
+      constexpr bool NAME = true;        \
+      return __VA_ARGS__();              \
+    } else {                             \
+      constexpr bool NAME = false;       \
+      return __VA_ARGS__();              \
+    }                                    \
+  }()
+#define DTYPE_SWITCH(CODE, T, ...)                                              \
+  [&] {                                                                         \
+    switch (CODE) {                                                             \
+      case ::bilstm_cuda::kF32: { using T = float; return __VA_ARGS__(); }      \
+      case ::bilstm_cuda::kF16: { using T = bl_half; return __VA_ARGS__(); }    \
+      case ::bilstm_cuda::kBF16: { using T = bl_bf16; return __VA_ARGS__(); }   \
+      default: throw std::runtime_error("bilstm_fast._cuda: unknown dtype code " \
+                                        + std::to_string(CODE));                \
+    }                                                                           \
+  }()
+
+namespace bilstm_cuda {
+
+__device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + bl_exp(-x)); }
+
+// Barrier across the `blocks` blocks of one direction. `counter` only grows:
+// the k-th barrier (k = 1, 2, ...) waits until it reaches k * blocks, so it
+// never needs resetting within a launch. Deadlock-free only if all blocks of
+// the grid are co-resident (guaranteed by the cooperative launch below; in
+// emulation every block has its threads).
+__device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned target) {
+  __syncthreads();                  // the whole block is done with this step
+  if (threadIdx.x == 0) {
+    __threadfence();                // release this block's global writes
+    atomicAdd(counter, 1u);
+    while (bl_load_acquire(counter) < target) __nanosleep(20);
+  }
+  __syncthreads();                  // the block sees the other blocks' writes
+}
+
+// ----------------------------------------------------------- forward kernel
+// Shared memory: [W slice: H x 4 x slice of X, if W_SMEM][h tile: batch_tile x H fp32].
+template <class T, bool W_SMEM>
+__global__ void __launch_bounds__(1024) lstm_fwd_kernel(const FwdParams p) {
+  BL_DYNAMIC_SMEM(unsigned char, smem);
+  const int T_ = p.T, B = p.B, N = p.N, H = p.H, G = 4 * H;
+  const int dir = blockIdx.x / p.blocks, blk = blockIdx.x % p.blocks;
+  const int u0 = blk * p.slice;
+  const int hs = min(p.slice, H - u0);               // units owned by this block
+  const int tid = threadIdx.x, nth = blockDim.x;
+  const T* wt = static_cast<const T*>(p.w_t) + (size_t)dir * H * G;  // [H, 4H]
+  T* w_s = reinterpret_cast<T*>(smem);                                // [H, 4, hs]
+  const size_t w_bytes = W_SMEM ? ((size_t)H * 4 * p.slice * sizeof(T) + 15) / 16 * 16 : 0;
+  float* h_s = reinterpret_cast<float*>(smem + w_bytes);              // [batch_tile, H]
+  float* h_buf = p.ws;                                                // [2, N, B, H]
+  float* c_st = p.ws + (size_t)2 * N * B * H;                         // [N, B, H]
+  const T* gx = static_cast<const T*>(p.gx);
+  T* y = static_cast<T*>(p.y);
+
+  if (W_SMEM) {
+    for (int i = tid; i < H * 4 * hs; i += nth) {
+      const int k = i / (4 * hs), gr = i % (4 * hs), gate = gr / hs, r = gr % hs;
+      w_s[i] = wt[(size_t)k * G + gate * H + u0 + r];
+    }
+  }
+  for (int i = tid; i < B * hs; i += nth) {          // state <- h0, c0
+    const int b = i / hs, u = u0 + i % hs;
+    const size_t nbh = ((size_t)dir * B + b) * H + u;
+    h_buf[nbh] = to_f(static_cast<const T*>(p.h0)[nbh]);
+    c_st[nbh] = to_f(static_cast<const T*>(p.c0)[nbh]);
+  }
+  unsigned n_bar = 1;
+  grid_barrier(p.barrier + dir, n_bar++ * p.blocks);  // all of h0 published
+
+  for (int s = 0; s < T_; ++s) {
+    const int t = dir == 0 ? s : T_ - 1 - s;
+    const float* h_prev = h_buf + ((size_t)(s & 1) * N + dir) * B * H;
+    float* h_next = h_buf + ((size_t)((s + 1) & 1) * N + dir) * B * H;
+    for (int b0 = 0; b0 < B; b0 += p.batch_tile) {
+      const int nb = min(p.batch_tile, B - b0);
+      __syncthreads();                                 // previous tile fully read
+      for (int i = tid; i < nb * H; i += nth) h_s[i] = h_prev[(size_t)b0 * H + i];
+      __syncthreads();
+      for (int i = tid; i < nb * hs; i += nth) {
+        const int bl = i / hs, r = i % hs, b = b0 + bl, u = u0 + r;
+        const bool valid = t < (p.lengths ? (int)p.lengths[b] : T_);
+        const size_t bu = (size_t)b * H + u;
+        const size_t nbh = (size_t)dir * B * H + bu;
+        const size_t y_off = (size_t)t * p.y_st + (size_t)b * p.y_sb + (size_t)dir * p.y_sn + u;
+        if (!valid) {                                  // state frozen, output 0
+          h_next[bu] = h_prev[bu];
+          y[y_off] = from_f<T>(0.f);
+          continue;
+        }
+        const T* gxp = gx + (size_t)t * p.gx_st + (size_t)b * p.gx_sb + (size_t)dir * p.gx_sn + u;
+        float a0 = to_f(gxp[0]), a1 = to_f(gxp[H]), a2 = to_f(gxp[2 * H]), a3 = to_f(gxp[3 * H]);
+        const float* hb = h_s + (size_t)bl * H;
+        const T* w = W_SMEM ? w_s + r : wt + u;        // w[k * wk + gate * wg]
+        const size_t wk = W_SMEM ? 4 * hs : G, wg = W_SMEM ? hs : H;
+        for (int k = 0; k < H; ++k) {
+          const float hk = hb[k];
+          const T* wr = w + k * wk;
+          a0 += hk * to_f(wr[0]);
+          a1 += hk * to_f(wr[wg]);
+          a2 += hk * to_f(wr[2 * wg]);
+          a3 += hk * to_f(wr[3 * wg]);
+        }
+        const float ig = sigmoidf_(a0), fg = sigmoidf_(a1), gg = bl_tanh(a2), og = sigmoidf_(a3);
+        const float c = fg * c_st[nbh] + ig * gg;
+        const float h = og * bl_tanh(c);
+        c_st[nbh] = c;
+        h_next[bu] = h;
+        y[y_off] = from_f<T>(h);
+        if (p.gates) {
+          float* gw = p.gates + (((size_t)t * B + b) * N + dir) * G + u;
+          gw[0] = ig; gw[H] = fg; gw[2 * H] = gg; gw[3 * H] = og;
+          p.cs[(((size_t)t * B + b) * N + dir) * H + u] = c;
+        }
+      }
+    }
+    grid_barrier(p.barrier + dir, n_bar++ * p.blocks);  // h_next complete
+  }
+  const float* h_fin = h_buf + ((size_t)(T_ & 1) * N + dir) * B * H;
+  for (int i = tid; i < B * hs; i += nth) {
+    const int b = i / hs, u = u0 + i % hs;
+    const size_t nbh = ((size_t)dir * B + b) * H + u;
+    static_cast<T*>(p.h_n)[nbh] = from_f<T>(h_fin[(size_t)b * H + u]);
+    static_cast<T*>(p.c_n)[nbh] = from_f<T>(c_st[nbh]);
+  }
+}
+
+// ---------------------------------------------------------- backward kernel
+// Shared memory: [W columns: 4H x slice of X, if W_SMEM][dG tile: batch_tile x 4H fp32].
+template <class T, bool W_SMEM>
+__global__ void __launch_bounds__(1024) lstm_bwd_kernel(const BwdParams p) {
+  BL_DYNAMIC_SMEM(unsigned char, smem);
+  const int T_ = p.T, B = p.B, N = p.N, H = p.H, G = 4 * H;
+  const int dir = blockIdx.x / p.blocks, blk = blockIdx.x % p.blocks;
+  const int u0 = blk * p.slice;
+  const int hs = min(p.slice, H - u0);
+  const int tid = threadIdx.x, nth = blockDim.x;
+  const T* w = static_cast<const T*>(p.w_hh) + (size_t)dir * G * H;  // [4H, H]
+  T* w_s = reinterpret_cast<T*>(smem);                                // [4H, hs]
+  const size_t w_bytes = W_SMEM ? ((size_t)G * p.slice * sizeof(T) + 15) / 16 * 16 : 0;
+  float* g_s = reinterpret_cast<float*>(smem + w_bytes);              // [batch_tile, 4H]
+  float* dh_st = p.ws;                                                // [N, B, H]
+  float* dc_st = p.ws + (size_t)N * B * H;                            // [N, B, H]
+  float* g_buf = p.ws + (size_t)2 * N * B * H;                        // [2, N, B, 4H]
+  const T* dy = static_cast<const T*>(p.dy);
+  const T* c0 = static_cast<const T*>(p.c0);
+  T* dgx = static_cast<T*>(p.dgx);
+
+  if (W_SMEM) {
+    for (int i = tid; i < G * hs; i += nth) w_s[i] = w[(size_t)(i / hs) * H + u0 + i % hs];
+  }
+  for (int i = tid; i < B * hs; i += nth) {
+    const int b = i / hs, u = u0 + i % hs;
+    const size_t nbh = ((size_t)dir * B + b) * H + u;
+    dh_st[nbh] = to_f(static_cast<const T*>(p.dh_n)[nbh]);
+    dc_st[nbh] = to_f(static_cast<const T*>(p.dc_n)[nbh]);
+  }
+  unsigned n_bar = 1;
+  for (int s = T_ - 1; s >= 0; --s) {                 // s: step of this direction
+    const int it = T_ - 1 - s;
+    const int t = dir == 0 ? s : T_ - 1 - s;
+    float* gb = g_buf + ((size_t)(it & 1) * N + dir) * B * G;
+    __syncthreads();                                   // dh_st of the last phase 2 written
+    // phase 1: dG of this block's units
+    for (int i = tid; i < B * hs; i += nth) {
+      const int b = i / hs, u = u0 + i % hs;
+      const int L = p.lengths ? (int)p.lengths[b] : T_;
+      const size_t nbh = ((size_t)dir * B + b) * H + u;
+      T* dgxp = dgx + (size_t)t * p.dgx_st + (size_t)b * p.dgx_sb + (size_t)dir * p.dgx_sn + u;
+      if (t >= L) {
+        dgxp[0] = dgxp[H] = dgxp[2 * H] = dgxp[3 * H] = from_f<T>(0.f);
+        continue;
+      }
+      const size_t tbn = ((size_t)t * B + b) * N + dir;
+      const float* gt = p.gates + tbn * G + u;
+      const float ig = gt[0], fg = gt[H], gg = gt[2 * H], og = gt[3 * H];
+      const float c_t = p.cs[tbn * H + u];
+      const int t_prev = dir == 0 ? t - 1 : t + 1;     // time of the previous step
+      const bool prev_valid = s > 0 && t_prev < L;
+      const float c_prev = prev_valid ? p.cs[(((size_t)t_prev * B + b) * N + dir) * H + u] : to_f(c0[nbh]);
+      const float dh_out = dh_st[nbh] + to_f(dy[(size_t)t * p.dy_st + (size_t)b * p.dy_sb + (size_t)dir * p.dy_sn + u]);
+      const float tc = bl_tanh(c_t);
+      const float d_o = dh_out * tc;
+      const float dct = dc_st[nbh] + dh_out * og * (1.f - tc * tc);
+      const float di = dct * gg, dg = dct * ig, df = dct * c_prev;
+      const float p0 = di * ig * (1.f - ig), p1 = df * fg * (1.f - fg);
+      const float p2 = dg * (1.f - gg * gg), p3 = d_o * og * (1.f - og);
+      dgxp[0] = from_f<T>(p0); dgxp[H] = from_f<T>(p1); dgxp[2 * H] = from_f<T>(p2); dgxp[3 * H] = from_f<T>(p3);
+      float* gbp = gb + (size_t)b * G + u;
+      gbp[0] = p0; gbp[H] = p1; gbp[2 * H] = p2; gbp[3 * H] = p3;
+      dc_st[nbh] = dct * fg;
+    }
+    grid_barrier(p.barrier + dir, n_bar++ * p.blocks);  // dG of every unit published
+    // phase 2: dh[b, u] = sum_r dG[b, r] W_hh[r, u] for this block's units
+    for (int b0 = 0; b0 < B; b0 += p.batch_tile) {
+      const int nb = min(p.batch_tile, B - b0);
+      __syncthreads();
+      for (int i = tid; i < nb * G; i += nth) g_s[i] = gb[(size_t)b0 * G + i];
+      __syncthreads();
+      for (int i = tid; i < nb * hs; i += nth) {
+        const int bl = i / hs, r = i % hs, b = b0 + bl, u = u0 + r;
+        if (t >= (p.lengths ? (int)p.lengths[b] : T_)) continue;  // dh frozen
+        const float* gr = g_s + (size_t)bl * G;
+        const T* wc = W_SMEM ? w_s + r : w + u;         // wc[row * ws]
+        const size_t wstride = W_SMEM ? hs : H;
+        float acc = 0.f;
+        for (int row = 0; row < G; ++row) acc += gr[row] * to_f(wc[row * wstride]);
+        dh_st[((size_t)dir * B + b) * H + u] = acc;
+      }
+    }
+  }
+  __syncthreads();
+  for (int i = tid; i < B * hs; i += nth) {
+    const int b = i / hs, u = u0 + i % hs;
+    const size_t nbh = ((size_t)dir * B + b) * H + u;
+    static_cast<T*>(p.dh0)[nbh] = from_f<T>(dh_st[nbh]);
+    static_cast<T*>(p.dc0)[nbh] = from_f<T>(dc_st[nbh]);
+  }
+}
+
+// ================================================================= host side
+namespace {
+
+long round16(long x) { return (x + 15) / 16 * 16; }
+
+// Shared memory per block of a plan.
+long plan_smem(int kind, int path, int H, int slice, int batch_tile, int esize) {
+  const long w = path == kOnChip ? round16((long)4 * H * slice * esize) : 0;
+  const long stage = (long)batch_tile * (kind == kForward ? H : 4 * H) * 4;
+  return w + stage;
+}
+
+[[noreturn]] void fail(const std::string& msg) { throw std::runtime_error("bilstm_fast cuda: " + msg); }
+
+}  // namespace
+
+// Rule (docs/cuda.md): blocks per direction = min(SMs / N, ceil(H / 8)) so a
+// block owns >= 8 units and the grid fits one block per SM; the on-chip path
+// when that slice of W_hh plus a batch tile of >= min(B, 8) rows fits the
+// per-block shared memory, else the streaming path. Untuned: only a GPU run
+// can say where the crossover and the best block count really are.
+Plan make_plan(int kind, int N, int B, int H, int dtype, const DeviceLimits& lim, const Options& opt) {
+  if (N < 1 || N > 2 || B < 1 || H < 1) fail("bad sizes N=" + std::to_string(N) + " B=" + std::to_string(B) + " H=" + std::to_string(H));
+  const int esize = dtype_size(dtype);
+  Plan pl{};
+  pl.threads = opt.threads > 0 ? opt.threads : 256;
+  if (pl.threads > 1024) fail("threads per block must be <= 1024, got " + std::to_string(pl.threads));
+  int blocks = opt.blocks > 0 ? opt.blocks : std::max(1, std::min(lim.sm_count / N, (H + 7) / 8));
+  blocks = std::min(blocks, H);
+  pl.slice = (H + blocks - 1) / blocks;
+  pl.blocks = (H + pl.slice - 1) / pl.slice;        // no empty blocks
+  const int want_tile = opt.batch_tile > 0 ? std::min(opt.batch_tile, B) : std::min(B, 32);
+  const int min_tile = opt.batch_tile > 0 ? want_tile : std::min(B, 8);
+  const long row = (long)(kind == kForward ? H : 4 * H) * 4;
+  auto fit_tile = [&](int path) {                    // largest tile <= want_tile that fits, or 0
+    const long free = lim.smem_per_block - plan_smem(kind, path, H, pl.slice, 0, esize);
+    return (int)std::min<long>(want_tile, std::max<long>(0, free / row));
+  };
+  const int onchip_tile = fit_tile(kOnChip);
+  if (opt.path == kOnChip || (opt.path == kAuto && onchip_tile >= min_tile)) {
+    if (onchip_tile < min_tile)
+      fail("on-chip path forced but W_hh slice + batch tile (" +
+           std::to_string(plan_smem(kind, kOnChip, H, pl.slice, min_tile, esize)) +
+           " B) exceeds shared memory per block (" + std::to_string(lim.smem_per_block) + " B)");
+    pl.path = kOnChip;
+    pl.batch_tile = onchip_tile;
+    pl.why = "W_hh slice of " + std::to_string(pl.slice) + " units fits in shared memory";
+  } else {
+    pl.path = kStream;
+    pl.batch_tile = std::max(1, fit_tile(kStream));
+    pl.why = opt.path == kStream ? std::string("streaming path forced")
+                                 : "W_hh slice of " + std::to_string(pl.slice) +
+                                       " units does not fit in shared memory: weights stream from L2";
+  }
+  pl.smem_bytes = plan_smem(kind, pl.path, H, pl.slice, pl.batch_tile, esize);
+  if (pl.smem_bytes > lim.smem_per_block)
+    fail("H=" + std::to_string(H) + " needs " + std::to_string(pl.smem_bytes) +
+         " B of shared memory per block even when streaming; the device has " + std::to_string(lim.smem_per_block));
+  return pl;
+}
+
+#ifdef BILSTM_CUDA_EMULATE
+// The emulated device: small, so that tests at H <= 48 see several blocks per
+// direction and both paths.
+DeviceLimits device_limits(int) { return DeviceLimits{8, 48 * 1024}; }
+
+template <class Params, class Kernel>
+static void launch(Kernel kernel, const Params& p, const Plan& pl, int, void*) {
+  emu::launch(dim3(p.N * pl.blocks), dim3(pl.threads), (size_t)pl.smem_bytes, kernel, p);
+}
+#else
+static void check(cudaError_t e, const char* what) {
+  if (e != cudaSuccess)
+    fail(std::string(what) + ": " + cudaGetErrorName(e) + " (" + std::to_string((int)e) + "): " + cudaGetErrorString(e));
+}
+
+DeviceLimits device_limits(int device) {
+  static DeviceLimits cache[64];
+  static bool known[64] = {};
+  if (device < 0 || device >= 64) fail("bad device index " + std::to_string(device));
+  if (!known[device]) {
+    int sms = 0, smem = 0, coop = 0;
+    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+    check(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
+    check(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device), "cudaDeviceGetAttribute");
+    if (!coop) fail("device " + std::to_string(device) + " does not support cooperative launch");
+    cache[device] = DeviceLimits{sms, smem};
+    known[device] = true;
+  }
+  return cache[device];
+}
+
+// Co-residency: the grid barrier spins, so every block must be resident at
+// once. Checked with the occupancy API before launch (a clear error instead of
+// a hang), then launched cooperatively (the driver refuses a grid that does
+// not fit, cudaErrorCooperativeLaunchTooLarge).
+template <class Params, class Kernel>
+static void launch(Kernel kernel, const Params& p, const Plan& pl, int device, void* stream) {
+  const void* fn = reinterpret_cast<const void*>(kernel);
+  check(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem_bytes),
+        "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+  int per_sm = 0;
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, pl.threads, (size_t)pl.smem_bytes),
+        "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  const long resident = (long)per_sm * device_limits(device).sm_count;
+  if (resident < (long)p.N * pl.blocks)
+    fail("grid of " + std::to_string(p.N * pl.blocks) + " blocks cannot be co-resident (" +
+         std::to_string(resident) + " fit: " + std::to_string(per_sm) + " per SM); the per-step barrier would deadlock");
+  void* args[] = {const_cast<Params*>(&p)};
+  check(cudaLaunchCooperativeKernel(fn, dim3(p.N * pl.blocks), dim3(pl.threads), args, (size_t)pl.smem_bytes,
+                                    static_cast<cudaStream_t>(stream)),
+        "cudaLaunchCooperativeKernel");
+  check(cudaGetLastError(), "lstm kernel launch");
+}
+
+struct DeviceGuard {  // run on `device`, restore the caller's current device
+  int prev = -1;
+  explicit DeviceGuard(int device) {
+    check(cudaGetDevice(&prev), "cudaGetDevice");
+    if (prev != device) check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceGuard() { if (prev >= 0) cudaSetDevice(prev); }
+};
+#endif
+
+// Threads per block when not overridden: 256 on a GPU; 32 in emulation, where
+// each CUDA thread is an OS thread.
+static Options with_defaults(Options o) {
+#ifdef BILSTM_CUDA_EMULATE
+  if (o.threads <= 0) o.threads = 32;
+#else
+  if (o.threads <= 0) o.threads = 256;
+#endif
+  return o;
+}
+
+Plan forward(FwdParams p, int dtype, const Options& opt, int device, void* stream) {
+#ifndef BILSTM_CUDA_EMULATE
+  DeviceGuard guard(device);
+#endif
+  const Plan pl = make_plan(kForward, p.N, p.B, p.H, dtype, device_limits(device), with_defaults(opt));
+  p.blocks = pl.blocks; p.slice = pl.slice; p.batch_tile = pl.batch_tile;
+  DTYPE_SWITCH(dtype, T, [&] {
+    BOOL_SWITCH(pl.path == kOnChip, W_SMEM, [&] { launch(lstm_fwd_kernel<T, W_SMEM>, p, pl, device, stream); });
+  });
+  return pl;
+}
+
+Plan backward(BwdParams p, int dtype, const Options& opt, int device, void* stream) {
+#ifndef BILSTM_CUDA_EMULATE
+  DeviceGuard guard(device);
+#endif
+  const Plan pl = make_plan(kBackward, p.N, p.B, p.H, dtype, device_limits(device), with_defaults(opt));
+  p.blocks = pl.blocks; p.slice = pl.slice; p.batch_tile = pl.batch_tile;
+  DTYPE_SWITCH(dtype, T, [&] {
+    BOOL_SWITCH(pl.path == kOnChip, W_SMEM, [&] { launch(lstm_bwd_kernel<T, W_SMEM>, p, pl, device, stream); });
+  });
+  return pl;
+}
+
+}  // namespace bilstm_cuda
