@@ -68,9 +68,12 @@ def _compare(ref, ours, x, hx, **kw):
     return raw1, raw2
 
 
+# "reference" pins the oracle itself to nn.LSTM; "auto" is what a user gets on
+# this machine (the C++ kernel for CPU tensors wherever it supports the call).
+@pytest.mark.parametrize("backend", ["reference", "auto"])
 @pytest.mark.parametrize("name,kw,T,B,D,H,give_hx,unbatched", CASES, ids=[c[0] for c in CASES])
-def test_matches_nn_lstm(name, kw, T, B, D, H, give_hx, unbatched):
-    ref, ours = lstm_pair(D, H, **kw)
+def test_matches_nn_lstm(name, kw, T, B, D, H, give_hx, unbatched, backend):
+    ref, ours = lstm_pair(D, H, backend=backend, **kw)
     ref.eval(), ours.eval()
     N = 2 if kw.get("bidirectional", True) else 1
     L = kw.get("num_layers", 1)
@@ -167,3 +170,18 @@ def test_float32_matches_nn_lstm():
     o2, (h2, c2) = ours(x)
     assert_close("fp32 output", o2, o1, 1e-5, 1e-6)
     assert_close("fp32 c_n", c2, c1, 1e-5, 1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_low_precision_within_three_way_bound(dtype):
+    """err(ours in dtype, fp64 truth) <= 2 * err(nn.LSTM in dtype, fp64 truth) + atol:
+    our fp32 cell state and accumulation must be no worse than torch's own path."""
+    ref, ours = lstm_pair(16, 32, num_layers=2, backend="reference")
+    x = torch.randn(12, 4, 16, dtype=torch.float64)
+    truth = ref(x)[0]
+    ours_lp, ref_lp = ours.to(dtype), ref.to(dtype)
+    with torch.no_grad():
+        err_ours = (ours_lp(x.to(dtype))[0].double() - truth).abs().max().item()
+        err_torch = (ref_lp(x.to(dtype))[0].double() - truth).abs().max().item()
+    print(f"{dtype}: ours {err_ours:.3e}, nn.LSTM {err_torch:.3e}")
+    assert err_ours <= 2 * err_torch + 1e-3
