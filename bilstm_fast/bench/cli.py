@@ -1,0 +1,263 @@
+"""``bilstm-bench`` (also ``python -m bilstm_fast.bench``).
+
+    bilstm-bench [run] [options]      sweep shapes x dtypes x modes, every backend vs nn.LSTM
+    bilstm-bench profile [options]    one shape under torch.profiler: Chrome trace, top ops
+    bilstm-bench compare A.json B.json ...   merge result files from different machines
+
+Every subcommand's --help lists its options; docs/bench.md explains the
+columns and the result-file schema.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .shapes import MODES, QUICK, default_sweep, grid, parse_shape
+from .workload import DTYPES
+
+SUBCOMMANDS = ("run", "profile", "compare")
+
+# Backends timed by default on each device (DESIGN.md §3). "reference" is the
+# oracle, a Python loop per step: timing it says nothing about our kernels.
+# "triton" on a CPU runs in Triton's interpreter (~10 ms per program-step).
+# Both run only when named with --backends (or with --backends all).
+DEFAULT_BACKENDS = {"cuda": ("cuda", "triton"), "cpu": ("cpu",)}
+
+
+# ------------------------------------------------------------ option types
+def _list_of(kind, choices=None):
+    """argparse type: comma-separated values; argparse names the option on error."""
+    def convert(text: str):
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("expected a comma-separated list, got nothing")
+        out = []
+        for t in items:
+            if choices is not None and t not in choices:
+                raise argparse.ArgumentTypeError(f"{t!r} is not one of {', '.join(choices)}")
+            try:
+                v = kind(t)
+            except ValueError:
+                raise argparse.ArgumentTypeError(f"{t!r} is not a {kind.__name__}") from None
+            if kind is int and v < 1:
+                raise argparse.ArgumentTypeError(f"{t!r} must be >= 1")
+            out.append(v)
+        return out
+    convert.__name__ = f"list of {kind.__name__}"
+    return convert
+
+
+def _int_at_least(low: int):
+    def convert(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"{v} must be >= {low}")
+        return v
+    convert.__name__ = "integer"
+    return convert
+
+
+def _shape(text: str):
+    try:
+        return parse_shape(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _device(text: str):
+    import torch
+    if text not in ("cpu", "cuda") and not text.startswith("cuda:"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not cpu, cuda or cuda:N")
+    if text.startswith("cuda") and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: torch sees no CUDA device on this machine")
+    return torch.device(text)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", type=_device, default=None,
+                   help="cpu, cuda or cuda:N (default: the GPU if there is one, else the CPU)")
+    p.add_argument("--threads", type=_int_at_least(1), default=None,
+                   help="torch.set_num_threads on a CPU (default: torch's default)")
+    p.add_argument("--tf32", action="store_true",
+                   help="let fp32 GEMMs use TF32 tensor cores on both sides (default off: fp32 is fp32; "
+                        "% peak then uses the TF32 figure)")
+    p.add_argument("--out", type=Path, default=Path("bench_results"),
+                   help="directory for the files written (default: ./bench_results)")
+
+
+def _setup_torch(args) -> None:
+    import torch
+    from .device import default_device
+    args.device = args.device or default_device()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
+    torch.backends.cudnn.allow_tf32 = args.tf32
+
+
+# ---------------------------------------------------------------------- run
+def run_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bilstm-bench",
+        description="Time bilstm_fast.BiLSTM (every available backend) against torch.nn.LSTM "
+                    "with the same weights, whole module forward (inference) and forward+backward "
+                    "(training). Each backend's results are checked against nn.LSTM before it is "
+                    "timed. Other subcommands: `bilstm-bench profile --help`, "
+                    "`bilstm-bench compare --help`.",
+        epilog="Shapes: --shape (repeatable) lists shapes; --seq-len/--batch/--input-size/"
+               "--hidden/--layers each replace one dimension of the default grid "
+               "(T=64, B=1,8,32,128, D=300, H=128,256,512, L=1,2) and time the whole product. "
+               "With neither, the default sweep of the device runs (docs/bench.md).")
+    _add_common(p)
+    p.add_argument("--quick", action="store_true",
+                   help=f"one small shape ({QUICK.label}), both modes, 3 repeats: seconds (CI)")
+    p.add_argument("--shape", type=_shape, action="append", metavar="T=..,B=..,D=..,H=..[,L=..][,N=..]",
+                   help="a shape to time (repeatable); N=1 for a unidirectional LSTM")
+    for flag, dim, what in (("--seq-len", "T", "sequence lengths"), ("--batch", "B", "batch sizes"),
+                            ("--input-size", "D", "input sizes"), ("--hidden", "H", "hidden sizes"),
+                            ("--layers", "L", "layer counts")):
+        p.add_argument(flag, dest=f"grid_{dim}", type=_list_of(int), metavar="N[,N...]",
+                       help=f"{what} of the grid")
+    p.add_argument("--modes", type=_list_of(str, MODES), default=list(MODES),
+                   help="inference, training (default: both)")
+    p.add_argument("--dtypes", type=_list_of(str, tuple(DTYPES)), default=["fp32"],
+                   help="fp32, fp16, bf16, fp64 (default: fp32)")
+    p.add_argument("--backends", type=_list_of(str), default=None,
+                   help="BiLSTM backends to time, or 'all' for every available one "
+                        "(default: cuda,triton on a GPU, cpu on a CPU; --quick adds reference). "
+                        "nn.LSTM is always timed as the baseline")
+    p.add_argument("--repeats", type=_int_at_least(1), default=None,
+                   help="timed calls per implementation (default: adaptive, 5 to 50, ~0.5 s each)")
+    p.add_argument("--warmup", type=_int_at_least(0), default=1,
+                   help="untimed calls before timing, after the check call (default: 1)")
+    p.add_argument("--no-memory", dest="memory", action="store_false",
+                   help="skip the extra call that measures peak memory")
+    p.add_argument("--no-plot", dest="plot", action="store_false", help="do not write the PNG")
+    return p
+
+
+def _choose_backends(args, parser) -> tuple[list[str], dict[str, str]]:
+    """(backends to time, {backend: why not}) for this run."""
+    from bilstm_fast import backend_status
+    status = backend_status()
+    if args.backends is None:
+        wanted = list(DEFAULT_BACKENDS.get(args.device.type, ()))
+        if args.quick:
+            wanted.append("reference")
+        skipped = {n: ("the oracle, a Python loop per step; time it with --backends reference"
+                       if n == "reference" else
+                       "only Triton's CPU interpreter here; time it with --backends triton"
+                       if n == "triton" and args.device.type == "cpu" else
+                       f"not a {args.device.type} backend")
+                   for n in status if n not in wanted}
+    elif args.backends == ["all"]:
+        wanted, skipped = list(status), {}
+    else:
+        unknown = [b for b in args.backends if b not in status]
+        if unknown:
+            parser.error(f"argument --backends: unknown backend(s) {', '.join(unknown)}; "
+                         f"expected 'all' or some of {', '.join(status)}")
+        wanted, skipped = list(dict.fromkeys(args.backends)), {}
+    for name in list(wanted):
+        if status[name] is not None:
+            wanted.remove(name)
+            skipped[name] = f"unavailable: {status[name]}"
+    return wanted, skipped
+
+
+def _sweep(args, parser):
+    grid_dims = {d: getattr(args, f"grid_{d}") for d in "TBDHL"}
+    given = [d for d, v in grid_dims.items() if v]
+    if args.quick and (args.shape or given):
+        parser.error("argument --quick: runs its own shape; do not combine it with --shape or "
+                     "--seq-len/--batch/--input-size/--hidden/--layers")
+    if args.shape and given:
+        parser.error("argument --shape: give either --shape or the grid options "
+                     "(--seq-len/--batch/--input-size/--hidden/--layers), not both")
+    modes = tuple(dict.fromkeys(args.modes))
+    if args.quick:
+        return [(QUICK, modes)]
+    if args.shape:
+        return [(s, modes) for s in dict.fromkeys(args.shape)]
+    if given:
+        return [(s, modes) for s in grid(**grid_dims)]
+    return default_sweep(args.device.type, modes)
+
+
+def run_main(argv: list[str]) -> int:
+    parser = run_parser()
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    _setup_torch(args)
+    sweep = _sweep(args, parser)
+    backends, skipped = _choose_backends(args, parser)
+    if args.quick and args.repeats is None:
+        args.repeats = 3
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from . import plot, report, results, runner
+    from .device import device_peak, environment
+    from .timing import MEMORY_METHOD
+
+    console, err = report.console_for_tables(), Console(stderr=True)
+    dtypes = list(dict.fromkeys(args.dtypes))
+    cases = runner.cases_of(sweep, dtypes)
+    err.print(f"[bold]bilstm-bench[/]: {len(cases)} cases x (nn.LSTM + {', '.join(backends) or 'no backend'}) "
+              f"on {args.device}; measuring the device peak ...")
+    peak = device_peak(args.device, dtypes, tf32=args.tf32)
+    settings = runner.Settings(args.device, backends, args.warmup, args.repeats, args.memory)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=err, transient=True) as progress:
+        task = progress.add_task("starting", total=len(cases) * (1 + len(backends)))
+
+        def advance(what: str) -> None:
+            progress.update(task, description=what)
+            progress.advance(task)
+        rows = runner.run(cases, settings, peak, advance)
+
+    run = {
+        "schema": results.SCHEMA,
+        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(["bilstm-bench", *argv]),
+        "duration_s": None,
+        "environment": environment(args.device),
+        "peak": peak.as_dict(),
+        "settings": {"device": str(args.device), "dtypes": dtypes, "modes": list(dict.fromkeys(args.modes)),
+                     "backends": backends, "warmup": args.warmup, "repeats": args.repeats,
+                     "tf32": args.tf32, "memory_method": MEMORY_METHOD[args.device.type] if args.memory else None},
+        "skipped_backends": skipped,
+        "results": results.as_dicts(rows),
+    }
+    run["duration_s"] = round(time.perf_counter() - started, 2)
+    paths = results.write(run, args.out)
+    if args.plot:
+        paths["png"] = plot.plot_bars(run["results"], lambda r: r["impl"],
+                                      f"bilstm-bench: {run['environment']['device_name']}",
+                                      paths["json"].with_suffix(".png"))
+    report.print_run(run, console)
+    console.print(f"run time {run['duration_s']:.1f} s; wrote " + ", ".join(str(p) for p in paths.values()))
+    mismatches = [r for r in rows if r.status == "mismatch"]
+    return 1 if mismatches else 0  # a wrong result is a bug; errors (e.g. unsupported dtype) are not
+
+
+# -------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = argv[0] if argv and argv[0] in SUBCOMMANDS else "run"
+    if argv and argv[0] == command:
+        argv = argv[1:]
+    if command == "profile":
+        from .profiling import profile_main
+        return profile_main(argv)
+    if command == "compare":
+        from .compare import compare_main
+        return compare_main(argv)
+    return run_main(argv)

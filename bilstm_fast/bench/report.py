@@ -1,0 +1,89 @@
+"""Terminal tables (rich) of a run and of a comparison."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+STATUS_STYLE = {"ok": "green", "mismatch": "bold red", "error": "red"}
+
+
+def console_for_tables() -> Console:
+    """A console that never squeezes a table: when the output is not a terminal
+    (a log, a pipe) rich would assume 80 columns and truncate every cell."""
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _ms(r: dict) -> str:
+    if r["ms_median"] is None:
+        return "-"
+    return escape(f"{r['ms_median']:.3g} [{r['ms_p20']:.3g}-{r['ms_p80']:.3g}]")
+
+
+def run_table(run: dict) -> tuple[Table, list[str]]:
+    """The run's table, and the notes its status column points to (why a row
+    is a mismatch or an error), printed under it so the table stays narrow."""
+    env, peak = run["environment"], run["peak"]
+    table = Table(title=f"bilstm-bench on {env['device_name']} (torch {env['torch']}, "
+                        f"commit {str(env['commit'])[:10]})")
+    for col in ("shape", "dtype", "mode", "impl", "status", "ms", "speedup", "GFLOP/s",
+                "% peak", "mem MiB"):
+        table.add_column(col, justify="left" if col in ("shape", "dtype", "mode", "impl", "status")
+                         else "right", no_wrap=True)
+    notes: list[str] = []
+    previous_shape = None
+    for r in run["results"]:
+        if previous_shape is not None and r["shape"] != previous_shape:
+            table.add_section()
+        previous_shape = r["shape"]
+        status = r["status"]
+        if status != "ok":
+            notes.append(f"{r['shape']} {r['dtype']} {r['mode']} {r['impl']}: {r['detail']}")
+            status = f"{status} ({len(notes)})"
+        table.add_row(r["shape"], r["dtype"], r["mode"], escape(r["impl"]),
+                      f"[{STATUS_STYLE.get(r['status'], '')}]{status}[/]", _ms(r),
+                      _num(r["speedup"], ".2f"), _num(r["gflops"], ".1f"),
+                      _num(r["pct_peak"], ".1f"), _num(r["peak_mem_mb"], ".1f"))
+    notes.append(escape(f"ms: median [p20-p80] over repeats; speedup: nn.LSTM median / this median "
+                        f"(same run); % peak: of the {peak['source']} peak ({peak['description']}); "
+                        f"mem: {run['settings'].get('memory_method') or 'not measured'}"))
+    return table, notes
+
+
+def print_run(run: dict, console: Console | None = None) -> None:
+    console = console or console_for_tables()
+    table, notes = run_table(run)
+    console.print(table)
+    for i, note in enumerate(notes, 1):
+        console.print(f"({i}) {escape(note)}" if i < len(notes) else note, highlight=False)
+    for name, why in run.get("skipped_backends", {}).items():
+        console.print(f"not run: {name}: {escape(why)}", style="dim", highlight=False)
+
+
+def compare_table(merged: dict) -> Table:
+    """merged: compare.merge()'s devices (labels) and rows keyed by case."""
+    table = Table(title="bilstm-bench compare: speedup vs nn.LSTM on the same device; "
+                        "GFLOP/s (% of that device's peak)")
+    for col in ("shape", "dtype", "mode", "impl"):
+        table.add_column(col, no_wrap=True)
+    for dev in merged["devices"]:
+        table.add_column(f"{dev}\nspeedup", justify="right")
+        table.add_column(f"{dev}\nGFLOP/s (%)", justify="right")
+    for (shape, dtype, mode, impl), per_device in merged["rows"].items():
+        cells = []
+        for dev in merged["devices"]:
+            r = per_device.get(dev)
+            if r is None:
+                cells += ["", ""]
+            elif r["status"] != "ok":
+                cells += [f"[{STATUS_STYLE.get(r['status'], '')}]{r['status']}[/]", ""]
+            else:
+                pct = f" ({r['pct_peak']:.1f})" if r["pct_peak"] is not None else ""
+                cells += [_num(r["speedup"], ".2f"), f"{_num(r['gflops'], '.1f')}{pct}"]
+        table.add_row(shape, dtype, mode, escape(impl), *cells)
+    return table

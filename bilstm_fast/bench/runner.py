@@ -1,0 +1,103 @@
+"""The sweep: for every (shape, dtype, mode), time nn.LSTM, then check and
+time each backend's BiLSTM holding the same weights; one Row per
+implementation, ratios against the nn.LSTM of the same run.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+
+from .device import Peak
+from .results import Row
+from .shapes import Shape, flops
+from .timing import measure, peak_memory_mb
+from .workload import (BASELINE, Oracle, build_baseline, build_bilstm, impl_label,
+                       make_inputs, make_step, results_of)
+
+
+@dataclass
+class Case:
+    shape: Shape
+    dtype: str
+    mode: str
+
+
+@dataclass
+class Settings:
+    device: torch.device
+    backends: list[str]        # BiLSTM backends to time (the baseline is always timed)
+    warmup: int = 1
+    repeats: int | None = None  # None: adaptive (timing.measure)
+    memory: bool = True
+
+
+def cases_of(sweep: Iterable[tuple[Shape, tuple[str, ...]]], dtypes: list[str]) -> list[Case]:
+    return [Case(s, dt, m) for s, modes in sweep for dt in dtypes for m in modes]
+
+
+def _error_text(e: BaseException) -> str:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {first}"[:300]
+
+
+def run(cases: list[Case], settings: Settings, peak: Peak,
+        advance: Callable[[str], None] = lambda what: None) -> list[Row]:
+    """Rows of every case; ``advance(description)`` is called once per
+    implementation run (1 + len(backends) per case), for a progress bar."""
+    rows: list[Row] = []
+    device = settings.device
+    built: dict = {}  # (shape, dtype) -> (baseline, inputs, {backend: BiLSTM}); reused across modes
+    for case in cases:
+        key = (case.shape, case.dtype)
+        if key not in built:
+            built.clear()  # one shape's models at a time: big shapes must not pile up in memory
+            base_model = build_baseline(case.shape, case.dtype, device)
+            built[key] = (base_model, make_inputs(case.shape, case.dtype, device), {})
+        base_model, inputs, ours = built[key]
+        gflop = flops(case.shape, case.mode) / 1e9
+        peak_flops = peak.for_dtype(case.dtype)
+
+        def row(backend: str, **kw) -> Row:
+            return Row(shape=case.shape.label, **case.shape.as_dict(), dtype=case.dtype,
+                       mode=case.mode, backend=backend, impl=impl_label(backend, device.type),
+                       gflop=gflop, **kw)
+
+        def timed(r: Row, step) -> Row:
+            t = measure(step, device, settings.warmup, settings.repeats)
+            r.ms_median, r.ms_p20, r.ms_p80, r.repeats = t.median_ms, t.p20_ms, t.p80_ms, t.repeats
+            r.gflops = gflop / (t.median_ms * 1e-3)
+            r.pct_peak = 100 * r.gflops * 1e9 / peak_flops if peak_flops else None
+            if settings.memory:
+                r.peak_mem_mb = peak_memory_mb(step, device)
+            return r
+
+        # The baseline: its results are the oracle of the check (computing
+        # them is also its first warm-up call).
+        advance(f"{case.shape.label} {case.dtype} {case.mode}: nn.LSTM")
+        try:
+            oracle = Oracle(base_model, inputs, case.mode, case.dtype)
+            base = timed(row(BASELINE, status="ok", speedup=1.0), make_step(base_model, inputs, case.mode))
+        except Exception as e:  # e.g. a dtype nn.LSTM does not support on this device
+            oracle, base = None, row(BASELINE, status="error", detail=_error_text(e))
+        rows.append(base)
+
+        for backend in settings.backends:
+            advance(f"{case.shape.label} {case.dtype} {case.mode}: {backend}")
+            try:
+                if oracle is None:
+                    rows.append(row(backend, status="error", detail="nn.LSTM failed: nothing to check against"))
+                    continue
+                if backend not in ours:
+                    ours[backend] = build_bilstm(base_model, backend)
+                check = oracle.check(results_of(ours[backend], inputs, case.mode))
+                r = row(backend, status="ok" if check.ok else "mismatch",
+                        detail=check.detail, max_err=check.max_err)
+                if check.ok:  # a wrong result is reported, never timed
+                    timed(r, make_step(ours[backend], inputs, case.mode))
+                    r.speedup = base.ms_median / r.ms_median if base.ms_median else None
+            except Exception as e:  # one broken backend must not end the sweep
+                r = row(backend, status="error", detail=_error_text(e))
+            rows.append(r)
+    return rows

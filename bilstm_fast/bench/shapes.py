@@ -1,0 +1,116 @@
+"""Benchmark shapes, the FLOP count, and the default sweeps — the one place
+the CLI, the profiler and the pytest-benchmark suite (benchmarks/) get them.
+
+Legend: T steps, B batch, D input_size, H hidden_size, L layers,
+N directions (2 = bidirectional, the project's case; 1 is supported).
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import asdict, dataclass
+
+MODES = ("inference", "training")
+
+
+@dataclass(frozen=True)
+class Shape:
+    T: int
+    B: int
+    D: int
+    H: int
+    L: int = 1
+    N: int = 2
+
+    @property
+    def label(self) -> str:
+        """Short, unique, sortable-by-eye name used in tables, plots and CSV."""
+        uni = " N1" if self.N == 1 else ""
+        return f"T{self.T} B{self.B} D{self.D} H{self.H} L{self.L}{uni}"
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def flops(shape: Shape, mode: str) -> int:
+    """FLOPs of one call of the whole module (DESIGN.md §2).
+
+    Per layer forward: 2 (mul+add) · 4 gates · N directions · B·T·H·(H + D_l),
+    i.e. 2·8·B·T·H·(H+D) when bidirectional; D_0 = D and D_l = N·H for l > 0
+    (the layer below's concatenated output). Training (forward + backward)
+    counts 3x the forward: the backward does two GEMM-shaped products per
+    forward one (grad of the inputs and grad of the weights). Elementwise gate
+    math is not counted: it is O(B·T·H), negligible next to the GEMMs.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    total = 0
+    for layer in range(shape.L):
+        d = shape.D if layer == 0 else shape.N * shape.H
+        total += 2 * 4 * shape.N * shape.B * shape.T * shape.H * (shape.H + d)
+    return total * (3 if mode == "training" else 1)
+
+
+# ------------------------------------------------------------------ sweeps
+# NER-sized: a sentence of 64 tokens, 300-d word vectors (GloVe/fastText).
+GRID = dict(T=(64,), B=(1, 8, 32, 128), D=(300,), H=(128, 256, 512), L=(1, 2))
+
+# On a 2-core CPU, nn.LSTM alone takes ~25 s for one training + one inference
+# call of every GRID shape (measured: T64 B128 H512 L2 training ~3.3 s), far
+# over the 2-minute budget once repeats and a second implementation are
+# added. The CPU default keeps every H and every B at one layer and the
+# training shapes up to B=32, plus a 2-layer column at H=256: ~2.3 s of
+# nn.LSTM per pass, ~1 minute for the whole default run.
+_CPU_DEFAULT = (
+    [(Shape(64, B, 300, H, 1), MODES) for H in (128, 256, 512) for B in (1, 8, 32)]
+    + [(Shape(64, 128, 300, H, 1), ("inference",)) for H in (128, 256, 512)]
+    + [(Shape(64, B, 300, 256, 2), MODES) for B in (1, 8, 32)]
+)
+
+QUICK = Shape(T=16, B=4, D=32, H=32, L=1)  # --quick: the whole run in seconds
+
+
+def grid(**override) -> list[Shape]:
+    """Cartesian product of GRID with some dimensions replaced, e.g. grid(H=(64,))."""
+    dims = {**GRID, **{k: v for k, v in override.items() if v}}
+    unknown = set(dims) - set(GRID)
+    if unknown:
+        raise ValueError(f"unknown shape dimension(s) {sorted(unknown)}; expected {list(GRID)}")
+    return [Shape(T, B, D, H, L) for L, H, B, T, D in
+            itertools.product(dims["L"], dims["H"], dims["B"], dims["T"], dims["D"])]
+
+
+def default_sweep(device_type: str, modes=MODES) -> list[tuple[Shape, tuple[str, ...]]]:
+    """(shape, modes) pairs of the no-argument run on this kind of device: the
+    whole GRID on a GPU, the CPU subset above on a CPU."""
+    if device_type == "cpu":
+        pairs = _CPU_DEFAULT
+    else:
+        pairs = [(s, MODES) for s in grid()]
+    pairs = [(s, tuple(m for m in ms if m in modes)) for s, ms in pairs]
+    return [(s, ms) for s, ms in pairs if ms]
+
+
+_SPEC_KEYS = {"T": "T", "B": "B", "D": "D", "H": "H", "L": "L", "N": "N"}
+
+
+def parse_shape(spec: str) -> Shape:
+    """'T=64,B=8,D=300,H=256[,L=2][,N=1]' -> Shape (keys in any order and case)."""
+    values: dict[str, int] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        key, sep, val = part.partition("=")
+        key = key.strip().upper()
+        if not sep or key not in _SPEC_KEYS:
+            raise ValueError(f"{part!r} is not KEY=VALUE with KEY one of T, B, D, H, L, N "
+                             f"(example: T=64,B=8,D=300,H=256,L=1)")
+        try:
+            values[key] = int(val)
+        except ValueError:
+            raise ValueError(f"{key}={val!r} is not an integer") from None
+        if values[key] < 1:
+            raise ValueError(f"{key}={values[key]} must be >= 1")
+    missing = [k for k in "TBDH" if k not in values]
+    if missing:
+        raise ValueError(f"{spec!r} is missing {', '.join(missing)} (example: T=64,B=8,D=300,H=256)")
+    if values.get("N", 2) not in (1, 2):
+        raise ValueError(f"N={values['N']} must be 1 or 2 (directions)")
+    return Shape(**values)
