@@ -145,7 +145,10 @@ inline void syncthreads() { tl_block->bar.arrive_and_wait(); }
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
 #define __syncthreads() ::emu::syncthreads()
-#define __threadfence() std::atomic_thread_fence(std::memory_order_seq_cst)
+// The emulated atomics are already acq_rel (atomicAdd) / acquire (bl_load_acquire),
+// which orders what a CUDA __threadfence orders around them; a compiler barrier
+// suffices (and ThreadSanitizer does not model stand-alone fences).
+#define __threadfence() std::atomic_signal_fence(std::memory_order_seq_cst)
 #define __nanosleep(ns) std::this_thread::yield()
 // Dynamic shared memory of the current block as a TYPE* called NAME.
 #define BL_DYNAMIC_SMEM(TYPE, NAME) TYPE* NAME = reinterpret_cast<TYPE*>(::emu::block_smem())
