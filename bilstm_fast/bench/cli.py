@@ -41,12 +41,13 @@ def _list_of(kind, choices=None):
             try:
                 v = kind(t)
             except ValueError:
-                raise argparse.ArgumentTypeError(f"{t!r} is not a {kind.__name__}") from None
+                raise argparse.ArgumentTypeError(
+                    f"{t!r} is not {'an integer' if kind is int else 'valid'}") from None
             if kind is int and v < 1:
                 raise argparse.ArgumentTypeError(f"{t!r} must be >= 1")
             out.append(v)
         return out
-    convert.__name__ = f"list of {kind.__name__}"
+    convert.__name__ = "list"
     return convert
 
 
@@ -248,6 +249,103 @@ def run_main(argv: list[str]) -> int:
     return 1 if mismatches else 0  # a wrong result is a bug; errors (e.g. unsupported dtype) are not
 
 
+# ------------------------------------------------------------------ profile
+def profile_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="bilstm-bench profile",
+        description="Run one shape under torch.profiler for each implementation: write a Chrome "
+                    "trace, print the top ops/kernels by self time and the kernel launches (GPU) "
+                    "or aten ops (CPU) per forward and per backward.")
+    _add_common(p)
+    p.add_argument("--shape", type=_shape, default=parse_shape("T=64,B=32,D=300,H=256,L=1"),
+                   metavar="T=..,B=..,D=..,H=..[,L=..][,N=..]",
+                   help="the shape (default: T=64,B=32,D=300,H=256,L=1)")
+    p.add_argument("--quick", action="store_true", help=f"the small shape {QUICK.label}, 2 steps")
+    p.add_argument("--backends", type=_list_of(str), default=["auto", "torch"],
+                   help="implementations to profile: BiLSTM backends, 'auto', and 'torch' for "
+                        "nn.LSTM (default: auto,torch)")
+    p.add_argument("--mode", choices=MODES, default="inference")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    p.add_argument("--steps", type=_int_at_least(1), default=5, help="profiled steps (default: 5)")
+    p.add_argument("--warmup", type=_int_at_least(0), default=2, help="steps before profiling (default: 2)")
+    p.add_argument("--row-limit", type=_int_at_least(1), default=15, help="rows of the top-ops table")
+    p.add_argument("--nvtx", action="store_true",
+                   help="GPU only: also run the steps under emit_nvtx (an NVTX range per op) for "
+                        "`nsys profile -t cuda,nvtx bilstm-bench profile --nvtx`")
+    args = p.parse_args(argv)
+    _setup_torch(args)
+    if args.nvtx and args.device.type != "cuda":
+        p.error("argument --nvtx: needs a CUDA device (NVTX ranges are read by Nsight Systems)")
+    shape, steps = (QUICK, min(args.steps, 2)) if args.quick else (args.shape, args.steps)
+
+    from bilstm_fast import backend_status
+    known = ["auto", "torch", *backend_status()]
+    unknown = [b for b in args.backends if b not in known]
+    if unknown:
+        p.error(f"argument --backends: unknown {', '.join(unknown)}; expected some of {', '.join(known)}")
+
+    import json
+
+    from .profiling import profile_model
+    from .workload import BASELINE, build_baseline, build_bilstm, impl_label, make_inputs
+
+    from rich.markup import escape
+
+    from .report import console_for_tables
+    console = console_for_tables()
+    baseline = build_baseline(shape, args.dtype, args.device)
+    inputs = make_inputs(shape, args.dtype, args.device)
+    stem = f"{shape.label.replace(' ', '_')}_{args.dtype}_{args.mode}"
+    summaries = {}
+    for backend in dict.fromkeys(args.backends):
+        model = baseline if backend == BASELINE else build_bilstm(baseline, backend)
+        label = impl_label(backend, args.device.type)
+        trace = args.out / f"trace_{backend}_{stem}.json"
+        console.rule(escape(f"{label}: {shape.label} {args.dtype} {args.mode}, {steps} steps on {args.device}"))
+        try:
+            s = profile_model(model, inputs, args.mode, args.device, trace, steps, args.warmup,
+                              args.row_limit, args.nvtx)
+        except Exception as e:  # report and go on to the next implementation
+            console.print(f"[red]{escape(label)} failed:[/] {escape(f'{type(e).__name__}: {e}')}", highlight=False)
+            summaries[backend] = {"error": f"{type(e).__name__}: {e}"}
+            continue
+        console.print(s["top_ops"], markup=False, highlight=False)
+        counts = ", ".join(f"{n:g} per {phase}" for phase, n in s["per_step"].items())
+        console.print(f"{s['counted']}: {counts}" + (
+            f"; GPU kernels per step: {s['gpu_kernels_per_step']:g}" if "gpu_kernels_per_step" in s else ""),
+            markup=False, highlight=False)
+        console.print(f"Chrome trace: {trace}", markup=False, highlight=False)
+        summaries[backend] = {k: v for k, v in s.items() if k != "top_ops"}
+    summary_path = args.out / f"profile_{stem}.json"
+    summary_path.write_text(json.dumps({"shape": shape.as_dict(), "dtype": args.dtype, "mode": args.mode,
+                                        "device": str(args.device), "profiles": summaries}, indent=2) + "\n")
+    console.print(f"summary: {summary_path}", markup=False, highlight=False)
+    return 0 if all("error" not in s for s in summaries.values()) else 1
+
+
+# ------------------------------------------------------------------ compare
+def compare_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="bilstm-bench compare",
+        description="Merge bilstm-bench result files (JSON) from different machines/GPUs into one "
+                    "table (speedup vs nn.LSTM and GFLOP/s per shape per device) and one plot.")
+    p.add_argument("files", nargs="+", type=Path, help="result files written by bilstm-bench (*.json)")
+    p.add_argument("--out", type=Path, default=Path("bench_results"),
+                   help="directory for compare.csv and compare.png (default: ./bench_results)")
+    args = p.parse_args(argv)
+
+    from .compare import compare_files
+    from .report import console_for_tables
+
+    console = console_for_tables()
+    try:
+        written = compare_files(args.files, args.out, console)
+    except ValueError as e:
+        p.error(f"argument files: {e}")
+    console.print("wrote " + ", ".join(str(w) for w in written.values()), highlight=False)
+    return 0
+
+
 # -------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -255,9 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == command:
         argv = argv[1:]
     if command == "profile":
-        from .profiling import profile_main
         return profile_main(argv)
     if command == "compare":
-        from .compare import compare_main
         return compare_main(argv)
     return run_main(argv)

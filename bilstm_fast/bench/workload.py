@@ -8,9 +8,10 @@ requires grad, every parameter's grad).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, ContextManager
 
 import torch
 from torch import nn
@@ -63,13 +64,19 @@ def make_inputs(shape: Shape, dtype: str, device: torch.device, seed: int = 1) -
     return Inputs(randn(T, B, D), randn(T, B, shape.N * H), randn(LN, B, H), randn(LN, B, H))
 
 
-def make_step(model: nn.Module, inputs: Inputs, mode: str) -> Callable[[], None]:
+def _no_range(name: str):
+    return contextlib.nullcontext()
+
+
+def make_step(model: nn.Module, inputs: Inputs, mode: str,
+              annotate: Callable[[str], ContextManager] = _no_range) -> Callable[[], None]:
     """One unit of timed work. Inference: forward under no_grad. Training:
     forward + backward of the output with dy, grads of the input and of every
-    parameter (reset to None first so no step accumulates into the last)."""
+    parameter (reset to None first so no step accumulates into the last).
+    ``annotate("forward" | "backward")`` wraps each phase (the profiler's ranges)."""
     if mode == "inference":
         def step():
-            with torch.no_grad():
+            with torch.no_grad(), annotate("forward"):
                 model(inputs.x)
         return step
 
@@ -78,8 +85,10 @@ def make_step(model: nn.Module, inputs: Inputs, mode: str) -> Callable[[], None]
     def step():
         x.grad = None
         model.zero_grad(set_to_none=True)
-        out, _ = model(x)
-        out.backward(inputs.dy)
+        with annotate("forward"):
+            out, _ = model(x)
+        with annotate("backward"):
+            out.backward(inputs.dy)
     return step
 
 
