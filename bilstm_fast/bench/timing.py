@@ -33,6 +33,18 @@ def _elapsed_ms(fn: Callable[[], None], device: torch.device) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
+def synchronized(fn: Callable[[], None], device: torch.device) -> Callable[[], None]:
+    """``fn`` that returns only when its device work is done, for timers that
+    read a wall clock (pytest-benchmark): CUDA launches are asynchronous."""
+    if device.type != "cuda":
+        return fn
+
+    def call():
+        fn()
+        torch.cuda.synchronize(device)
+    return call
+
+
 def percentile(sorted_values: list[float], q: float) -> float:
     """Linear-interpolated percentile (q in 0..100) of an already sorted list."""
     pos = (len(sorted_values) - 1) * q / 100

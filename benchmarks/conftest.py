@@ -1,0 +1,56 @@
+"""pytest-benchmark suite configuration: `pytest benchmarks/ --benchmark-only`.
+
+Cases (shape, dtype, mode) come from bilstm_fast.bench — the same shapes,
+FLOP count, models and check as `bilstm-bench`. With --benchmark-disable (CI)
+each test runs its step once on the small --quick shape, so the suite keeps
+working without costing minutes.
+
+Only tests that ask for the ``bench_case`` / ``impl`` fixtures are
+parametrized here; the hooks below leave other benchmarks
+(e.g. test_cpu_speed.py) as they are.
+"""
+from __future__ import annotations
+
+import pytest
+
+from bilstm_fast.bench.cli import DEFAULT_BACKENDS
+from bilstm_fast.bench.device import default_device, environment
+from bilstm_fast.bench.shapes import MODES, QUICK, default_sweep
+from bilstm_fast.bench.workload import BASELINE
+
+DTYPE = "fp32"
+
+
+def _quick(config) -> bool:
+    return bool(config.getoption("benchmark_disable", default=False))
+
+
+def pytest_generate_tests(metafunc):
+    if "bench_case" not in metafunc.fixturenames:
+        return
+    device = default_device()
+    sweep = [(QUICK, MODES)] if _quick(metafunc.config) else default_sweep(device.type)
+    cases = [(s, DTYPE, m) for s, modes in sweep for m in modes]
+    metafunc.parametrize("bench_case", cases,
+                         ids=[f"{s.label.replace(' ', '-')}-{dt}-{m}" for s, dt, m in cases])
+    if "impl" in metafunc.fixturenames:
+        # nn.LSTM first: pytest-benchmark lists a group in run order on ties.
+        impls = [BASELINE, *DEFAULT_BACKENDS.get(device.type, ())]
+        if _quick(metafunc.config):
+            impls.append("reference")  # cheap at the quick shape; keeps the check path exercised
+        metafunc.parametrize("impl", impls)
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    machine_info["bilstm_fast"] = environment(default_device())
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """Speedup vs the nn.LSTM of the same group, next to GFLOP/s in extra_info."""
+    ours = [b for b in output_json["benchmarks"] if "bilstm_bench" in b.get("extra_info", {})]
+    baseline = {b["group"]: b["stats"]["median"] for b in ours
+                if b["extra_info"]["backend"] == BASELINE and b.get("stats")}
+    for b in ours:
+        base = baseline.get(b["group"])
+        if base and b.get("stats"):
+            b["extra_info"]["speedup_vs_nn_lstm"] = base / b["stats"]["median"]
