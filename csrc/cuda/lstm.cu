@@ -41,6 +41,8 @@ template <> __device__ __forceinline__ float from_f<float>(float x) { return x; 
 template <> __device__ __forceinline__ bl_half from_f<bl_half>(float x) { return emu::half_from_float(x); }
 template <> __device__ __forceinline__ bl_bf16 from_f<bl_bf16>(float x) { return emu::bf16_from_float(x); }
 using std::min;
+// Load of data another block wrote before the last grid barrier.
+__device__ __forceinline__ float ld_shared_state(const float* p) { return *p; }
 __device__ __forceinline__ float bl_exp(float x) { return std::exp(x); }
 __device__ __forceinline__ float bl_tanh(float x) { return std::tanh(x); }
 #else
@@ -59,6 +61,9 @@ template <> __device__ __forceinline__ bl_bf16 from_f<bl_bf16>(float x) { return
 #define BL_DYNAMIC_SMEM(TYPE, NAME)                   \
   extern __shared__ float4 bl_dynamic_smem_raw[];     \
   TYPE* NAME = reinterpret_cast<TYPE*>(bl_dynamic_smem_raw)
+// Load of data another block wrote before the last grid barrier: cache at L2
+// only (ld.global.cg), so no stale L1 line from an earlier step can be hit.
+__device__ __forceinline__ float ld_shared_state(const float* p) { return __ldcg(p); }
 __device__ __forceinline__ float bl_exp(float x) { return expf(x); }
 __device__ __forceinline__ float bl_tanh(float x) { return tanhf(x); }
 template <class T>
@@ -153,7 +158,7 @@ __global__ void __launch_bounds__(1024) lstm_fwd_kernel(const FwdParams p) {
     for (int b0 = 0; b0 < B; b0 += p.batch_tile) {
       const int nb = min(p.batch_tile, B - b0);
       __syncthreads();                                 // previous tile fully read
-      for (int i = tid; i < nb * H; i += nth) h_s[i] = h_prev[(size_t)b0 * H + i];
+      for (int i = tid; i < nb * H; i += nth) h_s[i] = ld_shared_state(h_prev + (size_t)b0 * H + i);
       __syncthreads();
       for (int i = tid; i < nb * hs; i += nth) {
         const int bl = i / hs, r = i % hs, b = b0 + bl, u = u0 + r;
@@ -273,7 +278,7 @@ __global__ void __launch_bounds__(1024) lstm_bwd_kernel(const BwdParams p) {
     for (int b0 = 0; b0 < B; b0 += p.batch_tile) {
       const int nb = min(p.batch_tile, B - b0);
       __syncthreads();
-      for (int i = tid; i < nb * G; i += nth) g_s[i] = gb[(size_t)b0 * G + i];
+      for (int i = tid; i < nb * G; i += nth) g_s[i] = ld_shared_state(gb + (size_t)b0 * G + i);
       __syncthreads();
       for (int i = tid; i < nb * hs; i += nth) {
         const int bl = i / hs, r = i % hs, b = b0 + bl, u = u0 + r;
