@@ -1,0 +1,107 @@
+#include "thread_pool.h"
+
+#include <cstdlib>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define BILSTM_PAUSE() _mm_pause()
+#else
+#define BILSTM_PAUSE() ((void)0)
+#endif
+
+namespace bilstm_cpu {
+
+namespace {
+// Polls before yielding. ~4000 pauses is ~20-40 us on Zen 3: longer than
+// the usual straggler delay at a step barrier, shorter than a time slice.
+constexpr int kSpins = 4000;
+}  // namespace
+
+void Barrier::wait() {
+  const uint32_t gen = generation_.load(std::memory_order_acquire);
+  if (waiting_.fetch_add(1, std::memory_order_acq_rel) + 1 == count_) {
+    waiting_.store(0, std::memory_order_relaxed);
+    generation_.store(gen + 1, std::memory_order_release);
+    return;
+  }
+  for (int i = 0; generation_.load(std::memory_order_acquire) == gen; ++i) {
+    if (i < kSpins) BILSTM_PAUSE();
+    else std::this_thread::yield();
+  }
+}
+
+ThreadPool& ThreadPool::instance() {
+  static ThreadPool pool;
+  return pool;
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    stop_ = true;
+    generation_.fetch_add(1);
+  }
+  cv_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+// `seen` is the generation before the worker's first call: a worker created
+// inside run() may start after that call's increment.
+void ThreadPool::worker_loop(int tid, uint64_t seen) {
+  for (;;) {
+    // Spin briefly for the next call (back-to-back calls, e.g. layer after
+    // layer), then park on the condition variable so an idle pool costs no CPU
+    // (torch's own OpenMP threads need the cores between our calls).
+    for (int i = 0; i < kSpins && generation_.load(std::memory_order_acquire) == seen; ++i)
+      BILSTM_PAUSE();
+    {
+      std::unique_lock<std::mutex> lk(m_);
+      cv_.wait(lk, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+      if (stop_) return;
+      seen = generation_.load(std::memory_order_acquire);
+    }
+    if (tid < active_) (*fn_)(tid);
+    remaining_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+void ThreadPool::run(int nthreads, const std::function<void(int)>& fn) {
+  if (nthreads <= 1) {
+    fn(0);
+    return;
+  }
+  std::lock_guard<std::mutex> run_lock(run_mutex_);
+  while (static_cast<int>(workers_.size()) < nthreads - 1) {
+    const int tid = static_cast<int>(workers_.size()) + 1;
+    const uint64_t seen = generation_.load();
+    workers_.emplace_back([this, tid, seen] { worker_loop(tid, seen); });
+  }
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    fn_ = &fn;
+    active_ = nthreads;
+    remaining_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_acq_rel);
+  }
+  cv_.notify_all();
+  fn(0);
+  for (int i = 0; remaining_.load(std::memory_order_acquire) != 0; ++i) {
+    if (i < kSpins) BILSTM_PAUSE();
+    else std::this_thread::yield();
+  }
+}
+
+void* scratch(int slot, size_t bytes) {
+  struct Buf { void* p = nullptr; size_t n = 0; ~Buf() { std::free(p); } };
+  static Buf bufs[8];
+  Buf& b = bufs[slot];
+  if (b.n < bytes) {
+    std::free(b.p);
+    b.n = (bytes + 63) / 64 * 64;
+    b.p = std::aligned_alloc(64, b.n);
+    if (!b.p) { b.n = 0; throw std::bad_alloc(); }
+  }
+  return b.p;
+}
+
+}  // namespace bilstm_cpu

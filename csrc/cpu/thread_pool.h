@@ -1,0 +1,59 @@
+// A small persistent thread pool and a spin-then-yield step barrier.
+//
+// Why persistent: creating and joining one std::thread costs ~25-40 us here
+// (measured on the 2-core EPYC, see docs/cpu.md), which is ~3% of the whole
+// T=64, B=1 forward; a parked pool worker wakes in a few us.
+#pragma once
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace bilstm_cpu {
+
+// Sense-reversing barrier for the threads that split one direction's hidden
+// units. Waiters spin on the generation word (a step is ~10-100 us, the
+// straggler is usually < 1 us behind), pausing the core between polls, and
+// fall back to std::this_thread::yield() after kSpins polls so an
+// oversubscribed machine still makes progress.
+class Barrier {
+ public:
+  explicit Barrier(int count) : count_(count), waiting_(0), generation_(0) {}
+  void wait();
+
+ private:
+  const int count_;
+  alignas(64) std::atomic<int> waiting_;
+  alignas(64) std::atomic<uint32_t> generation_;
+};
+
+class ThreadPool {
+ public:
+  static ThreadPool& instance();
+  // Runs fn(tid) for tid in [0, nthreads); tid 0 on the calling thread.
+  // Calls from several Python threads are serialized.
+  void run(int nthreads, const std::function<void(int)>& fn);
+  ~ThreadPool();
+
+ private:
+  void worker_loop(int tid, uint64_t seen);
+  std::mutex run_mutex_;  // one run() at a time
+  std::mutex m_;
+  std::condition_variable cv_;
+  std::vector<std::thread> workers_;
+  const std::function<void(int)>* fn_ = nullptr;
+  int active_ = 0;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> remaining_{0};
+  bool stop_ = false;
+};
+
+// Raw, 64-byte aligned, growable scratch memory reused across calls (under
+// the pool's run serialization), so a call does not page-fault in megabytes
+// of fresh memory: at T=64, B=1 that was ~60 us per call.
+void* scratch(int slot, size_t bytes);
+
+}  // namespace bilstm_cpu
