@@ -1,6 +1,8 @@
 """Terminal tables (rich) of a run and of a comparison."""
 from __future__ import annotations
 
+import math
+
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -19,15 +21,21 @@ def _num(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
 
 
+def _fmt_ms(ms: float) -> str:
+    """Three significant digits without exponents: 0.123, 12.3, 1234."""
+    return f"{ms:.{max(0, 2 - int(math.floor(math.log10(ms))))}f}" if ms > 0 else "0"
+
+
 def _ms(r: dict) -> str:
     if r["ms_median"] is None:
         return "-"
-    return escape(f"{r['ms_median']:.3g} [{r['ms_p20']:.3g}-{r['ms_p80']:.3g}]")
+    return escape(f"{_fmt_ms(r['ms_median'])} [{_fmt_ms(r['ms_p20'])}-{_fmt_ms(r['ms_p80'])}]")
 
 
 def run_table(run: dict) -> tuple[Table, list[str]]:
     """The run's table, and the notes its status column points to (why a row
-    is a mismatch or an error), printed under it so the table stays narrow."""
+    is a mismatch or an error; one note per distinct reason), printed under
+    it so the table stays narrow."""
     env, peak = run["environment"], run["peak"]
     table = Table(title=f"bilstm-bench on {env['device_name']} (torch {env['torch']}, "
                         f"commit {str(env['commit'])[:10]})")
@@ -43,8 +51,10 @@ def run_table(run: dict) -> tuple[Table, list[str]]:
         previous_shape = r["shape"]
         status = r["status"]
         if status != "ok":
-            notes.append(f"{r['shape']} {r['dtype']} {r['mode']} {r['impl']}: {r['detail']}")
-            status = f"{status} ({len(notes)})"
+            note = f"{r['impl']}: {r['detail']}"
+            if note not in notes:
+                notes.append(note)
+            status = f"{status} ({notes.index(note) + 1})"
         table.add_row(r["shape"], r["dtype"], r["mode"], escape(r["impl"]),
                       f"[{STATUS_STYLE.get(r['status'], '')}]{status}[/]", _ms(r),
                       _num(r["speedup"], ".2f"), _num(r["gflops"], ".1f"),
