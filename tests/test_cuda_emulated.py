@@ -64,6 +64,8 @@ CASES = {
     "stream_3blocks_unsorted_len1": (5, 3, 2, 13, [5, 1, 3], dict(path="stream", blocks=3, threads=16, batch_tile=2)),
     "auto_H48_4blocks": (4, 4, 2, 48, [4, 2, 1, 3], dict()),
     "stream_odd_H33_B5": (3, 5, 2, 33, [2, 3, 1, 3, 3], dict(path="stream", blocks=4, threads=32, batch_tile=2)),
+    "stream_unstaged_L2": (4, 3, 2, 13, [4, 1, 3], dict(path="stream", blocks=3, threads=16, batch_tile=-1)),
+    "onchip_unstaged_L2": (4, 3, 2, 13, [2, 4, 3], dict(path="onchip", blocks=2, threads=16, batch_tile=-1)),
     "N1_H17_nolengths": (4, 2, 1, 17, None, dict(blocks=2, threads=16)),
     "T1_B1": (1, 1, 2, 8, None, dict(blocks=2, threads=8)),
     "one_block_per_dir": (3, 3, 2, 9, [1, 3, 2], dict(blocks=1, threads=32)),
@@ -162,6 +164,16 @@ def test_low_precision_three_way(emulate, dtype, atol, path):
         print(f"{dtype} {path} {n}: err(kernel)={e_k:.2e} err(ref {dtype})={e_r:.2e}")
         assert low["kernel"][n].dtype == (torch.float32 if n in ("gates", "cs") else dtype)
         assert e_k <= 2 * e_r + atol, f"{n}: {e_k} > 2 * {e_r} + {atol}"
+
+
+def test_huge_H_plans_stream_from_L2():
+    """Every H has a plan: past the shared-memory tile, h / dG come from L2."""
+    mod = native.load("_cuda_emu")
+    for kind in (0, 1):
+        plan = mod.plan(kind, 2, 64, 20000, 0, 108, 163 * 1024)
+        print(plan)
+        assert plan["path"] == "stream" and plan["smem_bytes"] <= 163 * 1024
+    assert mod.plan(1, 2, 64, 20000, 0, 108, 163 * 1024)["batch_tile"] == 0
 
 
 def test_forced_onchip_too_big_is_an_error(emulate):

@@ -37,7 +37,8 @@ _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 
 # Plan overrides (0 = automatic), for tests and experiments: path 1 = on-chip
 # W_hh, 2 = streaming; blocks per direction; threads per block; batch rows per
-# shared-memory tile. Use `plan_override(...)`.
+# shared-memory tile (-1: no tile, h / dG read from L2 as for huge H).
+# Use `plan_override(...)`.
 _overrides = {"path": 0, "blocks": 0, "threads": 0, "batch_tile": 0}
 _PATHS = {None: 0, "auto": 0, "onchip": 1, "stream": 2}
 

@@ -1,6 +1,7 @@
 // emu_selftest.cpp — standalone check of the CUDA kernels under the CPU
 // emulation (no Python, no torch), for the sanitizer runs (tools/sanitize.sh):
-// one forward + backward per path (on-chip and streaming W_hh), several
+// one forward + backward per path (on-chip and streaming W_hh, and streaming
+// with h / dG read from L2 instead of a shared-memory tile), several
 // blocks per direction (so the per-direction grid barrier is exercised),
 // several batch tiles, fewer threads than (batch, unit) pairs, unsorted
 // lengths incl. 1, odd H and B; checked against a plain double-precision
@@ -172,8 +173,10 @@ int main() {
   fill(p.dcn, (size_t)p.N * p.B * p.H, 1.0);
   Options on; on.path = kOnChip; on.blocks = 3; on.threads = 16; on.batch_tile = 2;
   Options st = on; st.path = kStream;
+  Options st_l2 = st; st_l2.batch_tile = -1;  // h / dG read from L2 (the mode for huge H)
   run(p, on, "onchip");
   run(p, st, "stream");
+  run(p, st_l2, "stream-unstaged");
   std::printf("%s\n", g_fail ? "FAILED" : "all ok");
   return g_fail ? 1 : 0;
 }
