@@ -35,13 +35,14 @@ def unavailable_reason() -> str | None:
     return mod if isinstance(mod, str) else None
 
 
-def unsupported_reason(gx, w_hh, w_hr, lengths) -> str | None:
-    if gx.device.type != "cpu":
-        return f"the cpu backend runs CPU tensors only, got {gx.device}"
-    if w_hr is not None:
+def unsupported_reason(spec) -> str | None:
+    """``spec`` is a backends.CallSpec (device, dtype, N, H, P, proj, lengths)."""
+    if spec.device != "cpu":
+        return f"the cpu backend runs CPU tensors only, got device {spec.device!r}"
+    if spec.proj:
         return "proj_size (w_hr) is not implemented in the cpu backend; the reference backend serves it"
-    if gx.dtype not in _DTYPES:
-        return (f"the cpu backend supports float32 and float64, got {gx.dtype} "
+    if spec.dtype not in _DTYPES:
+        return (f"the cpu backend supports float32 and float64, got {spec.dtype} "
                 "(float16/bfloat16 are served by the reference backend)")
     return None
 
@@ -75,9 +76,10 @@ def forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws):
     """gx [T, B, N, 4H], w_hh [N, 4H, H], h0/c0 [N, B, H], lengths [B] int64 or None
     -> y [T, B, N, H], h_n, c_n [N, B, H], gates [T, B, N, 4H], cs [T, B, N, H]
     (gates/cs have shape (0,) when not need_ws)."""
-    why = unsupported_reason(gx, w_hh, w_hr, lengths)
-    if why is not None:
-        raise ValueError(why)
+    if w_hr is not None:
+        raise ValueError("proj_size (w_hr) is not implemented in the cpu backend")
+    if gx.dtype not in _DTYPES:
+        raise ValueError(f"gx: the cpu backend supports float32 and float64, got {gx.dtype}")
     T, B, N, G = gx.shape
     H = G // 4
     X = gx.dtype
@@ -86,7 +88,7 @@ def forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws):
     if need_ws:
         gates, cs = gx.new_empty(T, B, N, G), gx.new_empty(T, B, N, H)
     else:
-        gates = cs = gx.new_empty(0)
+        gates, cs = gx.new_empty(0), gx.new_empty(0)  # two tensors: custom op outputs may not alias
     _module().forward(
         _DTYPES[X], _view("gx", gx, X), _view("w_hh", w_hh, X), _view("h0", h0, X),
         _view("c0", c0, X), _lengths(lengths), _view("y", y), _view("h_n", h_n), _view("c_n", c_n),
