@@ -93,6 +93,9 @@ struct Block {
 inline thread_local dim3 tl_threadIdx, tl_blockIdx, tl_blockDim, tl_gridDim;
 inline thread_local Block* tl_block = nullptr;
 
+// Every CUDA thread is an OS thread, all alive at once.
+inline constexpr size_t kMaxEmulatedThreads = 4096;
+
 // kernel<<<grid, block, smem>>>(args...): returns when every thread has finished.
 // An exception thrown by a thread is rethrown here (first one wins).
 template <class... KArgs, class... Args>
@@ -101,6 +104,10 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, void (*kernel)(KArgs...), 
   const unsigned nblocks = grid.x * grid.y * grid.z;
   if (nthreads == 0 || nblocks == 0) return;
   if (nthreads > 1024) throw std::runtime_error("emu::launch: more than 1024 threads per block");
+  if (size_t(nthreads) * nblocks > kMaxEmulatedThreads)
+    throw std::runtime_error("emu::launch: " + std::to_string(size_t(nthreads) * nblocks) +
+                             " CUDA threads exceed the emulation limit of " + std::to_string(kMaxEmulatedThreads) +
+                             " (one OS thread each): use fewer blocks or threads");
   std::vector<std::unique_ptr<Block>> blocks;
   for (unsigned i = 0; i < nblocks; ++i) blocks.push_back(std::make_unique<Block>(nthreads, smem_bytes));
   std::exception_ptr error;
