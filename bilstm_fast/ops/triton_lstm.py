@@ -117,43 +117,66 @@ def unavailable_reason() -> Optional[str]:
     return _unavailable
 
 
-def unsupported_reason(gx, w_hh, w_hr, lengths) -> Optional[str]:
-    if w_hr is not None:
+def unsupported_reason(spec, *old_style) -> Optional[str]:
+    """``spec`` is a backends.CallSpec (device, dtype, N, H, P, proj, lengths):
+    static facts only, never T or B. The older signature (gx, w_hh, w_hr,
+    lengths) is accepted too. Tensor-level checks are in `_check_inputs`."""
+    if isinstance(spec, torch.Tensor):
+        gx, w_hh, w_hr, lengths = (spec, *old_style)
+        device, dtype, N, H, P, proj = (gx.device.type, gx.dtype, gx.shape[2], gx.shape[-1] // 4,
+                                        w_hh.shape[-1], w_hr is not None)
+    else:
+        device, dtype, N, H, P, proj = spec.device, spec.dtype, spec.N, spec.H, spec.P, spec.proj
+    if proj or P != H:
         return ("proj_size (w_hr) is not supported by the Triton backend; "
                 "the reference backend serves it")
-    if gx.dtype not in _DTYPES:
-        return (f"dtype {gx.dtype} is not supported by the Triton backend (fp32, fp16, bf16 "
-                "only; fp64 is served by the reference and cpu backends)")
-    if gx.dim() != 4 or gx.shape[2] not in (1, 2) or gx.shape[3] % 4 != 0 or gx.shape[3] == 0:
-        return f"gx must be [T, B, N, 4H] with N in (1, 2), got {tuple(gx.shape)}"
+    if dtype not in _DTYPES:
+        return (f"dtype {dtype} is not supported by the Triton backend (float32, float16, "
+                "bfloat16 only; float64 is served by the reference and cpu backends)")
+    if N not in (1, 2) or H < 1:
+        return f"expected N in (1, 2) directions and H >= 1, got N={N}, H={H}"
+    if device == "cuda":
+        return None
+    if device == "cpu" and INTERPRET:
+        return None
+    return (f"the Triton backend runs on CUDA tensors (it needs a CUDA GPU), or on CPU "
+            f"tensors under TRITON_INTERPRET=1 set before bilstm_fast.ops.triton_lstm is "
+            f"imported (got {device} tensors, interpreter {'on' if INTERPRET else 'off'})")
+
+
+def _check_inputs(gx, w_hh, h0, c0, lengths) -> None:
+    """Raise ValueError naming the tensor when a call breaks the contract."""
+    why = unsupported_reason(gx, w_hh, None, lengths)
+    if why is not None:
+        raise ValueError(why)
     T, B, N, G = gx.shape
     H = G // 4
-    if tuple(w_hh.shape) != (N, G, H):
-        return f"w_hh must be [N={N}, 4H={G}, H={H}], got {tuple(w_hh.shape)}"
-    if w_hh.dtype != gx.dtype or w_hh.device != gx.device:
-        return f"w_hh must have gx's dtype {gx.dtype} and device {gx.device}"
-    if lengths is not None and (lengths.dtype != torch.int64 or lengths.device != gx.device
-                                or tuple(lengths.shape) != (B,)):
-        return f"lengths must be int64 [B={B}] on {gx.device}"
-    if gx.device.type == "cuda":
-        if not torch.cuda.is_available():
-            return "CUDA tensors but no CUDA device"
-    elif not (gx.device.type == "cpu" and INTERPRET):
-        return (f"the Triton backend runs on CUDA tensors, or on CPU tensors only under "
-                f"TRITON_INTERPRET=1 set before bilstm_fast.ops.triton_lstm is imported "
-                f"(got a {gx.device.type} tensor, interpreter {'on' if INTERPRET else 'off'})")
-    if T * B * N * G >= 2**31 and gx.device.type == "cuda":
-        pass  # offsets that scale with t are int64 in the kernels
-    return None
+    for name, t, shape in (("gx", gx, (T, B, N, G)), ("w_hh", w_hh, (N, G, H)),
+                           ("h0", h0, (N, B, H)), ("c0", c0, (N, B, H))):
+        if tuple(t.shape) != shape or t.dtype != gx.dtype or t.device != gx.device:
+            raise ValueError(f"{name}: expected {gx.dtype} {list(shape)} on {gx.device}, "
+                             f"got {t.dtype} {list(t.shape)} on {t.device}")
+        if not t.is_contiguous():
+            raise ValueError(f"{name}: expected a contiguous tensor")
+    if lengths is not None and (lengths.dtype != torch.int64 or tuple(lengths.shape) != (B,)
+                                or lengths.device != gx.device or not lengths.is_contiguous()):
+        raise ValueError(f"lengths: expected contiguous int64 [{B}] on {gx.device}, got "
+                         f"{lengths.dtype} {list(lengths.shape)} on {lengths.device}")
 
 
 def forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws):
-    assert w_hr is None, unsupported_reason(gx, w_hh, w_hr, lengths)
+    if w_hr is not None:
+        raise ValueError(unsupported_reason(gx, w_hh, w_hr, lengths))
+    _check_inputs(gx, w_hh, h0, c0, lengths)
     return lstm_fwd_triton(gx, w_hh, h0, c0, lengths, need_ws)
 
 
 def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs):
-    assert w_hr is None, "proj_size is not supported by the Triton backend"
+    if w_hr is not None:
+        raise ValueError("proj_size (w_hr) is not supported by the Triton backend")
+    if gates.dim() != 4 or gates.dtype != torch.float32 or cs.dtype != torch.float32:
+        raise ValueError("backward needs the fp32 workspace (gates, cs) of a forward run "
+                         "with need_ws=True")
     dgx, dh0, dc0 = lstm_bwd_triton(dy, dh_n, dc_n, w_hh, c0, lengths, gates, cs)
     return dgx, dh0, dc0, None
 
@@ -187,6 +210,7 @@ def lstm_fwd_triton(
         T, B,
         H=H, N=N, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, RESIDENT=cfg.resident,
         HAS_LENGTHS=lengths is not None, NEED_WS=bool(need_ws), DOT_PREC=_dot_precision(gx.dtype),
+        F32_DOT=INTERPRET and gx.dtype == torch.bfloat16,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return y, h_n, c_n, gates, cs
 
@@ -220,6 +244,7 @@ def lstm_bwd_triton(
         T, B,
         H=H, N=N, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, RESIDENT=cfg.resident,
         HAS_LENGTHS=lengths is not None, DOT_PREC=_dot_precision(dy.dtype),
+        F32_DOT=INTERPRET and dy.dtype == torch.bfloat16,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return dgx, dh0, dc0
 
@@ -237,42 +262,47 @@ class KernelConfig:
 # Tests set this to force a path / tile size at tiny H (None: the rule below).
 FORCE_CONFIG: Optional[KernelConfig] = None
 
-# Largest HP kept RESIDENT. 4 gate tiles of HP x HP in X plus their dot-operand
-# copies must fit the register file of one program without spilling; the
-# compile report (python -m bilstm_fast.compile_report) checks the chosen
-# variants on sm_80/sm_90 and fails on any spill.
-_RESIDENT_MAX_HP = 64
 _BLOCK_B = 16     # the smallest tl.dot M; B is masked up to a multiple of it
+_RESIDENT_MAX_HP = 128
 
 
 def _next_pow2(x: int) -> int:
     return 1 << max(0, (x - 1).bit_length())
 
 
-def kernel_config(H: int, dtype: torch.dtype, smem_bytes: int = _DEFAULT_SMEM) -> KernelConfig:
-    """The dispatch rule (documented in docs/triton.md):
+def w_tiles_smem_bytes(bh: int, size: int) -> int:
+    """Shared memory the kernels use for a BH x BH tile per gate: Triton stages
+    the four W tiles (the dot's B operand) in shared memory, plus an f32
+    [BB, BH] layout-conversion buffer. Exact for RESIDENT (compile report:
+    fp32 HP=64 -> 69632, fp16 HP=128 -> 139264 bytes), an upper bound for
+    STREAMED (num_stages=1: fp32 BH=64 -> 65536 forward, 20480 backward)."""
+    return 4 * bh * bh * size + _BLOCK_B * bh * 4
 
-    * HP = max(16, next_pow2(H)) <= 64 -> RESIDENT, BH = HP,
-      num_warps 4 (HP <= 32) or 8 (HP = 64); num_stages 1 (no k-loop).
-    * else STREAMED with the largest BH in (64, 32, 16) whose pipelined W
-      tiles fit the arch's shared memory: num_stages * (4*BH*BH + BB*BH) *
-      sizeof(X) plus the f32 layout-conversion buffer <= smem_bytes / 2
-      (half: leave room for the compiler's own buffers); num_warps 4, and
-      num_stages 2 (double-buffer the streamed W tiles).
+
+def kernel_config(H: int, dtype: torch.dtype, smem_bytes: int = _DEFAULT_SMEM) -> KernelConfig:
+    """The dispatch rule (docs/triton.md has the resulting H ranges):
+
+    * HP = max(16, next_pow2(H)). RESIDENT when HP <= 128 and the resident
+      W_hh fits the arch's shared memory (w_tiles_smem_bytes(HP) <= smem):
+      BH = HP, num_warps 4 (HP <= 64) or 8 (HP = 128), num_stages 1 (no
+      k-loop). sm_80 / sm_90: fp32 H <= 64, fp16/bf16 H <= 128;
+      sm_86/89 (99 KB): H <= 64 for every dtype.
+    * Otherwise STREAMED: BH = 64 (BH = 32 if that does not fit shared
+      memory), num_warps 8, num_stages 1.
+    Why (compile report, sm_80/sm_90): RESIDENT HP=64 with 8 warps spills
+    16 B in bf16 on sm_90 (4 warps: no spill); STREAMED BH=64 spills with 4
+    warps in fp32, and with num_stages=2 the prefetched W tiles sit in
+    registers and the forward spills (16-144 B) in every dtype.
     T and B never enter the rule: they are runtime values (no recompile).
     """
     if FORCE_CONFIG is not None:
         return FORCE_CONFIG
-    hp = max(16, _next_pow2(H))
-    if hp <= _RESIDENT_MAX_HP:
-        return KernelConfig(True, hp, _BLOCK_B, 4 if hp <= 32 else 8, 1)
     size = torch.empty((), dtype=dtype).element_size()
-    stages = 2
-    for bh in (64, 32, 16):
-        need = stages * (4 * bh * bh + _BLOCK_B * bh) * size + 4 * _BLOCK_B * bh * 4
-        if need <= smem_bytes // 2:
-            break
-    return KernelConfig(False, bh, _BLOCK_B, 4, stages)
+    hp = max(16, _next_pow2(H))
+    if hp <= _RESIDENT_MAX_HP and w_tiles_smem_bytes(hp, size) <= smem_bytes:
+        return KernelConfig(True, hp, _BLOCK_B, 4 if hp <= 64 else 8, 1)
+    bh = 64 if w_tiles_smem_bytes(64, size) <= smem_bytes else 32
+    return KernelConfig(False, bh, _BLOCK_B, 8 if bh == 64 else 4, 1)
 
 
 def _smem_bytes(device: torch.device) -> int:
@@ -304,7 +334,7 @@ def _lstm_fwd_kernel(
     T, B,      # runtime: never specialized
     H: tl.constexpr, N: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     RESIDENT: tl.constexpr, HAS_LENGTHS: tl.constexpr, NEED_WS: tl.constexpr,
-    DOT_PREC: tl.constexpr,
+    DOT_PREC: tl.constexpr, F32_DOT: tl.constexpr,
 ):
     n = tl.program_id(0)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)     # [BB] batch rows
@@ -328,10 +358,10 @@ def _lstm_fwd_kernel(
             t, valid, t_prev, first, last = _step_time(s, L, n)
             row = (t * B + rb) * N + n                          # [BB] int64 (t, b, n) row
             hx = h.to(wt_i.dtype)
-            a_i = _load_gx(gx, row, 0, rh, st_ok, H) + tl.dot(hx, wt_i, input_precision=DOT_PREC)
-            a_f = _load_gx(gx, row, 1, rh, st_ok, H) + tl.dot(hx, wt_f, input_precision=DOT_PREC)
-            a_g = _load_gx(gx, row, 2, rh, st_ok, H) + tl.dot(hx, wt_g, input_precision=DOT_PREC)
-            a_o = _load_gx(gx, row, 3, rh, st_ok, H) + tl.dot(hx, wt_o, input_precision=DOT_PREC)
+            a_i = _load_gx(gx, row, 0, rh, st_ok, H) + _dot(hx, wt_i, DOT_PREC, F32_DOT)
+            a_f = _load_gx(gx, row, 1, rh, st_ok, H) + _dot(hx, wt_f, DOT_PREC, F32_DOT)
+            a_g = _load_gx(gx, row, 2, rh, st_ok, H) + _dot(hx, wt_g, DOT_PREC, F32_DOT)
+            a_o = _load_gx(gx, row, 3, rh, st_ok, H) + _dot(hx, wt_o, DOT_PREC, F32_DOT)
             h, c = _cell_and_store(a_i, a_f, a_g, a_o, c, row, rb, rh, st_ok, valid, last, n,
                                    y, h_n, c_n, gates, cs, B, H, NEED_WS)
     else:
@@ -360,10 +390,10 @@ def _lstm_fwd_kernel(
                     wt_f = _w_tile(w_n, 1, rj[None, :], rk[:, None], H)
                     wt_g = _w_tile(w_n, 2, rj[None, :], rk[:, None], H)
                     wt_o = _w_tile(w_n, 3, rj[None, :], rk[:, None], H)
-                    a_i += tl.dot(hx, wt_i, input_precision=DOT_PREC)
-                    a_f += tl.dot(hx, wt_f, input_precision=DOT_PREC)
-                    a_g += tl.dot(hx, wt_g, input_precision=DOT_PREC)
-                    a_o += tl.dot(hx, wt_o, input_precision=DOT_PREC)
+                    a_i += _dot(hx, wt_i, DOT_PREC, F32_DOT)
+                    a_f += _dot(hx, wt_f, DOT_PREC, F32_DOT)
+                    a_g += _dot(hx, wt_g, DOT_PREC, F32_DOT)
+                    a_o += _dot(hx, wt_o, DOT_PREC, F32_DOT)
                 st_off = (n * B + rb)[:, None] * H + rj[None, :]
                 par = (s % 2) * (N * B * H)                     # c double buffer by parity
                 c = tl.load(c_scr + par + st_off, mask=j_ok & ~first, other=0.0)
@@ -393,6 +423,7 @@ def _lstm_bwd_kernel(
     T, B,      # runtime: never specialized
     H: tl.constexpr, N: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     RESIDENT: tl.constexpr, HAS_LENGTHS: tl.constexpr, DOT_PREC: tl.constexpr,
+    F32_DOT: tl.constexpr,
 ):
     n = tl.program_id(0)
     rb = tl.program_id(1) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -426,10 +457,10 @@ def _lstm_bwd_kernel(
                 dh, dc, c_first, row, (t_prev * B + rb) * N + n, rb, rh, st_ok, valid, first, n,
                 dy, gates, cs, dgx, dc0, B, H)
             dpx = dp_i.to(w_i.dtype)
-            dh = tl.dot(dpx, w_i, input_precision=DOT_PREC)
-            dh += tl.dot(dp_f.to(w_i.dtype), w_f, input_precision=DOT_PREC)
-            dh += tl.dot(dp_g.to(w_i.dtype), w_g, input_precision=DOT_PREC)
-            dh += tl.dot(dp_o.to(w_i.dtype), w_o, input_precision=DOT_PREC)
+            dh = _dot(dpx, w_i, DOT_PREC, F32_DOT)
+            dh += _dot(dp_f.to(w_i.dtype), w_f, DOT_PREC, F32_DOT)
+            dh += _dot(dp_g.to(w_i.dtype), w_g, DOT_PREC, F32_DOT)
+            dh += _dot(dp_o.to(w_i.dtype), w_o, DOT_PREC, F32_DOT)
             tl.store(dh0 + st_off, dh.to(dh0.dtype.element_ty), mask=st_ok & first[:, None])
     else:
         for r in range(T):
@@ -457,19 +488,19 @@ def _lstm_bwd_kernel(
             for k0 in range(0, H, BLOCK_H):
                 rk = k0 + tl.arange(0, BLOCK_H)
                 k_ok = b_ok[:, None] & (rk < H)[None, :]
-                acc = tl.zeros([BLOCK_B, BLOCK_H], dtype=tl.float32)
+                acc = tl.full([BLOCK_B, BLOCK_H], 0.0, tl.float32)  # (not tl.zeros: see _sigmoid)
                 for j0 in range(0, H, BLOCK_H):
                     rj = j0 + tl.arange(0, BLOCK_H)
                     j_ok = b_ok[:, None] & (rj < H)[None, :]
                     g_off = row[:, None] * (4 * H) + rj[None, :]
-                    acc += tl.dot(tl.load(dgx + g_off, mask=j_ok, other=0.0),
-                                  _w_tile(w_n, 0, rj[:, None], rk[None, :], H), input_precision=DOT_PREC)
-                    acc += tl.dot(tl.load(dgx + g_off + H, mask=j_ok, other=0.0),
-                                  _w_tile(w_n, 1, rj[:, None], rk[None, :], H), input_precision=DOT_PREC)
-                    acc += tl.dot(tl.load(dgx + g_off + 2 * H, mask=j_ok, other=0.0),
-                                  _w_tile(w_n, 2, rj[:, None], rk[None, :], H), input_precision=DOT_PREC)
-                    acc += tl.dot(tl.load(dgx + g_off + 3 * H, mask=j_ok, other=0.0),
-                                  _w_tile(w_n, 3, rj[:, None], rk[None, :], H), input_precision=DOT_PREC)
+                    acc += _dot(tl.load(dgx + g_off, mask=j_ok, other=0.0),
+                                  _w_tile(w_n, 0, rj[:, None], rk[None, :], H), DOT_PREC, F32_DOT)
+                    acc += _dot(tl.load(dgx + g_off + H, mask=j_ok, other=0.0),
+                                  _w_tile(w_n, 1, rj[:, None], rk[None, :], H), DOT_PREC, F32_DOT)
+                    acc += _dot(tl.load(dgx + g_off + 2 * H, mask=j_ok, other=0.0),
+                                  _w_tile(w_n, 2, rj[:, None], rk[None, :], H), DOT_PREC, F32_DOT)
+                    acc += _dot(tl.load(dgx + g_off + 3 * H, mask=j_ok, other=0.0),
+                                  _w_tile(w_n, 3, rj[:, None], rk[None, :], H), DOT_PREC, F32_DOT)
                 st_off = (n * B + rb)[:, None] * H + rk[None, :]
                 tl.store(dh_scr + st_off, acc, mask=k_ok)
                 tl.store(dh0 + st_off, acc.to(dh0.dtype.element_ty), mask=k_ok & first[:, None])
@@ -516,6 +547,25 @@ def _load_gx(gx, row, gate, rj, ok, H):
 
 
 @triton.jit
+def _dot(a, b, DOT_PREC: tl.constexpr, F32_DOT: tl.constexpr):
+    """[M, K] x [K, N] -> f32 [M, N]; operands in X. F32_DOT (interpreter and
+    bf16 only): Triton 3.9's interpreter multiplies the raw bits of bf16
+    operands, so there the same bf16 values are multiplied in fp32 (exact
+    products, fp32 sums: what the bf16 tensor-core dot computes)."""
+    if F32_DOT:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    return tl.dot(a, b, input_precision=DOT_PREC)
+
+
+@triton.jit
+def _sigmoid(x):
+    # not tl.sigmoid: triton.language's own @jit helpers are JIT functions
+    # whenever triton was imported before TRITON_INTERPRET was set (importing
+    # torch imports triton), and an interpreted kernel cannot call them.
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
 def _tanh(x):
     # exp of a non-positive argument: no overflow; libdevice tanh is not
     # available in the interpreter.
@@ -529,10 +579,10 @@ def _cell_and_store(a_i, a_f, a_g, a_o, c_prev, row, rb, rj, ok, valid, last, n,
                     y, h_n, c_n, gates, cs, B, H, NEED_WS: tl.constexpr):
     """The LSTM cell on [BB, BH] f32 pre-activations; stores y (0 if invalid),
     h_n/c_n at the row's last valid step, and the workspace. -> h_t, c_t (f32)."""
-    i = tl.sigmoid(a_i)
-    f = tl.sigmoid(a_f)
+    i = _sigmoid(a_i)
+    f = _sigmoid(a_f)
     g = _tanh(a_g)
-    o = tl.sigmoid(a_o)
+    o = _sigmoid(a_o)
     c = f * c_prev + i * g
     h = o * _tanh(c)
     v = valid[:, None]

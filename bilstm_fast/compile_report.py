@@ -1,0 +1,245 @@
+"""Ahead-of-time compile report: registers, spills and shared memory of every
+kernel variant the dispatchers can choose, for sm_80 and sm_90, with no GPU.
+
+    python -m bilstm_fast.compile_report [--arch 80 90] [--H 64 128 ...]
+        [--dtype fp32 fp16 bf16] [--quick] [--markdown] [--jobs N]
+
+Triton rows: for each (arch, H, dtype) the Triton dispatcher's choice
+(triton_lstm.kernel_config with the arch's shared memory) is compiled with
+``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`` for the
+forward and the backward kernel, over every flag combination the launchers
+can pass (N in {1, 2}, with/without lengths, with/without workspace, and for
+fp32 TF32 on/off). One row per kernel/arch/H/dtype shows the worst case over
+those flag variants: registers from Triton's bundled ``cuobjdump
+--dump-resource-usage`` on the cubin, spill bytes from its bundled
+``ptxas -v`` on the PTX, shared memory from the kernel metadata.
+``--quick`` (CI, < 2 minutes): H in {64, 128, 512}, fp32 and bf16, both
+arches, only the flag set used in training (N=2, lengths, workspace, TF32).
+
+CUDA C++ rows come from ``bilstm_fast.ops.cuda_resources.rows(archs, hs,
+dtypes)`` when that module exists, and are checked the same way.
+
+Exit status 1 if any row spills or exceeds the arch's shared memory per block
+(opt-in: sm_80 163 KB, sm_90 227 KB), 0 otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import itertools
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+# The kernels must be real JIT functions (not the interpreter's), and the FP
+# fusion default is pinned to Triton 3.9's current default (silences a warning).
+os.environ.pop("TRITON_INTERPRET", None)
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+
+ARCHS = (80, 90)
+HS = (64, 128, 256, 512, 1024)
+DTYPES = ("fp32", "fp16", "bf16")
+QUICK_HS = (64, 128, 512)
+QUICK_DTYPES = ("fp32", "bf16")
+SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}   # bytes per block, opt-in
+
+
+@dataclass(frozen=True)
+class Variant:
+    kernel: str      # "fwd" or "bwd"
+    arch: int
+    H: int
+    dtype: str       # fp32 / fp16 / bf16
+    N: int
+    has_lengths: bool
+    need_ws: bool    # forward only
+    dot_prec: str
+
+
+def triton_variants(archs, hs, dtypes, quick: bool) -> list[Variant]:
+    out = []
+    for arch, H, dtype in itertools.product(archs, hs, dtypes):
+        for kernel in ("fwd", "bwd"):
+            if quick:
+                flags = [(2, True, True, "tf32")]
+            else:
+                flags = itertools.product((1, 2), (False, True),
+                                          (False, True) if kernel == "fwd" else (True,),
+                                          ("tf32", "ieee") if dtype == "fp32" else ("tf32",))
+            out += [Variant(kernel, arch, H, dtype, *f) for f in flags]
+    return out
+
+
+def _bin(name: str) -> str:
+    import triton
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def compile_triton_variant(v: Variant) -> dict:
+    """Compile one variant for its arch; -> resource dict (worker process)."""
+    import torch
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from bilstm_fast.ops import triton_lstm as tk
+
+    if tk.INTERPRET:
+        raise RuntimeError("bilstm_fast.ops.triton_lstm was imported under TRITON_INTERPRET=1; "
+                           "run the compile report in a fresh process")
+    tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[v.dtype]
+    cfg = tk.kernel_config(v.H, tdtype, tk.SMEM_BYTES[v.arch])
+    X = v.dtype
+    if v.kernel == "fwd":
+        fn = tk._lstm_fwd_kernel
+        ptrs = dict(gx=X, w_hh=X, h0=X, c0=X, lengths="i64", y=X, h_n=X, c_n=X,
+                    gates="fp32", cs="fp32", c_scr="fp32")
+        flags = dict(HAS_LENGTHS=v.has_lengths, NEED_WS=v.need_ws, DOT_PREC=v.dot_prec)
+    else:
+        fn = tk._lstm_bwd_kernel
+        ptrs = dict(dy=X, dh_n=X, dc_n=X, w_hh=X, c0=X, lengths="i64", gates="fp32", cs="fp32",
+                    dgx=X, dh0=X, dc0=X, dh_scr="fp32", dc_scr="fp32")
+        flags = dict(HAS_LENGTHS=v.has_lengths, DOT_PREC=v.dot_prec)
+    constexprs = dict(H=v.H, N=v.N, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
+                      RESIDENT=cfg.resident, **flags, F32_DOT=False)  # F32_DOT: interpreter only
+    # T and B stay plain i32 (the launcher marks them do_not_specialize);
+    # pointers carry the 16-byte alignment the JIT sees for torch allocations.
+    signature = {k: "*" + t for k, t in ptrs.items()}
+    signature.update(T="i32", B="i32", **{k: "constexpr" for k in constexprs})
+    attrs = {(i,): [["tt.divisibility", 16]] for i in range(len(ptrs))}
+    k = triton.compile(triton.compiler.ASTSource(fn, signature, constexprs, attrs),
+                       target=GPUTarget("cuda", v.arch, 32),
+                       options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+    regs, stack = _cubin_usage(k.asm["cubin"])
+    spill_st, spill_ld = _ptxas_spills(k.asm["ptx"], v.arch)
+    return dict(backend="triton", kernel=fn.__name__, arch=v.arch, H=v.H, dtype=v.dtype,
+                registers=regs, spills=spill_st + spill_ld, stack=stack,
+                smem_bytes=k.metadata.shared, threads=32 * k.metadata.num_warps,
+                note=f"{'resident' if cfg.resident else 'streamed'} BH={cfg.block_h} "
+                     f"stages={cfg.num_stages}")
+
+
+def _cubin_usage(cubin: bytes) -> tuple[int, int]:
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([_bin("cuobjdump"), "--dump-resource-usage", f.name],
+                             capture_output=True, text=True, check=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+)", out)
+    return int(m.group(1)), int(m.group(2))
+
+
+def _ptxas_spills(ptx: str, arch: int) -> tuple[int, int]:
+    """Spill store/load bytes: re-run the ptxas Triton itself used for this
+    arch (sm_90 uses its bundled newer ptxas) with Triton's flags and -v."""
+    from triton.backends.nvidia.compiler import get_ptxas
+    target = re.search(r"^\.target\s+(sm_\w+)", ptx, re.M).group(1)
+    with tempfile.TemporaryDirectory() as d:
+        src = os.path.join(d, "k.ptx")
+        with open(src, "w") as f:
+            f.write(ptx)
+        r = subprocess.run([get_ptxas(arch).path, "-lineinfo", "-v", "--regAllocOptLevel=2",
+                            f"--gpu-name={target}", src, "-o", os.path.join(d, "k.cubin")],
+                           capture_output=True, text=True, check=True)
+    m = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", r.stdout + r.stderr)
+    return int(m.group(1)), int(m.group(2))
+
+
+def worst_per_kernel(rows: list[dict]) -> list[dict]:
+    """Collapse flag variants: one row per backend/kernel/arch/H/dtype, the max."""
+    groups: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["backend"], r["kernel"], r["arch"], r["H"], r["dtype"])
+        g = groups.setdefault(key, dict(r, variants=0))
+        for col in ("registers", "spills", "stack", "smem_bytes"):
+            g[col] = max(g[col], r[col])
+        g["variants"] += 1
+    return list(groups.values())
+
+
+def cuda_rows(archs, hs, dtypes) -> list[dict]:
+    try:
+        cuda_resources = importlib.import_module("bilstm_fast.ops.cuda_resources")
+    except ModuleNotFoundError as e:
+        if e.name != "bilstm_fast.ops.cuda_resources":
+            raise
+        return []
+    rows = cuda_resources.rows(list(archs), list(hs), list(dtypes))
+    for r in rows:
+        r.setdefault("note", "")
+        r.setdefault("stack", 0)
+        r.setdefault("variants", 1)
+    return rows
+
+
+def problems(r: dict) -> list[str]:
+    out = []
+    if r["spills"] > 0:
+        out.append(f"spills {r['spills']} B")
+    limit = SMEM_LIMIT.get(r["arch"])
+    if limit is not None and r["smem_bytes"] > limit:
+        out.append(f"smem {r['smem_bytes']} > {limit}")
+    return out
+
+
+COLUMNS = ("backend", "kernel", "arch", "H", "dtype", "registers", "spills", "smem_bytes",
+           "warps", "threads", "variants", "note", "status")
+
+
+def _cells(r: dict) -> list[str]:
+    bad = problems(r)
+    vals = dict(r, arch=f"sm_{r['arch']}", warps=r["threads"] // 32,
+                status="FAIL: " + ", ".join(bad) if bad else "ok")
+    return [str(vals.get(c, "")) for c in COLUMNS]
+
+
+def print_table(rows: list[dict], markdown: bool) -> None:
+    cells = [_cells(r) for r in rows]
+    if markdown:
+        print("| " + " | ".join(COLUMNS) + " |")
+        print("|" + "|".join("---" for _ in COLUMNS) + "|")
+        for c in cells:
+            print("| " + " | ".join(c) + " |")
+        return
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(COLUMNS)]
+    print("  ".join(h.ljust(w) for h, w in zip(COLUMNS, widths)))
+    print("  ".join("-" * w for w in widths))
+    for c in cells:
+        print("  ".join(x.ljust(w) for x, w in zip(c, widths)))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bilstm_fast.compile_report", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", type=int, nargs="+", choices=ARCHS, help="compute capabilities (default: 80 90)")
+    ap.add_argument("--H", type=int, nargs="+", help=f"hidden sizes (default: {HS})")
+    ap.add_argument("--dtype", nargs="+", choices=DTYPES, help=f"dtypes (default: {DTYPES})")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"CI subset: H {QUICK_HS}, {QUICK_DTYPES}, training flags only")
+    ap.add_argument("--markdown", action="store_true", help="print a markdown table")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles")
+    args = ap.parse_args(argv)
+    archs = tuple(args.arch or ARCHS)
+    hs = tuple(args.H or (QUICK_HS if args.quick else HS))
+    dtypes = tuple(args.dtype or (QUICK_DTYPES if args.quick else DTYPES))
+
+    variants = triton_variants(archs, hs, dtypes, args.quick)
+    print(f"compiling {len(variants)} Triton kernel variants for "
+          f"{', '.join(f'sm_{a}' for a in archs)} ...", file=sys.stderr, flush=True)
+    if args.jobs > 1:
+        with ProcessPoolExecutor(args.jobs) as pool:
+            raw = list(pool.map(compile_triton_variant, variants))
+    else:
+        raw = [compile_triton_variant(v) for v in variants]
+    rows = worst_per_kernel(raw) + cuda_rows(archs, hs, dtypes)
+    print_table(rows, args.markdown)
+    failed = [r for r in rows if problems(r)]
+    print(f"\n{len(rows)} rows ({len(raw)} Triton variants compiled), {len(failed)} failing "
+          f"(spills, or shared memory above sm_80 {SMEM_LIMIT[80]} / sm_90 {SMEM_LIMIT[90]} bytes)",
+          file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
