@@ -58,7 +58,8 @@ def run_both(x, lengths, dtype_ref=None):
 
 # (T, B, N, H, lengths, plan overrides). Every case with blocks > 1 runs the
 # per-direction grid barrier; batch_tile < B runs several shared-memory tiles;
-# threads < B * slice makes every thread loop over several (b, unit) pairs.
+# threads < B * slice makes every thread loop over several (b, unit) pairs;
+# threads >= 2 * B * slice splits each dot product over several threads (k-split).
 CASES = {
     "onchip_3blocks_unsorted_len1": (5, 3, 2, 13, [5, 1, 3], dict(path="onchip", blocks=3, threads=16, batch_tile=2)),
     "stream_3blocks_unsorted_len1": (5, 3, 2, 13, [5, 1, 3], dict(path="stream", blocks=3, threads=16, batch_tile=2)),
@@ -66,6 +67,9 @@ CASES = {
     "stream_odd_H33_B5": (3, 5, 2, 33, [2, 3, 1, 3, 3], dict(path="stream", blocks=4, threads=32, batch_tile=2)),
     "stream_unstaged_L2": (4, 3, 2, 13, [4, 1, 3], dict(path="stream", blocks=3, threads=16, batch_tile=-1)),
     "onchip_unstaged_L2": (4, 3, 2, 13, [2, 4, 3], dict(path="onchip", blocks=2, threads=16, batch_tile=-1)),
+    "onchip_ksplit_B2": (4, 2, 2, 24, [4, 2], dict(path="onchip", blocks=3, threads=64, batch_tile=1)),
+    "stream_ksplit_B3": (4, 3, 2, 21, [1, 4, 3], dict(path="stream", blocks=3, threads=64, batch_tile=2)),
+    "unstaged_ksplit": (3, 2, 1, 19, [3, 2], dict(path="stream", blocks=2, threads=64, batch_tile=-1)),
     "N1_H17_nolengths": (4, 2, 1, 17, None, dict(blocks=2, threads=16)),
     "T1_B1": (1, 1, 2, 8, None, dict(blocks=2, threads=8)),
     "one_block_per_dir": (3, 3, 2, 9, [1, 3, 2], dict(blocks=1, threads=32)),

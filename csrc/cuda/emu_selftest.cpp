@@ -3,7 +3,8 @@
 // one forward + backward per path (on-chip and streaming W_hh, and streaming
 // with h / dG read from L2 instead of a shared-memory tile), several
 // blocks per direction (so the per-direction grid barrier is exercised),
-// several batch tiles, fewer threads than (batch, unit) pairs, unsorted
+// several batch tiles, fewer threads than (batch, unit) pairs and more
+// (dot products split over threads), unsorted
 // lengths incl. 1, odd H and B; checked against a plain double-precision
 // reference of the same math. Exit code 0 only if every value matches.
 //
@@ -177,6 +178,11 @@ int main() {
   run(p, on, "onchip");
   run(p, st, "stream");
   run(p, st_l2, "stream-unstaged");
+  // 64 threads for 10 (row, unit) items per tile: each dot product split over 6 threads
+  Options on_ks = on; on_ks.threads = 64;
+  Options st_l2_ks = st_l2; st_l2_ks.threads = 64;
+  run(p, on_ks, "onchip-ksplit");
+  run(p, st_l2_ks, "stream-unstaged-ksplit");
   std::printf("%s\n", g_fail ? "FAILED" : "all ok");
   return g_fail ? 1 : 0;
 }

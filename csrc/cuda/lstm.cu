@@ -152,7 +152,8 @@ __device__ __forceinline__ float column_dot(const float* g, const T* w, size_t w
 
 // ----------------------------------------------------------- forward kernel
 // Shared memory: [W slice: H x 4 x slice of X, if W_SMEM][h tile: batch_tile x H fp32]
-// (batch_tile 0: no h tile, h_{t-1} read from L2; only when one row does not fit).
+// [partial sums: 4 x threads fp32] (batch_tile 0: no h tile, h_{t-1} read from L2;
+// only when one row does not fit).
 template <class T, bool W_SMEM>
 __global__ void __launch_bounds__(kMaxThreads, 1) lstm_fwd_kernel(const FwdParams p) {
   BL_DYNAMIC_SMEM(unsigned char, smem);
@@ -167,6 +168,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_fwd_kernel(const FwdParam
   float* h_s = reinterpret_cast<float*>(smem + w_bytes);              // [batch_tile, H]
   const bool staged = p.batch_tile > 0;        // else h_{t-1} is read from L2 (huge H)
   const int tile = staged ? p.batch_tile : B;
+  float* red_s = h_s + (size_t)p.batch_tile * H;                      // [ks, items, 4] partial sums
+  const size_t wk = W_SMEM ? 4 * hs : G, wg = W_SMEM ? hs : H;        // W(k, gate) at k * wk + gate * wg
   float* h_buf = p.ws;                                                // [2, N, B, H]
   float* c_st = p.ws + (size_t)2 * N * B * H;                         // [N, B, H]
   const T* gx = static_cast<const T*>(p.gx);
@@ -198,7 +201,25 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_fwd_kernel(const FwdParam
         for (int i = tid; i < nb * H; i += nth) h_s[i] = ld_shared_state(h_prev + (size_t)b0 * H + i);
         __syncthreads();
       }
-      for (int i = tid; i < nb * hs; i += nth) {
+      // Few (row, unit) items for many threads (small B): split each dot
+      // product over ks threads, partial sums through shared memory.
+      const int items = nb * hs;
+      const int ks = min(nth / items, H);
+      if (ks >= 2) {
+        if (tid < items * ks) {
+          const int it = tid % items, kp = tid / items, bl = it / hs, r = it % hs;
+          const int k0 = (int)((long)kp * H / ks), k1 = (int)((long)(kp + 1) * H / ks);
+          const float* hb = (staged ? h_s + (size_t)bl * H : h_prev + (size_t)(b0 + bl) * H) + k0;
+          const T* w = (W_SMEM ? w_s + r : wt + u0 + r) + (size_t)k0 * wk;
+          float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
+          if (staged) gate_dots(hb, w, wk, wg, k1 - k0, LoadPlain{}, a0, a1, a2, a3);
+          else        gate_dots(hb, w, wk, wg, k1 - k0, LoadL2{}, a0, a1, a2, a3);
+          float* rp = red_s + ((size_t)kp * items + it) * 4;
+          rp[0] = a0; rp[1] = a1; rp[2] = a2; rp[3] = a3;
+        }
+        __syncthreads();
+      }
+      for (int i = tid; i < items; i += nth) {
         const int bl = i / hs, r = i % hs, b = b0 + bl, u = u0 + r;
         const bool valid = t < (p.lengths ? (int)p.lengths[b] : T_);
         const size_t bu = (size_t)b * H + u;
@@ -211,11 +232,17 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_fwd_kernel(const FwdParam
         }
         const T* gxp = gx + (size_t)t * p.gx_st + (size_t)b * p.gx_sb + (size_t)dir * p.gx_sn + u;
         float a0 = to_f(gxp[0]), a1 = to_f(gxp[H]), a2 = to_f(gxp[2 * H]), a3 = to_f(gxp[3 * H]);
-        const float* hb = staged ? h_s + (size_t)bl * H : h_prev + (size_t)b * H;
-        const T* w = W_SMEM ? w_s + r : wt + u;        // w[k * wk + gate * wg]
-        const size_t wk = W_SMEM ? 4 * hs : G, wg = W_SMEM ? hs : H;
-        if (staged) gate_dots(hb, w, wk, wg, H, LoadPlain{}, a0, a1, a2, a3);
-        else        gate_dots(hb, w, wk, wg, H, LoadL2{}, a0, a1, a2, a3);
+        if (ks >= 2) {
+          for (int kp = 0; kp < ks; ++kp) {
+            const float* rp = red_s + ((size_t)kp * items + i) * 4;
+            a0 += rp[0]; a1 += rp[1]; a2 += rp[2]; a3 += rp[3];
+          }
+        } else {
+          const float* hb = staged ? h_s + (size_t)bl * H : h_prev + (size_t)b * H;
+          const T* w = W_SMEM ? w_s + r : wt + u;
+          if (staged) gate_dots(hb, w, wk, wg, H, LoadPlain{}, a0, a1, a2, a3);
+          else        gate_dots(hb, w, wk, wg, H, LoadL2{}, a0, a1, a2, a3);
+        }
         const float ig = sigmoidf_(a0), fg = sigmoidf_(a1), gg = bl_tanh(a2), og = sigmoidf_(a3);
         const float c = fg * c_st[nbh] + ig * gg;
         const float h = og * bl_tanh(c);
@@ -228,6 +255,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_fwd_kernel(const FwdParam
           p.cs[(((size_t)t * B + b) * N + dir) * H + u] = c;
         }
       }
+      if (ks >= 2) __syncthreads();                    // red_s free for the next tile
     }
     grid_barrier(p.barrier + dir, n_bar++ * p.blocks);  // h_next complete
   }
@@ -242,7 +270,7 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_fwd_kernel(const FwdParam
 
 // ---------------------------------------------------------- backward kernel
 // Shared memory: [W columns: 4H x slice of X, if W_SMEM][dG tile: batch_tile x 4H fp32]
-// (batch_tile 0: dG read from L2).
+// [partial sums: threads fp32] (batch_tile 0: dG read from L2).
 template <class T, bool W_SMEM>
 __global__ void __launch_bounds__(kMaxThreads, 1) lstm_bwd_kernel(const BwdParams p) {
   BL_DYNAMIC_SMEM(unsigned char, smem);
@@ -257,6 +285,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_bwd_kernel(const BwdParam
   float* g_s = reinterpret_cast<float*>(smem + w_bytes);              // [batch_tile, 4H]
   const bool staged = p.batch_tile > 0;        // else dG is read from L2 (huge H)
   const int tile = staged ? p.batch_tile : B;
+  float* red_s = g_s + (size_t)p.batch_tile * G;                      // [ks, items] partial sums
+  const size_t wstride = W_SMEM ? hs : H;                             // W(row, unit) at row * wstride
   float* dh_st = p.ws;                                                // [N, B, H]
   float* dc_st = p.ws + (size_t)N * B * H;                            // [N, B, H]
   float* g_buf = p.ws + (size_t)2 * N * B * H;                        // [2, N, B, 4H]
@@ -317,16 +347,33 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_bwd_kernel(const BwdParam
         for (int i = tid; i < nb * G; i += nth) g_s[i] = ld_shared_state(gb + (size_t)b0 * G + i);
         __syncthreads();
       }
-      for (int i = tid; i < nb * hs; i += nth) {
+      const int items = nb * hs;                        // split rows over ks threads (small B)
+      const int ks = min(nth / items, G);
+      if (ks >= 2) {
+        if (tid < items * ks) {
+          const int it = tid % items, kp = tid / items, bl = it / hs, r = it % hs;
+          const int r0 = (int)((long)kp * G / ks), r1 = (int)((long)(kp + 1) * G / ks);
+          const float* gr = (staged ? g_s + (size_t)bl * G : gb + (size_t)(b0 + bl) * G) + r0;
+          const T* wc = (W_SMEM ? w_s + r : w + u0 + r) + (size_t)r0 * wstride;
+          red_s[(size_t)kp * items + it] = staged ? column_dot(gr, wc, wstride, r1 - r0, LoadPlain{})
+                                                  : column_dot(gr, wc, wstride, r1 - r0, LoadL2{});
+        }
+        __syncthreads();
+      }
+      for (int i = tid; i < items; i += nth) {
         const int bl = i / hs, r = i % hs, b = b0 + bl, u = u0 + r;
         if (t >= (p.lengths ? (int)p.lengths[b] : T_)) continue;  // dh frozen
-        const float* gr = staged ? g_s + (size_t)bl * G : gb + (size_t)b * G;
-        const T* wc = W_SMEM ? w_s + r : w + u;         // wc[row * ws]
-        const size_t wstride = W_SMEM ? hs : H;
-        const float acc = staged ? column_dot(gr, wc, wstride, G, LoadPlain{})
-                                 : column_dot(gr, wc, wstride, G, LoadL2{});
+        float acc = 0.f;
+        if (ks >= 2) {
+          for (int kp = 0; kp < ks; ++kp) acc += red_s[(size_t)kp * items + i];
+        } else {
+          const float* gr = staged ? g_s + (size_t)bl * G : gb + (size_t)b * G;
+          const T* wc = W_SMEM ? w_s + r : w + u;
+          acc = staged ? column_dot(gr, wc, wstride, G, LoadPlain{}) : column_dot(gr, wc, wstride, G, LoadL2{});
+        }
         dh_st[((size_t)dir * B + b) * H + u] = acc;
       }
+      if (ks >= 2) __syncthreads();                    // red_s free for the next tile
     }
   }
   __syncthreads();
@@ -344,10 +391,11 @@ namespace {
 long round16(long x) { return (x + 15) / 16 * 16; }
 
 // Shared memory per block of a plan.
-long plan_smem(int kind, int path, int H, int slice, int batch_tile, int esize) {
+long plan_smem(int kind, int path, int H, int slice, int batch_tile, int esize, int threads) {
   const long w = path == kOnChip ? round16((long)4 * H * slice * esize) : 0;
   const long stage = (long)batch_tile * (kind == kForward ? H : 4 * H) * 4;
-  return w + stage;
+  const long partial = (long)threads * (kind == kForward ? 4 : 1) * 4;  // k-split partial sums
+  return w + stage + partial;
 }
 
 [[noreturn]] void fail(const std::string& msg) { throw std::runtime_error("bilstm_fast cuda: " + msg); }
@@ -375,14 +423,14 @@ Plan make_plan(int kind, int N, int B, int H, int dtype, const DeviceLimits& lim
   const int min_tile = opt.batch_tile > 0 ? want_tile : opt.batch_tile < 0 ? 0 : std::min(B, 8);
   const long row = (long)(kind == kForward ? H : 4 * H) * 4;
   auto fit_tile = [&](int path) {  // largest tile <= want_tile that fits; -1 if W alone does not fit
-    const long free = lim.smem_per_block - plan_smem(kind, path, H, pl.slice, 0, esize);
+    const long free = lim.smem_per_block - plan_smem(kind, path, H, pl.slice, 0, esize, pl.threads);
     return free < 0 ? -1 : (int)std::min<long>(want_tile, free / row);
   };
   const int onchip_tile = fit_tile(kOnChip);
   if (opt.path == kOnChip || (opt.path == kAuto && onchip_tile >= min_tile)) {
     if (onchip_tile < min_tile)
       fail("on-chip path forced but W_hh slice + batch tile (" +
-           std::to_string(plan_smem(kind, kOnChip, H, pl.slice, min_tile, esize)) +
+           std::to_string(plan_smem(kind, kOnChip, H, pl.slice, min_tile, esize, pl.threads)) +
            " B) exceeds shared memory per block (" + std::to_string(lim.smem_per_block) + " B)");
     pl.path = kOnChip;
     pl.batch_tile = opt.batch_tile < 0 ? 0 : onchip_tile;
@@ -394,7 +442,7 @@ Plan make_plan(int kind, int N, int B, int H, int dtype, const DeviceLimits& lim
                                  : "W_hh slice of " + std::to_string(pl.slice) +
                                        " units does not fit in shared memory: weights stream from L2";
   }
-  pl.smem_bytes = plan_smem(kind, pl.path, H, pl.slice, pl.batch_tile, esize);
+  pl.smem_bytes = plan_smem(kind, pl.path, H, pl.slice, pl.batch_tile, esize, pl.threads);
   return pl;
 }
 
