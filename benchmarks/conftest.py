@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from bilstm_fast.bench.cli import DEFAULT_BACKENDS
-from bilstm_fast.bench.device import default_device, environment
+from bilstm_fast.bench.device import default_device, environment, set_tf32
 from bilstm_fast.bench.shapes import MODES, QUICK, default_sweep
 from bilstm_fast.bench.workload import BASELINE
 
@@ -39,6 +39,12 @@ def pytest_generate_tests(metafunc):
         if _quick(metafunc.config):
             impls.append("reference")  # cheap at the quick shape; keeps the check path exercised
         metafunc.parametrize("impl", impls)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fp32_is_fp32():
+    """As in bilstm-bench: no TF32 in cuDNN/cuBLAS, so nn.LSTM's fp32 is fp32."""
+    set_tf32(False)
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -21,7 +21,8 @@ from bilstm_fast.bench.shapes import QUICK, Shape, flops, parse_shape
 DOC_TOP = {"schema", "created_utc", "command", "duration_s", "environment", "peak", "settings",
            "skipped_backends", "results"}
 DOC_ENV = {"device_type", "device_name", "sm_count", "cpu_model", "cpu_count", "torch_threads",
-           "torch", "triton", "bilstm_fast", "commit", "dirty", "python", "os", "hostname"}
+           "torch", "triton", "bilstm_fast", "commit", "dirty", "python", "os", "hostname",
+           "load_avg_1min"}
 DOC_ENV_CUDA = {"driver", "cuda", "cudnn", "compute_capability", "memory_gb"}
 DOC_PEAK = {"source", "description", "flops", "bandwidth_gbs"}
 DOC_SETTINGS = {"device", "dtypes", "modes", "backends", "warmup", "repeats", "tf32", "memory_method"}

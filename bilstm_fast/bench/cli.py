@@ -94,12 +94,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _setup_torch(args) -> None:
     import torch
-    from .device import default_device
+    from .device import default_device, set_tf32
     args.device = args.device or default_device()
     if args.threads:
         torch.set_num_threads(args.threads)
-    torch.backends.cuda.matmul.allow_tf32 = args.tf32
-    torch.backends.cudnn.allow_tf32 = args.tf32
+    set_tf32(args.tf32)
 
 
 # ---------------------------------------------------------------------- run
@@ -219,9 +218,12 @@ def run_main(argv: list[str]) -> int:
                   TimeElapsedColumn(), console=err, transient=True) as progress:
         task = progress.add_task("starting", total=len(cases) * (1 + len(backends)))
 
-        def advance(what: str) -> None:
-            progress.update(task, description=what)
-            progress.advance(task)
+        done = 0
+
+        def advance(what: str) -> None:  # called as each implementation starts
+            nonlocal done
+            progress.update(task, description=what, completed=done)
+            done += 1
         rows = runner.run(cases, settings, peak, advance)
 
     run = {

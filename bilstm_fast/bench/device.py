@@ -24,6 +24,24 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def set_tf32(enabled: bool) -> None:
+    """Whether fp32 GEMMs may run on TF32 tensor cores — in cuBLAS and in
+    cuDNN, whose default is on (so nn.LSTM's fp32 would silently be TF32 and
+    fail an fp32 check). Off by default in every bilstm-bench entry point:
+    fp32 means fp32 on both sides. No effect on a CPU."""
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+
+
+def load_average() -> float | None:
+    """1-minute load average: above the core count, other processes were
+    competing for the CPU and every time is inflated and noisy."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -83,6 +101,7 @@ def environment(device: torch.device) -> dict:
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "load_avg_1min": load_average(),
     }
     if device.type == "cuda":
         p = torch.cuda.get_device_properties(device)
@@ -180,9 +199,10 @@ class Peak:
 # reaches here, which is what an LSTM's GEMMs could reach (not the
 # theoretical peak, which a VM's CPU does not reliably report).
 _MATMUL_N = {"cuda": 8192, "cpu": 1536}
+_MATMUL_TRIES = 5
 
 
-def measured_matmul_flops(device: torch.device, dtype: str, tries: int = 3) -> float:
+def measured_matmul_flops(device: torch.device, dtype: str, tries: int = _MATMUL_TRIES) -> float:
     n = _MATMUL_N.get(device.type, 1536)
     a = torch.randn(n, n, device=device).to(DTYPES[dtype])
     b = torch.randn(n, n, device=device).to(DTYPES[dtype])
@@ -203,7 +223,7 @@ def device_peak(device: torch.device, dtypes: list[str], tf32: bool = False) -> 
             return Peak("datasheet", f"{row.name}: {row.source}", flops, row.bandwidth_gbs)
     n = _MATMUL_N.get(device.type, 1536)
     flops = {dt: measured_matmul_flops(device, dt) for dt in dtypes}
-    return Peak("measured", f"best of 3 torch.matmul {n}x{n} per dtype on this device "
+    return Peak("measured", f"best of {_MATMUL_TRIES} torch.matmul {n}x{n} per dtype on this device "
                 f"({torch.get_num_threads()} threads)" if device.type == "cpu"
-                else f"best of 3 torch.matmul {n}x{n} per dtype (GPU not in the datasheet table)",
+                else f"best of {_MATMUL_TRIES} torch.matmul {n}x{n} per dtype (GPU not in the datasheet table)",
                 flops, None)

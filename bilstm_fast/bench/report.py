@@ -73,6 +73,20 @@ def print_run(run: dict, console: Console | None = None) -> None:
         console.print(f"({i}) {escape(note)}" if i < len(notes) else note, highlight=False)
     for name, why in run.get("skipped_backends", {}).items():
         console.print(f"not run: {name}: {escape(why)}", style="dim", highlight=False)
+    warning = busy_warning(run["environment"])
+    if warning:
+        console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+
+
+def busy_warning(env: dict) -> str | None:
+    """A warning when other processes competed for the CPU during the run
+    (our own threads account for up to torch_threads of the load)."""
+    load, cores = env.get("load_avg_1min"), env.get("cpu_count")
+    if load is None or not cores or load <= 1.5 * cores:
+        return None
+    return (f"load average {load:g} on {cores} CPUs at the end of the run: other processes "
+            f"competed for the CPU, so times are inflated and noisy (see the p20-p80 spread); "
+            f"rerun on a quiet machine before quoting them")
 
 
 def compare_table(merged: dict) -> Table:
