@@ -27,13 +27,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import itertools
+import json
 import os
 import re
 import subprocess
 import sys
 import tempfile
-from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+import threading
+from dataclasses import asdict, astuple, dataclass
 
 # The kernels must be real JIT functions (not the interpreter's), and the FP
 # fusion default is pinned to Triton 3.9's current default (silences a warning).
@@ -152,9 +153,14 @@ def worst_per_kernel(rows: list[dict]) -> list[dict]:
     groups: dict[tuple, dict] = {}
     for r in rows:
         key = (r["backend"], r["kernel"], r["arch"], r["H"], r["dtype"])
-        g = groups.setdefault(key, dict(r, variants=0))
-        for col in ("registers", "spills", "stack", "smem_bytes"):
+        g = groups.get(key)
+        if g is None:
+            groups[key] = dict(r, variants=1, error=r.get("error", ""))
+            continue
+        for col in ("registers", "spills", "stack", "smem_bytes", "threads"):
             g[col] = max(g[col], r[col])
+        g["note"] = g["note"] or r["note"]
+        g["error"] = "; ".join(filter(None, (g["error"], r.get("error", ""))))
         g["variants"] += 1
     return list(groups.values())
 
@@ -175,7 +181,7 @@ def cuda_rows(archs, hs, dtypes) -> list[dict]:
 
 
 def problems(r: dict) -> list[str]:
-    out = []
+    out = [r["error"]] if r.get("error") else []
     if r["spills"] > 0:
         out.append(f"spills {r['spills']} B")
     limit = SMEM_LIMIT.get(r["arch"])
@@ -210,6 +216,50 @@ def print_table(rows: list[dict], markdown: bool) -> None:
         print("  ".join(x.ljust(w) for x, w in zip(c, widths)))
 
 
+def compile_all(variants: list[Variant], jobs: int) -> list[dict]:
+    """Compile in `jobs` worker processes (python -m bilstm_fast.compile_report
+    --worker, one JSON line per variant). The compiler can abort the process
+    (an LLVM assertion); that variant becomes a failing row and a new worker
+    takes the rest of the list."""
+    chunks = [variants[i::jobs] for i in range(max(1, jobs))]
+    results: list[dict] = []
+
+    def run_chain(todo: list[Variant]) -> None:
+        while todo:
+            proc = subprocess.run([sys.executable, "-m", "bilstm_fast.compile_report", "--worker"],
+                                  input=json.dumps([asdict(v) for v in todo]),
+                                  capture_output=True, text=True)
+            done = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+            results.extend(done)
+            todo = todo[len(done):]
+            if todo and proc.returncode != 0:    # the first unfinished variant crashed the compiler
+                why = (proc.stderr.strip().splitlines() or ["no output"])[-1][:120]
+                results.append(_crash_row(todo[0], f"exit {proc.returncode}: {why}"))
+                todo = todo[1:]
+
+    threads = [threading.Thread(target=run_chain, args=(c,)) for c in chunks if c]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    order = {astuple(v): i for i, v in enumerate(variants)}
+    return sorted(results, key=lambda r: order[tuple(r["variant"])])
+
+
+def _crash_row(v: Variant, why: str) -> dict:
+    return dict(backend="triton", kernel=f"_lstm_{v.kernel}_kernel", arch=v.arch, H=v.H, dtype=v.dtype,
+                registers=-1, spills=0, stack=0, smem_bytes=0, threads=0, variant=list(astuple(v)),
+                note="", error=f"compiler crashed on N={v.N} lengths={v.has_lengths} "
+                               f"ws={v.need_ws} {v.dot_prec}: {why}")
+
+
+def _worker() -> int:
+    for d in json.loads(sys.stdin.read()):
+        v = Variant(**d)
+        print(json.dumps(dict(compile_triton_variant(v), variant=list(astuple(v)))), flush=True)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bilstm_fast.compile_report", description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, nargs="+", choices=ARCHS, help="compute capabilities (default: 80 90)")
@@ -219,7 +269,10 @@ def main(argv=None) -> int:
                     help=f"CI subset: H {QUICK_HS}, {QUICK_DTYPES}, training flags only")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.worker:
+        return _worker()
     archs = tuple(args.arch or ARCHS)
     hs = tuple(args.H or (QUICK_HS if args.quick else HS))
     dtypes = tuple(args.dtype or (QUICK_DTYPES if args.quick else DTYPES))
@@ -227,11 +280,7 @@ def main(argv=None) -> int:
     variants = triton_variants(archs, hs, dtypes, args.quick)
     print(f"compiling {len(variants)} Triton kernel variants for "
           f"{', '.join(f'sm_{a}' for a in archs)} ...", file=sys.stderr, flush=True)
-    if args.jobs > 1:
-        with ProcessPoolExecutor(args.jobs) as pool:
-            raw = list(pool.map(compile_triton_variant, variants))
-    else:
-        raw = [compile_triton_variant(v) for v in variants]
+    raw = compile_all(variants, args.jobs)
     rows = worst_per_kernel(raw) + cuda_rows(archs, hs, dtypes)
     print_table(rows, args.markdown)
     failed = [r for r in rows if problems(r)]

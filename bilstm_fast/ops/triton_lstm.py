@@ -29,14 +29,22 @@ lengths need not be sorted. h_n / c_n are stored at the row's last valid step
 (or, in the backward, before it) a row's state is garbage that is never read.
 
 The two paths (one kernel source each for forward and backward, switched by
-the constexpr RESIDENT; the dispatcher `kernel_config` picks it)
+the constexpr RESIDENT; the dispatcher `kernel_config` picks path and tiles
+from H, dtype and the arch's shared memory per block)
 -------------------------------------------------------------------------
-RESIDENT (small H: HP <= 64 for every dtype, see `_RESIDENT_MAX_HP`):
+                       sm_80 (163 KB), sm_90 (227 KB)    sm_86 / sm_89 (99 KB)
+    RESIDENT  fp32     H <= 64                           H <= 64
+              fp16/bf16 H <= 128                         H <= 64
+    STREAMED  larger H, BH = 64, 8 warps                 same
+RESIDENT:
     the program loads W_hh of its direction once, as four [HP, HP] gate
-    tiles, and keeps them in registers for all T steps; h and c (dh, dc)
-    stay in registers too. One step = 4 tl.dot [BB, HP] x [HP, HP] + the
-    cell. No barrier, no scratch.
-STREAMED (larger H, or forced for tests):
+    tiles (W^T for the forward, W for the backward), before the time loop;
+    Triton stages these loop-invariant dot operands in shared memory
+    (4*HP^2*sizeof(X) + BB*HP*4 bytes, exactly what the compile report
+    shows), so W_hh stays on chip for all T steps; h and c (dh, dc) stay in
+    registers. One step = 4 tl.dot [BB, HP] x [HP, HP] + the cell. No
+    barrier, no scratch.
+STREAMED (larger H; tests force it at tiny H with BH = 16):
     per step the program loops over tiles of BH hidden units; for each it
     streams the four [BH, BH] W_hh tiles of every k-tile from L2 and reads
     the previous h (k-tile) from global memory: y[t_prev] holds it already
@@ -47,26 +55,30 @@ STREAMED (larger H, or forced for tests):
     which is the all-gather buffer) per j-tile, barrier, phase 2 computes
     dh = dG W_hh per k-tile into an fp32 scratch, barrier.
 
-Predicted per-step cost of one program (we cannot time it here: no GPU)
----------------------------------------------------------------------
-FLOPs per step per program, both paths: 2 * BB * 4H * H (the gate GEMM; the
-backward the same for dG W_hh) + ~30 * BB * H for the cell.
-Bytes per step per program, s = sizeof(X):
-    RESIDENT forward : reads gx 4H*BB*s, writes y H*BB*s (+ ws 5H*BB*4 when
-                       need_ws); W_hh costs 0 bytes after the first step.
-    RESIDENT backward: reads gates+cs 5H*BB*4 (+ cs[t_prev] H*BB*4), dy H*BB*s;
-                       writes dgx 4H*BB*s.
-    STREAMED         : the above, plus W_hh 4*H*H*s from L2 every step, plus
-                       h_{t-1} (H/BH)*BB*H*s re-read per j-tile (L1/L2 hits),
-                       plus c scratch 2*H*BB*4 (backward: dh/dc 4*H*BB*4).
-A step of the STREAMED path is bound by the L2->SM bandwidth of ONE SM
-(order 64 B/clk, ~90 GB/s at 1.4 GHz on A100): e.g. H=256 fp16 streams
-512 KB of W per step -> ~6 us/step; H=1024 fp16 8 MB -> ~90 us/step. The
-RESIDENT path is bound by the dependent chain dot -> cell -> next dot
-(latency, a few us per step at most). Numbers are predictions, not timings.
+Predicted per-step cost of one program (NOT measured: there is no GPU here)
+---------------------------------------------------------------------------
+FLOPs per step per program, both paths and both passes: 2*BB*4H*H = 128*H^2
+(the gate GEMM, or dG W_hh; BB = 16 rows even when B < 16) + ~30*BB*H for
+the cell. s = sizeof(X):
+    RESIDENT  on-chip: W from shared memory 4*HP^2*s per step (ldmatrix,
+              ~128 B/clk/SM: HP=64 fp32 64 KB -> ~0.4 us, HP=128 fp16
+              128 KB -> ~0.7 us at 1.4 GHz); global: gx 4H*BB*s in, y H*BB*s
+              out (+ workspace 5H*BB*4 when need_ws); backward: gates, cs,
+              cs[t_prev] 6H*BB*4 + dy H*BB*s in, dgx 4H*BB*s out.
+    STREAMED  the same global traffic, plus W_hh 4*H^2*s from L2 every step
+              (both directions' W stay L2-resident up to H=1024 fp16: 16 MB),
+              h_{t-1} (H/BH)*BB*H*s re-read per j-tile (L1/L2 hits), the c
+              scratch 2*H*BB*4 (backward dh/dc 3*H*BB*4 + dG re-read 4H*BB*s).
+A STREAMED step is bound by the L2->SM bandwidth of ONE SM (order 64 B/clk,
+~90 GB/s on A100): H=256 fp16 streams 512 KB of W -> ~6 us/step, H=1024 fp16
+8 MB -> ~90 us/step (its 134 MFLOP/step would take ~45 us at one SM's peak).
+A RESIDENT step is bound by the dependent chain smem W -> dot -> cell -> next
+dot: ~1 us/step or less. These are predictions from the counts above.
 A multi-program-per-direction variant (hidden units split over SMs with a
-grid barrier) would cut the STREAMED cost by the number of SMs used, but
-needs a co-residency guarantee that cannot be tested here; it is not built.
+grid barrier per step) would divide the STREAMED W traffic by the number of
+SMs used, but needs a co-residency guarantee (cooperative launch) that the
+interpreter cannot exercise (it runs programs one after another, so a grid
+barrier deadlocks there): not built, see docs/triton.md.
 
 dtypes: gates are accumulated in fp32 (tl.dot with an fp32 accumulator),
 the cell state and all workspace are fp32; the dot operands are X (fp32 uses
@@ -76,6 +88,7 @@ size never recompiles; H, the tile sizes, N and the flags are constexpr.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Optional
@@ -204,14 +217,15 @@ def lstm_fwd_triton(
     # STREAMED keeps c in global memory, double-buffered by step parity.
     c_scr = gx.new_empty((2, N, B, H) if not cfg.resident else (0,), dtype=f32)
     grid = (N, triton.cdiv(B, cfg.block_b))
-    _lstm_fwd_kernel[grid](
-        gx, w_hh, h0, c0, gx if lengths is None else lengths,
-        y, h_n, c_n, gates, cs, c_scr,
-        T, B,
-        H=H, N=N, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, RESIDENT=cfg.resident,
-        HAS_LENGTHS=lengths is not None, NEED_WS=bool(need_ws), DOT_PREC=_dot_precision(gx.dtype),
-        F32_DOT=INTERPRET and gx.dtype == torch.bfloat16,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    with _device_of(gx):
+        _lstm_fwd_kernel[grid](
+            gx, w_hh, h0, c0, gx if lengths is None else lengths,
+            y, h_n, c_n, gates, cs, c_scr,
+            T, B,
+            H=H, N=N, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, RESIDENT=cfg.resident,
+            HAS_LENGTHS=lengths is not None, NEED_WS=bool(need_ws), DOT_PREC=_dot_precision(gx.dtype),
+            F32_DOT=INTERPRET and gx.dtype == torch.bfloat16,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return y, h_n, c_n, gates, cs
 
 
@@ -238,21 +252,22 @@ def lstm_bwd_triton(
     dh_scr = dy.new_empty((N, B, H) if not cfg.resident else (0,), dtype=f32)
     dc_scr = dy.new_empty((2, N, B, H) if not cfg.resident else (0,), dtype=f32)
     grid = (N, triton.cdiv(B, cfg.block_b))
-    _lstm_bwd_kernel[grid](
-        dy, dh_n, dc_n, w_hh, c0, dy if lengths is None else lengths,
-        gates, cs, dgx, dh0, dc0, dh_scr, dc_scr,
-        T, B,
-        H=H, N=N, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, RESIDENT=cfg.resident,
-        HAS_LENGTHS=lengths is not None, DOT_PREC=_dot_precision(dy.dtype),
-        F32_DOT=INTERPRET and dy.dtype == torch.bfloat16,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    with _device_of(dy):
+        _lstm_bwd_kernel[grid](
+            dy, dh_n, dc_n, w_hh, c0, dy if lengths is None else lengths,
+            gates, cs, dgx, dh0, dc0, dh_scr, dc_scr,
+            T, B,
+            H=H, N=N, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, RESIDENT=cfg.resident,
+            HAS_LENGTHS=lengths is not None, DOT_PREC=_dot_precision(dy.dtype),
+            F32_DOT=INTERPRET and dy.dtype == torch.bfloat16,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return dgx, dh0, dc0
 
 
 # ---------------------------------------------------------------- dispatcher
 @dataclass(frozen=True)
 class KernelConfig:
-    resident: bool   # True: W_hh and the state in registers for all steps
+    resident: bool   # True: W_hh on chip (smem) and the state in registers for all steps
     block_h: int     # hidden units per tile (HP when resident)
     block_b: int     # batch rows per program
     num_warps: int
@@ -297,7 +312,7 @@ def kernel_config(H: int, dtype: torch.dtype, smem_bytes: int = _DEFAULT_SMEM) -
     """
     if FORCE_CONFIG is not None:
         return FORCE_CONFIG
-    size = torch.empty((), dtype=dtype).element_size()
+    size = torch.finfo(dtype).bits // 8
     hp = max(16, _next_pow2(H))
     if hp <= _RESIDENT_MAX_HP and w_tiles_smem_bytes(hp, size) <= smem_bytes:
         return KernelConfig(True, hp, _BLOCK_B, 4 if hp <= 64 else 8, 1)
@@ -309,6 +324,12 @@ def _smem_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).shared_memory_per_block_optin
     return _DEFAULT_SMEM
+
+
+def _device_of(t: torch.Tensor):
+    """Launch on the tensors' GPU (Triton launches on the current device),
+    on the current stream of that device."""
+    return torch.cuda.device(t.device) if t.device.type == "cuda" else contextlib.nullcontext()
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
