@@ -197,33 +197,42 @@ class Peak:
 
 # Measured peak: the best of a few large square matmuls — the most a GEMM
 # reaches here, which is what an LSTM's GEMMs could reach (not the
-# theoretical peak, which a VM's CPU does not reliably report).
-_MATMUL_N = {"cuda": 8192, "cpu": 1536}
-_MATMUL_TRIES = 5
+# theoretical peak, which a VM's CPU does not reliably report). The size
+# doubles from 256 until one matmul takes MATMUL_MIN_MS (or hits the cap):
+# large enough to be efficient, and bounded in time even for a dtype with
+# no fast kernel on the device (CPU fp16: ~1 GFLOP/s, 7 s per 1536^3).
+MATMUL_MAX_N = {"cuda": 8192, "cpu": 2048}
+MATMUL_MIN_MS, MATMUL_TRIES = 50.0, 5
 
 
-def measured_matmul_flops(device: torch.device, dtype: str, tries: int = _MATMUL_TRIES) -> float:
-    n = _MATMUL_N.get(device.type, 1536)
-    a = torch.randn(n, n, device=device).to(DTYPES[dtype])
-    b = torch.randn(n, n, device=device).to(DTYPES[dtype])
+def measured_matmul_flops(device: torch.device, dtype: str) -> tuple[float, int]:
+    """(FLOP/s of the best of MATMUL_TRIES n x n matmuls, n)."""
     from .timing import _elapsed_ms
-    _elapsed_ms(lambda: a @ b, device)  # warm-up (library init, autotuning)
-    best = min(_elapsed_ms(lambda: a @ b, device) for _ in range(tries))
-    return 2 * n**3 / (best * 1e-3)
+    n = 256
+    while True:
+        a = torch.randn(n, n, device=device).to(DTYPES[dtype])
+        b = torch.randn(n, n, device=device).to(DTYPES[dtype])
+        _elapsed_ms(lambda: a @ b, device)  # warm-up: library init, autotuning
+        if _elapsed_ms(lambda: a @ b, device) >= MATMUL_MIN_MS or n >= MATMUL_MAX_N.get(device.type, 2048):
+            break
+        n *= 2
+    best = min(_elapsed_ms(lambda: a @ b, device) for _ in range(MATMUL_TRIES))
+    return 2 * n**3 / (best * 1e-3), n
 
 
 def device_peak(device: torch.device, dtypes: list[str], tf32: bool = False) -> Peak:
-    """Peak FLOP/s per dtype for the "% peak" column. ``tf32``: fp32 math runs on
-    TF32 tensor cores (--tf32), so fp32 is compared with the TF32 figure."""
+    """Peak FLOP/s per dtype for the "% peak" column: the datasheet figure of a
+    GPU in PEAKS, else measured. ``tf32``: fp32 GEMMs run on TF32 tensor cores
+    (--tf32), so fp32 is compared with the TF32 figure."""
     if device.type == "cuda":
         row = lookup_peak(torch.cuda.get_device_name(device))
         if row is not None:
             flops = {"fp32": (row.tf32 if tf32 and row.tf32 else row.fp32) * 1e12,
                      "fp16": row.fp16 * 1e12, "bf16": row.bf16 * 1e12 if row.bf16 else None}
             return Peak("datasheet", f"{row.name}: {row.source}", flops, row.bandwidth_gbs)
-    n = _MATMUL_N.get(device.type, 1536)
-    flops = {dt: measured_matmul_flops(device, dt) for dt in dtypes}
-    return Peak("measured", f"best of {_MATMUL_TRIES} torch.matmul {n}x{n} per dtype on this device "
-                f"({torch.get_num_threads()} threads)" if device.type == "cpu"
-                else f"best of {_MATMUL_TRIES} torch.matmul {n}x{n} per dtype (GPU not in the datasheet table)",
-                flops, None)
+    measured = {dt: measured_matmul_flops(device, dt) for dt in dtypes}
+    where = (f"this CPU, {torch.get_num_threads()} threads" if device.type == "cpu"
+             else "GPU not in the datasheet table")
+    sizes = ", ".join(f"{dt} n={n}" for dt, (_, n) in measured.items())
+    return Peak("measured", f"best of {MATMUL_TRIES} torch.matmul n x n ({sizes}; {where})",
+                {dt: f for dt, (f, _) in measured.items()}, None)
