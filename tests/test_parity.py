@@ -138,10 +138,13 @@ def test_flatten_parameters_is_harmless():
 
 def test_empty_batch():
     ref, ours = lstm_pair(3, 4, num_layers=2)
-    x = torch.randn(5, 0, 3, dtype=torch.float64)
+    x = torch.randn(5, 0, 3, dtype=torch.float64, requires_grad=True)
     o1, (h1, c1) = ref(x)
     o2, (h2, c2) = ours(x)
     assert o2.shape == o1.shape and h2.shape == h1.shape and c2.shape == c1.shape
+    (o2.sum() + h2.sum() + c2.sum()).backward()
+    assert x.grad.shape == x.shape
+    assert all(p.grad is not None and not p.grad.any() for p in ours.parameters())
 
 
 def test_nan_in_gives_nan_out():

@@ -168,6 +168,10 @@ def lstm_recurrence(
         lengths = lengths.to(device=gx.device, dtype=torch.int64)
     name = backends.resolve_backend(  # fields of backends.CallSpec
         backend, gx.device.type, gx.dtype, N, H, P, w_hr is not None, lengths is not None)
+    if B == 0:
+        # An empty batch has nothing to compute; the reference returns the empty
+        # outputs on any device, so no kernel needs a B == 0 special case.
+        name = "reference"
     need_ws = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (gx, w_hh, w_hr, h0, c0))
     y, h_n, c_n, _, _ = _lstm_recurrence_op(
