@@ -208,6 +208,13 @@ def test_bad_cli_input_names_the_option(argv, says, capsys):
     assert says in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv", [["--help"], ["profile", "--help"], ["compare", "--help"]])
+def test_help_of_every_subcommand(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 0 and "usage: bilstm-bench" in capsys.readouterr().out
+
+
 def test_peak_table_matches_device_names():
     assert lookup_peak("NVIDIA A100-SXM4-80GB").name == "A100 SXM4 80GB"
     assert lookup_peak("NVIDIA A100-PCIE-40GB").name == "A100 PCIe 40GB"

@@ -15,7 +15,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .shapes import MODES, QUICK, default_sweep, grid, parse_shape
+from .shapes import GRID, MODES, QUICK, default_sweep, grid, parse_shape
+from .timing import BUDGET_S, MAX_REPEATS, MIN_REPEATS
 from .workload import DTYPES
 
 SUBCOMMANDS = ("run", "profile", "compare")
@@ -87,7 +88,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="torch.set_num_threads on a CPU (default: torch's default)")
     p.add_argument("--tf32", action="store_true",
                    help="let fp32 GEMMs use TF32 tensor cores on both sides (default off: fp32 is fp32; "
-                        "% peak then uses the TF32 figure)")
+                        "%% peak then uses the TF32 figure)")
     p.add_argument("--out", type=Path, default=Path("bench_results"),
                    help="directory for the files written (default: ./bench_results)")
 
@@ -111,9 +112,10 @@ def run_parser() -> argparse.ArgumentParser:
                     "timed. Other subcommands: `bilstm-bench profile --help`, "
                     "`bilstm-bench compare --help`.",
         epilog="Shapes: --shape (repeatable) lists shapes; --seq-len/--batch/--input-size/"
-               "--hidden/--layers each replace one dimension of the default grid "
-               "(T=64, B=1,8,32,128, D=300, H=128,256,512, L=1,2) and time the whole product. "
-               "With neither, the default sweep of the device runs (docs/bench.md).")
+               "--hidden/--layers each replace one dimension of the grid ("
+               + ", ".join(f"{d}={','.join(map(str, v))}" for d, v in GRID.items())
+               + ") and time the whole product. With neither, the default sweep of the device "
+               "runs (docs/bench.md).")
     _add_common(p)
     p.add_argument("--quick", action="store_true",
                    help=f"one small shape ({QUICK.label}), both modes, 3 repeats: seconds (CI)")
@@ -133,11 +135,13 @@ def run_parser() -> argparse.ArgumentParser:
                         "(default: cuda,triton on a GPU, cpu on a CPU; --quick adds reference). "
                         "nn.LSTM is always timed as the baseline")
     p.add_argument("--repeats", type=_int_at_least(1), default=None,
-                   help="timed calls per implementation (default: adaptive, 5 to 50, ~0.5 s each)")
+                   help=f"timed calls per implementation (default: adaptive, {MIN_REPEATS} to "
+                        f"{MAX_REPEATS}, until ~{BUDGET_S:g} s)")
     p.add_argument("--warmup", type=_int_at_least(0), default=1,
-                   help="untimed calls before timing, after the check call (default: 1)")
+                   help="untimed calls before timing, after the check call; the first one "
+                        "measures peak memory (default: 1)")
     p.add_argument("--no-memory", dest="memory", action="store_false",
-                   help="skip the extra call that measures peak memory")
+                   help="do not measure peak memory")
     p.add_argument("--no-plot", dest="plot", action="store_false", help="do not write the PNG")
     return p
 
