@@ -63,7 +63,7 @@ def profile_model(model: torch.nn.Module, inputs: Inputs, mode: str, device: tor
     trace_path.parent.mkdir(parents=True, exist_ok=True)
     prof.export_chrome_trace(str(trace_path))
 
-    events = [e for e in prof.events()]
+    events = list(prof.events())
     cpu_events = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
     phases = ("forward",) if mode == "inference" else ("forward", "backward")
     if device.type == "cuda":
@@ -81,8 +81,9 @@ def profile_model(model: torch.nn.Module, inputs: Inputs, mode: str, device: tor
         per_step[phase] = n / steps
     summary = {"trace": str(trace_path), "steps": steps, "counted": what, "per_step": per_step}
     if device.type == "cuda":
+        # GPU-timeline events minus copies/fills and the GPU mirror of our ranges.
         kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA
-                   and not e.name.startswith(RANGE)]
+                   and not e.name.startswith(RANGE) and "Memcpy" not in e.name and "Memset" not in e.name]
         summary["gpu_kernels_per_step"] = len(kernels) / steps
     sort_by = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     summary["top_ops"] = prof.key_averages().table(sort_by=sort_by, row_limit=row_limit)
