@@ -171,6 +171,13 @@ def test_a_wrong_gradient_alone_is_a_mismatch(monkeypatch):
     assert training.status == "mismatch" and "weight_hh_l1_reverse.grad" in training.detail
 
 
+def test_nan_anywhere_is_a_mismatch():
+    want = {"output": torch.ones(3), "h_n": torch.ones(2)}
+    got = {"output": torch.tensor([1.0, float("nan"), 1.0]), "h_n": torch.full((2,), 1.5)}
+    errs = workload.scaled_errors(got, want)
+    assert errs["output"] == float("inf") and max(errs, key=errs.get) == "output"
+
+
 def test_a_backend_that_raises_is_reported_as_error():
     rows = _run_one(["no_such_backend"], modes=("inference",))
     (ours,) = [r for r in rows if r.backend == "no_such_backend"]
