@@ -32,6 +32,13 @@ namespace BILSTM_ISA {
 namespace {
 
 constexpr int kVecBytes = BILSTM_VEC_BYTES;
+#ifndef BILSTM_KC_BYTES
+#define BILSTM_KC_BYTES 16384
+#endif
+#ifndef BILSTM_PF_BYTES
+#define BILSTM_PF_BYTES 0
+#endif
+
 // Rows per register tile: MB rows x 4 vectors of accumulators. 16 vector
 // registers (SSE2, AVX2) -> 3 x 4 = 12 accumulators + broadcasts; 32
 // (AVX-512) -> 6 x 4 = 24.
@@ -59,33 +66,31 @@ template <class T> inline Vec<T> load_a(const T* p) { return *reinterpret_cast<c
 template <class T> inline void store_a(T* p, Vec<T> v) { *reinterpret_cast<Vec<T>*>(p) = v; }
 
 // ---------------------------------------------------------------- activations
-// float: a vectorized exp (Cephes expf polynomial, ~1 ulp on the reduced
-// range) -- the scalar libm calls cost ~40% of a B=1 step (measured); double:
-// libm, element by element (float64 is the exact path, not the fast one).
-inline Vec<float> vexp(Vec<float> x) {
-  using V = Vec<float>;
-  using VI = int32_t __attribute__((vector_size(kVecBytes)));
-  x = x < 87.0f ? x : 87.0f;     // keep 2^n a normal float
-  x = x > -87.0f ? x : -87.0f;
-  V t = x * 1.44269504088896341f;
-  // round to nearest: adding 1.5 * 2^23 pushes the fraction bits out
-  V r = (t + 12582912.0f) - 12582912.0f;
-  x = x - r * 0.693359375f;
-  x = x - r * -2.12194440e-4f;
-  V p = x * 1.9875691500e-4f + 1.3981999507e-3f;
-  p = p * x + 8.3334519073e-3f;
-  p = p * x + 4.1665795894e-2f;
-  p = p * x + 1.6666665459e-1f;
-  p = p * x + 5.0000001201e-1f;
-  p = p * x * x + x + 1.0f;
-  VI n = __builtin_convertvector(r, VI);
-  VI bits = (n + 127) << 23;
-  V scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+// float: vectorized rational tanh (below); double: libm, element by element
+// (float64 is the exact path, not the fast one). Scalar libm calls for float
+// would cost more than the GEMM of a B=1 step.
+// tanh as a rational function (the [13/6] minimax fit Eigen uses for float,
+// max error a few ulp on [-7.99, 7.99], +-1 to float precision beyond): one
+// division and 11 FMAs, no exp. sigmoid(x) = 0.5 + 0.5 * tanh(x / 2).
+// Measured against a Cephes-style vector exp with 1 / (1 + exp(-x)): equal
+// or ~2% faster at B=128, H=512 (58.9 vs 57.4 GFLOP/s, mean of 3 runs on a
+// loaded machine), with one polynomial for both activations.
+inline Vec<float> vtanh(Vec<float> x) {
+  x = x < 7.99881172180175781f ? x : 7.99881172180175781f;
+  x = x > -7.99881172180175781f ? x : -7.99881172180175781f;
+  const Vec<float> x2 = x * x;
+  Vec<float> p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
+  p = p * x2 + -8.60467152213735e-11f;
+  p = p * x2 + 5.12229709037114e-08f;
+  p = p * x2 + 1.48572235717979e-05f;
+  p = p * x2 + 6.37261928875436e-04f;
+  p = p * x2 + 4.89352455891786e-03f;
+  Vec<float> q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
+  q = q * x2 + 2.26843463243900e-03f;
+  q = q * x2 + 4.89352518554385e-03f;
+  return (x * p) / q;
 }
-inline Vec<float> vsigmoid(Vec<float> x) { return 1.0f / (1.0f + vexp(-x)); }
-inline Vec<float> vtanh(Vec<float> x) { return 2.0f / (1.0f + vexp(-2.0f * x)) - 1.0f; }
+inline Vec<float> vsigmoid(Vec<float> x) { return 0.5f + 0.5f * vtanh(0.5f * x); }
 
 inline Vec<double> vsigmoid(Vec<double> x) {
   for (int l = 0; l < lanes<double>(); ++l) x[l] = 1.0 / (1.0 + std::exp(-x[l]));
@@ -112,6 +117,7 @@ inline void micro_gemm(const T* A, int64_t lda, const T* W, int64_t K, T* tile, 
     for (int q = 0; q < 4; ++q) acc[m][q] = first ? V{} : load_a(tile + (m * 4 + q) * L);
   for (int64_t k = 0; k < K; ++k) {
     const T* w = W + k * 4 * L;
+    if (BILSTM_PF_BYTES) __builtin_prefetch(w + BILSTM_PF_BYTES / sizeof(T), 0, 3);
     const V w0 = load_a(w), w1 = load_a(w + L), w2 = load_a(w + 2 * L), w3 = load_a(w + 3 * L);
     for (int m = 0; m < M; ++m) {
       const T a = A[m * lda + k];
@@ -125,11 +131,41 @@ inline void micro_gemm(const T* A, int64_t lda, const T* W, int64_t K, T* tile, 
     for (int q = 0; q < 4; ++q) store_a(tile + (m * 4 + q) * L, acc[m][q]);
 }
 
+// One row (batch 1, the latency case): two accumulator sets over even/odd k,
+// so 8 independent FMA chains instead of 4 -- with 4 the loop is bound by
+// the 4-cycle FMA latency, not by the weight stream.
+template <class T>
+inline void micro_gemm_1row(const T* A, const T* W, int64_t K, T* tile, bool first) {
+  constexpr int L = lanes<T>();
+  using V = Vec<T>;
+  V a0[4], a1[4];
+  for (int q = 0; q < 4; ++q) {
+    a0[q] = first ? V{} : load_a(tile + q * L);
+    a1[q] = V{};
+  }
+  int64_t k = 0;
+  for (; k + 1 < K; k += 2) {
+    const T* w = W + k * 4 * L;
+    if (BILSTM_PF_BYTES) {
+      __builtin_prefetch(w + BILSTM_PF_BYTES / sizeof(T), 0, 3);
+      __builtin_prefetch(w + BILSTM_PF_BYTES / sizeof(T) + 4 * L, 0, 3);
+    }
+    const T x0 = A[k], x1 = A[k + 1];
+    for (int q = 0; q < 4; ++q) {
+      a0[q] += x0 * load_a(w + q * L);
+      a1[q] += x1 * load_a(w + (4 + q) * L);
+    }
+  }
+  if (k < K)
+    for (int q = 0; q < 4; ++q) a0[q] += A[k] * load_a(W + k * 4 * L + q * L);
+  for (int q = 0; q < 4; ++q) store_a(tile + q * L, a0[q] + a1[q]);
+}
+
 template <class T>
 inline void micro_gemm_rows(int m, const T* A, int64_t lda, const T* W, int64_t K, T* tile, bool first) {
   // MB is 3 or 6; the tail of a row range takes a smaller instantiation.
   switch (m) {
-    case 1: micro_gemm<T, 1>(A, lda, W, K, tile, first); break;
+    case 1: micro_gemm_1row<T>(A, W, K, tile, first); break;
     case 2: micro_gemm<T, 2>(A, lda, W, K, tile, first); break;
     case 3: micro_gemm<T, 3>(A, lda, W, K, tile, first); break;
 #if BILSTM_VEC_BYTES == 64
@@ -144,7 +180,8 @@ inline void micro_gemm_rows(int m, const T* A, int64_t lda, const T* W, int64_t 
 // K chunk of the micro-GEMM: the packed W chunk (KC x 4L) is reused from L1
 // by every row block of the tile. KC * 4L * sizeof(T) = 16 KB (half of a
 // 32 KB L1d).
-template <class T> constexpr int64_t kc_elems() { return 16384 / (4 * lanes<T>() * static_cast<int64_t>(sizeof(T))); }
+template <class T> constexpr int64_t kc_elems() { return BILSTM_KC_BYTES / (4 * lanes<T>() * static_cast<int64_t>(sizeof(T))); }
+
 
 // out[rows][4][L] = A[rows, 0:K] x W[0:K][4][L] for `rows` rows of A.
 template <class T>
@@ -186,14 +223,17 @@ void forward_job(const FwdParams& p, const Job& job, const Buffers& buf) {
 
   // Pack this job's slice of W_hh[n] (once per call), gate-interleaved:
   // wp[tile][k][g][l] = W_hh[n][g*H + tile*L + l][k], zero past H.
+  // Loop order: read whole rows of W_hh (contiguous), scatter into the
+  // tile's block (H*4L elements, L1/L2-resident). The k-outer order
+  // (reading 8 elements H apart) made packing ~25% of a T=16, B=128 call.
   for (int64_t tile = 0; tile < ntiles; ++tile)
-    for (int64_t k = 0; k < H; ++k)
-      for (int g = 0; g < 4; ++g)
-        for (int l = 0; l < L; ++l) {
-          const int64_t j = job.lo + tile * L + l;
-          wp[((tile * H + k) * 4 + g) * L + l] =
-              j < H ? *at<const T>(p.w_hh, n, g * H + j, k) : T(0);
-        }
+    for (int g = 0; g < 4; ++g)
+      for (int l = 0; l < L; ++l) {
+        const int64_t j = job.lo + tile * L + l;
+        T* dst = wp + (tile * H * 4 + g) * L + l;
+        const T* src = j < H ? at<const T>(p.w_hh, n, g * H + j, 0) : nullptr;
+        for (int64_t k = 0; k < H; ++k) dst[k * 4 * L] = src ? src[k] : T(0);
+      }
   for (int64_t b = job.b0; b < job.b1; ++b)
     for (int64_t j = job.lo; j < job.hi; ++j) {
       hbuf[b * Hq + j] = j < H ? *at<const T>(p.h0, n, b, j) : T(0);
@@ -277,13 +317,16 @@ void backward_job(const BwdParams& p, const Job& job, const Buffers& buf) {
   T* dc = static_cast<T*>(buf.c[n]);            // [B][Hq]
 
   // wp[grp][r][u][l] = W_hh[n][r][grp*4L + u*L + l], zero past H.
+  // (rows of W_hh are contiguous in k: this order reads them sequentially)
   for (int64_t grp = 0; grp < ngroups; ++grp)
-    for (int64_t r = 0; r < G; ++r)
-      for (int u = 0; u < 4; ++u)
-        for (int l = 0; l < L; ++l) {
-          const int64_t k = job.lo + grp * 4 * L + u * L + l;
-          wp[((grp * G + r) * 4 + u) * L + l] = k < H ? *at<const T>(p.w_hh, n, r, k) : T(0);
-        }
+    for (int64_t r = 0; r < G; ++r) {
+      const T* src = at<const T>(p.w_hh, n, r, 0);
+      T* dst = wp + (grp * G + r) * 4 * L;
+      for (int64_t c = 0; c < 4 * L; ++c) {
+        const int64_t k = job.lo + grp * 4 * L + c;
+        dst[c] = k < H ? src[k] : T(0);
+      }
+    }
   for (int64_t b = job.b0; b < job.b1; ++b)
     for (int64_t j = job.lo; j < job.hi; ++j) {
       dh[b * Hq + j] = j < H ? *at<const T>(p.dh_n, n, b, j) : T(0);
