@@ -18,6 +18,10 @@
 // Backward mirrors it: phase 1 computes dG for the block's units and publishes
 // it; barrier; phase 2 computes dh = dG W_hh for the block's units (W_hh
 // columns on chip or streamed).
+// Within a block, h_{t-1} (dG) is staged in shared memory per tile of batch
+// rows; threads loop over (row, unit) items, and when a tile has fewer items
+// than threads each dot product is split over several threads (k-split).
+// make_plan (host side, below) picks blocks, path and tiles; docs/cuda.md.
 //
 // The same source compiles as plain C++ against emu.h (BILSTM_CUDA_EMULATE):
 // no inline PTX, no warp-synchronous code, no shuffles.
