@@ -36,6 +36,17 @@ class CMakeBuild(build_ext):
                 sys.exit(f"bilstm_fast: native build failed at `{' '.join(cmd)}` "
                          f"(see the compiler output above; build dir {build_dir})")
 
+    def copy_extensions_to_source(self):
+        # pip install -e / --inplace: CMake built every module (_cpu, _cuda_emu,
+        # _cuda) into build_lib, but setuptools copies only the declared _cpu.
+        import shutil
+        import sysconfig
+
+        super().copy_extensions_to_source()
+        suffix = sysconfig.get_config_var("EXT_SUFFIX")
+        for so in (Path(self.build_lib) / "bilstm_fast").glob("_*" + suffix):
+            shutil.copyfile(so, ROOT / "bilstm_fast" / so.name)
+
 
 setup(ext_modules=[Extension("bilstm_fast._cpu", sources=[])],
       cmdclass={"build_ext": CMakeBuild})
