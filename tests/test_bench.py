@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from bilstm_fast.bench import cli, runner, workload
-from bilstm_fast.bench.device import Peak, lookup_peak
+from bilstm_fast.bench.device import lookup_peak
 from bilstm_fast.bench.results import ENV_COLUMNS, SCHEMA
 from bilstm_fast.bench.shapes import QUICK, Shape, flops, parse_shape
 
@@ -132,7 +132,7 @@ def test_parse_shape():
 def _run_one(backends, shape=Shape(T=5, B=3, D=7, H=6, L=2), modes=("inference", "training")):
     cases = runner.cases_of([(shape, modes)], ["fp32"])
     settings = runner.Settings(torch.device("cpu"), backends, warmup=0, repeats=2, memory=False)
-    return runner.run(cases, settings, Peak("measured", "test", {"fp32": 1e11}))
+    return runner.run(cases, settings)
 
 
 def test_a_wrong_result_is_reported_as_mismatch_and_not_timed(monkeypatch):

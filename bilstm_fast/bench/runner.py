@@ -42,10 +42,11 @@ def _error_text(e: BaseException) -> str:
     return f"{type(e).__name__}: {first}"[:300]
 
 
-def run(cases: list[Case], settings: Settings, peak: Peak,
+def run(cases: list[Case], settings: Settings,
         advance: Callable[[str], None] = lambda what: None) -> list[Row]:
-    """Rows of every case; ``advance(description)`` is called once per
-    implementation run (1 + len(backends) per case), for a progress bar."""
+    """Rows of every case (pct_peak left for ``add_pct_peak``);
+    ``advance(description)`` is called once per implementation run
+    (1 + len(backends) per case), for a progress bar."""
     rows: list[Row] = []
     device = settings.device
     built: dict = {}  # (shape, dtype) -> (baseline, inputs, {backend: BiLSTM}); reused across modes
@@ -57,7 +58,6 @@ def run(cases: list[Case], settings: Settings, peak: Peak,
             built[key] = (base_model, make_inputs(case.shape, case.dtype, device), {})
         base_model, inputs, ours = built[key]
         gflop = flops(case.shape, case.mode) / 1e9
-        peak_flops = peak.for_dtype(case.dtype)
 
         def row(backend: str, **kw) -> Row:
             return Row(shape=case.shape.label, **case.shape.as_dict(), dtype=case.dtype,
@@ -75,7 +75,6 @@ def run(cases: list[Case], settings: Settings, peak: Peak,
             t = measure(step, device, warmup, settings.repeats)
             r.ms_median, r.ms_p20, r.ms_p80, r.repeats = t.median_ms, t.p20_ms, t.p80_ms, t.repeats
             r.gflops = gflop / (t.median_ms * 1e-3)
-            r.pct_peak = 100 * r.gflops * 1e9 / peak_flops if peak_flops else None
             return r
 
         # The baseline: its results are the oracle of the check (computing
@@ -105,4 +104,12 @@ def run(cases: list[Case], settings: Settings, peak: Peak,
             except Exception as e:  # one broken backend must not end the sweep
                 r = row(backend, status="error", detail=_error_text(e))
             rows.append(r)
+    return rows
+
+
+def add_pct_peak(rows: list[Row], peak: Peak) -> list[Row]:
+    """Fill every timed row's % of the device peak for its dtype."""
+    for r in rows:
+        peak_flops = peak.for_dtype(r.dtype)
+        r.pct_peak = 100 * r.gflops * 1e9 / peak_flops if r.gflops is not None and peak_flops else None
     return rows
