@@ -1,8 +1,8 @@
 // A small persistent thread pool and a spin-then-yield step barrier.
 //
-// Why persistent: creating and joining one std::thread costs ~25-40 us here
-// (measured on the 2-core EPYC, see docs/cpu.md), which is ~3% of the whole
-// T=64, B=1 forward; a parked pool worker wakes in a few us.
+// Why persistent: creating and joining a thread costs ~75-100 us here
+// (measured from Python on the 2-vCPU EPYC guest, see docs/cpu.md), ~5% of a
+// whole T=64, B=1 forward; waking a pool worker and joining it costs ~7.5 us.
 #pragma once
 #include <atomic>
 #include <condition_variable>
@@ -16,9 +16,9 @@ namespace bilstm_cpu {
 
 // Sense-reversing barrier for the threads that split one direction's hidden
 // units. Waiters spin on the generation word (a step is ~10-100 us, the
-// straggler is usually < 1 us behind), pausing the core between polls, and
-// fall back to std::this_thread::yield() after kSpins polls so an
-// oversubscribed machine still makes progress.
+// straggler is usually < 1 us behind) and fall back to
+// std::this_thread::yield() after kSpins polls so an oversubscribed machine
+// still makes progress (thread_pool.cpp says why the polls do not PAUSE).
 class Barrier {
  public:
   explicit Barrier(int count) : count_(count), waiting_(0), generation_(0) {}
