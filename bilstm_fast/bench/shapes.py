@@ -55,14 +55,19 @@ def flops(shape: Shape, mode: str) -> int:
 GRID = dict(T=(64,), B=(1, 8, 32, 128), D=(300,), H=(128, 256, 512), L=(1, 2))
 
 # On a 2-core CPU, nn.LSTM alone takes ~25 s for one training + one inference
-# call of every GRID shape (measured: T64 B128 H512 L2 training ~3.3 s), far
-# over the 2-minute budget once repeats and a second implementation are
-# added. The CPU default keeps every H and every B at one layer and the
-# training shapes up to B=32, plus a 2-layer column at H=256: ~2.3 s of
-# nn.LSTM per pass, ~1 minute for the whole default run.
+# call of every GRID shape, far over the 2-minute budget once the check,
+# warm-up, >= 5 repeats and a second implementation are added. The CPU
+# default keeps every H at B = 1, 8, 32 for inference and training, B=128
+# inference at H = 128, 256, and a 2-layer column at H=256. Left out, and
+# reachable with --shape: H=512 at B=128 and H=512 B=32 training, where
+# nn.LSTM takes 3-8 s per call on this machine (measured 2026-11-24: T64 B32
+# H512 training 7.1 s [4.6-8.0] vs 1.4 s for BiLSTM[cpu]), so those two rows
+# alone would cost a minute.
 _CPU_DEFAULT = (
-    [(Shape(64, B, 300, H, 1), MODES) for H in (128, 256, 512) for B in (1, 8, 32)]
-    + [(Shape(64, 128, 300, H, 1), ("inference",)) for H in (128, 256, 512)]
+    [(Shape(64, B, 300, H, 1), MODES) for H in (128, 256) for B in (1, 8, 32)]
+    + [(Shape(64, B, 300, 512, 1), MODES) for B in (1, 8)]
+    + [(Shape(64, 32, 300, 512, 1), ("inference",))]
+    + [(Shape(64, 128, 300, H, 1), ("inference",)) for H in (128, 256)]
     + [(Shape(64, B, 300, 256, 2), MODES) for B in (1, 8, 32)]
 )
 
