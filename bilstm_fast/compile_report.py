@@ -70,7 +70,7 @@ def triton_variants(archs, hs, dtypes, quick: bool) -> list[Variant]:
             else:
                 flags = itertools.product((1, 2), (False, True),
                                           (False, True) if kernel == "fwd" else (True,),
-                                          ("tf32", "ieee") if dtype == "fp32" else ("tf32",))
+                                          ("tf32", "tf32x3") if dtype == "fp32" else ("tf32",))
             out += [Variant(kernel, arch, H, dtype, *f) for f in flags]
     return out
 
@@ -91,7 +91,7 @@ def compile_triton_variant(v: Variant) -> dict:
         raise RuntimeError("bilstm_fast.ops.triton_lstm was imported under TRITON_INTERPRET=1; "
                            "run the compile report in a fresh process")
     tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[v.dtype]
-    cfg = tk.kernel_config(v.H, tdtype, tk.SMEM_BYTES[v.arch])
+    cfg = tk.kernel_config(v.H, tdtype, tk.SMEM_BYTES[v.arch], v.dot_prec)
     X = v.dtype
     if v.kernel == "fwd":
         fn = tk._lstm_fwd_kernel
@@ -112,14 +112,15 @@ def compile_triton_variant(v: Variant) -> dict:
     attrs = {(i,): [["tt.divisibility", 16]] for i in range(len(ptrs))}
     k = triton.compile(triton.compiler.ASTSource(fn, signature, constexprs, attrs),
                        target=GPUTarget("cuda", v.arch, 32),
-                       options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages))
+                       options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                                    **tk._maxnreg(cfg)))
     regs, stack = _cubin_usage(k.asm["cubin"])
     spill_st, spill_ld = _ptxas_spills(k.asm["ptx"], v.arch)
     return dict(backend="triton", kernel=fn.__name__, arch=v.arch, H=v.H, dtype=v.dtype,
                 registers=regs, spills=spill_st + spill_ld, stack=stack,
                 smem_bytes=k.metadata.shared, threads=32 * k.metadata.num_warps,
-                note=f"{'resident' if cfg.resident else 'streamed'} BH={cfg.block_h} "
-                     f"stages={cfg.num_stages}")
+                note=f"{'resident' if cfg.resident else 'streamed'} BH={cfg.block_h}"
+                     + (f" maxnreg={cfg.maxnreg}" if cfg.maxnreg else ""))
 
 
 def _cubin_usage(cubin: bytes) -> tuple[int, int]:

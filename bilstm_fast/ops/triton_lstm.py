@@ -208,7 +208,8 @@ def lstm_fwd_triton(
     cs [T, B, N, H] f32 (both shape (0,) when not need_ws). One launch."""
     T, B, N, G = gx.shape
     H = G // 4
-    cfg = config or kernel_config(H, gx.dtype, _smem_bytes(gx.device))
+    prec = _dot_precision(gx.dtype)
+    cfg = config or kernel_config(H, gx.dtype, _smem_bytes(gx.device), prec)
     f32 = torch.float32
     y = gx.new_empty(T, B, N, H)          # every element written by the kernel
     h_n, c_n = h0.new_empty(N, B, H), c0.new_empty(N, B, H)
@@ -223,9 +224,9 @@ def lstm_fwd_triton(
             y, h_n, c_n, gates, cs, c_scr,
             T, B,
             H=H, N=N, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, RESIDENT=cfg.resident,
-            HAS_LENGTHS=lengths is not None, NEED_WS=bool(need_ws), DOT_PREC=_dot_precision(gx.dtype),
+            HAS_LENGTHS=lengths is not None, NEED_WS=bool(need_ws), DOT_PREC=prec,
             F32_DOT=INTERPRET and gx.dtype == torch.bfloat16,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_maxnreg(cfg))
     return y, h_n, c_n, gates, cs
 
 
@@ -244,7 +245,8 @@ def lstm_bwd_triton(
     One launch, no atomics: every output element has exactly one writer."""
     T, B, N, G = gates.shape
     H = G // 4
-    cfg = config or kernel_config(H, dy.dtype, _smem_bytes(dy.device))
+    prec = _dot_precision(dy.dtype)
+    cfg = config or kernel_config(H, dy.dtype, _smem_bytes(dy.device), prec)
     f32 = torch.float32
     dgx = dy.new_empty(T, B, N, G)        # every element written by the kernel
     dh0, dc0 = dy.new_empty(N, B, H), dy.new_empty(N, B, H)
@@ -258,9 +260,9 @@ def lstm_bwd_triton(
             gates, cs, dgx, dh0, dc0, dh_scr, dc_scr,
             T, B,
             H=H, N=N, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, RESIDENT=cfg.resident,
-            HAS_LENGTHS=lengths is not None, DOT_PREC=_dot_precision(dy.dtype),
+            HAS_LENGTHS=lengths is not None, DOT_PREC=prec,
             F32_DOT=INTERPRET and dy.dtype == torch.bfloat16,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_maxnreg(cfg))
     return dgx, dh0, dc0
 
 
@@ -272,6 +274,7 @@ class KernelConfig:
     block_b: int     # batch rows per program
     num_warps: int
     num_stages: int  # software pipelining depth of the STREAMED k-loop
+    maxnreg: Optional[int] = None  # ptxas register cap (None: ptxas chooses)
 
 
 # Tests set this to force a path / tile size at tiny H (None: the rule below).
@@ -286,44 +289,54 @@ def _next_pow2(x: int) -> int:
 
 
 def w_tiles_smem_bytes(bh: int, size: int) -> int:
-    """Shared memory the kernels use for a BH x BH tile per gate: Triton stages
-    the four W tiles (the dot's B operand) in shared memory, plus an f32
-    [BB, BH] layout-conversion buffer. Exact for RESIDENT (compile report:
-    fp32 HP=64 -> 69632, fp16 HP=128 -> 139264 bytes), an upper bound for
-    STREAMED (num_stages=1: fp32 BH=64 -> 65536 forward, 20480 backward)."""
-    return 4 * bh * bh * size + _BLOCK_B * bh * 4
+    """Shared memory the RESIDENT kernels use: Triton stages the four W^T gate
+    tiles (the dot's B operand, `size` bytes per element: 8 for fp32 split
+    into hi/lo TF32 halves by tf32x3) in shared memory, plus a [BB, BH]
+    layout-conversion buffer of size/2 per element (f32, doubled by the
+    split). Exact on sm_80/sm_90: fp32 HP=64 with TF32 -> 69632, with tf32x3
+    -> 139264, fp16 HP=128 -> 139264 bytes (compile report)."""
+    return 4 * bh * bh * size + _BLOCK_B * bh * max(4, size)
 
 
-def kernel_config(H: int, dtype: torch.dtype, smem_bytes: int = _DEFAULT_SMEM) -> KernelConfig:
+def kernel_config(H: int, dtype: torch.dtype, smem_bytes: int = _DEFAULT_SMEM,
+                  dot_prec: str = "tf32") -> KernelConfig:
     """The dispatch rule (docs/triton.md has the resulting H ranges):
 
     * HP = max(16, next_pow2(H)). RESIDENT when HP <= 128 and the resident
       W_hh fits the arch's shared memory (w_tiles_smem_bytes(HP) <= smem):
-      BH = HP, num_warps 4 (HP <= 64) or 8 (HP = 128), num_stages 1 (no
-      k-loop). sm_80 / sm_90: fp32 H <= 64, fp16/bf16 H <= 128;
-      sm_86/89 (99 KB): H <= 64 for every dtype.
-    * Otherwise STREAMED: BH = 64 (BH = 32 if that does not fit shared
-      memory), num_warps 8, num_stages 1.
-    Why (compile report, sm_80/sm_90): RESIDENT HP=64 with 8 warps spills
-    16 B in bf16 on sm_90 (4 warps: no spill); STREAMED BH=64 spills with 4
-    warps in fp32, and with num_stages=2 the prefetched W tiles sit in
-    registers and the forward spills (16-144 B) in every dtype.
+      BH = HP; num_warps 8 for HP = 128 and for fp32 HP = 64, else 4;
+      num_stages 1 (no k-loop). sm_80 / sm_90: fp32 H <= 64 (TF32 on or
+      off), fp16/bf16 H <= 128; sm_86/89 (99 KB): fp32 H <= 64 with TF32,
+      H <= 32 without, fp16/bf16 H <= 64.
+    * Otherwise STREAMED: BH = 32, 4 warps, num_stages 1, maxnreg 192.
+    Why (compile report, sm_80 and sm_90, every flag variant): RESIDENT fp32
+    HP=64 spills with 4 warps (344 B), fp16/bf16 HP=64 with 8 warps (16 B);
+    STREAMED BH=64 spills in the forward (68-136 B with 8 warps; with
+    num_stages=2 the prefetched W tiles sit in registers: 16-144 B), and
+    without maxnreg ptxas caps the tf32x3 forward at 128 registers and
+    spills 16-112 B (with maxnreg 192 it takes ~177 and none).
     T and B never enter the rule: they are runtime values (no recompile).
     """
     if FORCE_CONFIG is not None:
         return FORCE_CONFIG
     size = torch.finfo(dtype).bits // 8
+    if dot_prec == "tf32x3":
+        size *= 2
     hp = max(16, _next_pow2(H))
     if hp <= _RESIDENT_MAX_HP and w_tiles_smem_bytes(hp, size) <= smem_bytes:
-        return KernelConfig(True, hp, _BLOCK_B, 4 if hp <= 64 else 8, 1)
-    bh = 64 if w_tiles_smem_bytes(64, size) <= smem_bytes else 32
-    return KernelConfig(False, bh, _BLOCK_B, 8 if bh == 64 else 4, 1)
+        warps = 8 if hp == 128 or (hp == 64 and dtype == torch.float32) else 4
+        return KernelConfig(True, hp, _BLOCK_B, warps, 1)
+    return KernelConfig(False, 32, _BLOCK_B, 4, 1, maxnreg=192)
 
 
 def _smem_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).shared_memory_per_block_optin
     return _DEFAULT_SMEM
+
+
+def _maxnreg(cfg: KernelConfig) -> dict:
+    return {} if cfg.maxnreg is None else {"maxnreg": cfg.maxnreg}
 
 
 def _device_of(t: torch.Tensor):
@@ -333,8 +346,12 @@ def _device_of(t: torch.Tensor):
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
+    """fp32 with TF32 disallowed -> "tf32x3" (three TF32 tensor-core passes on a
+    hi/lo split: ~fp32 accuracy). Not "ieee": that is Triton's FMA dot path,
+    which in these kernels spills (80 registers, 8-68 B) and makes LLVM's SLP
+    vectorizer abort on sm_90 (compile report)."""
     if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
-        return "ieee"
+        return "tf32x3"
     return "tf32"  # ignored by tl.dot for fp16/bf16 operands
 
 
