@@ -243,3 +243,44 @@ def test_bad_input_is_a_clear_error():
     # and through the Python backend module: a wrong dtype names the tensor
     with pytest.raises(ValueError, match=r"w_hh: expected dtype torch.float32"):
         cpu_lstm.forward(gx, w_hh.double(), None, h0, c0, None, False)
+
+
+def _forward_in_child(q):
+    # torch's own OpenMP is not fork-safe once the parent used it (hence
+    # DataLoader workers run torch with 1 thread): keep torch at 1 thread and
+    # ask our module for 2 directly.
+    torch.set_num_threads(1)
+    mod = _cpu()
+    gx, w_hh, h0, c0, _ = _inputs(4, 2, 2, 40, torch.float64, None)
+    y, h_n, c_n = torch.empty(4, 2, 2, 40, dtype=torch.float64), torch.empty_like(h0), torch.empty_like(c0)
+    mod.forward(dtype="float64", gx=_view(gx), w_hh=_view(w_hh), h0=_view(h0), c0=_view(c0),
+                lengths=None, y=_view(y), h_n=_view(h_n), c_n=_view(c_n), gates=None, cs=None,
+                num_threads=2)
+    want = backends.get("reference").forward(gx, w_hh, None, h0, c0, None, False)
+    q.put(max((g - w).abs().max().item() for g, w in zip((y, h_n, c_n), want[:3])))
+
+
+def test_works_in_a_forked_child():
+    """DataLoader-style fork after the parent used the thread pool: the child
+    gets a fresh pool instead of waiting forever on the parent's workers."""
+    import multiprocessing as mp
+    _cpu()
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    p = None
+    try:
+        gx, w_hh, h0, c0, _ = _inputs(4, 2, 2, 40, torch.float64, None)
+        cpu_lstm.forward(gx, w_hh, None, h0, c0, None, False)  # parent's workers exist now
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=_forward_in_child, args=(q,))
+        p.start()
+        p.join(timeout=120)
+        assert p.exitcode == 0, f"child exit code {p.exitcode} (None = hung)"
+        err = q.get(timeout=5)
+        print(f"child max err {err:.3e}")
+        assert err < 1e-12
+    finally:
+        if p is not None and p.is_alive():
+            p.kill()
+        torch.set_num_threads(old)

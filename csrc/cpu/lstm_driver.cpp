@@ -36,8 +36,6 @@ const KernelSet* pick_default() {
 
 std::atomic<const KernelSet*> g_active{pick_default()};
 
-// Serializes calls: the scratch buffers are shared.
-std::mutex g_call_mutex;
 
 struct Plan {
   int nthreads = 1;
@@ -102,7 +100,7 @@ void run(const Params& p, DType dt, int num_threads) {
   const int64_t L = ks.vec_bytes / esize, unit = 4 * L;
   Buffers buf;
   buf.Hq = (p.H + unit - 1) / unit * unit;
-  std::lock_guard<std::mutex> lock(g_call_mutex);
+  std::lock_guard<std::mutex> lock(ThreadPool::call_mutex());
   Plan plan = make_plan(p.N, p.B, buf.Hq, unit, num_threads < 1 ? 1 : num_threads);
 
   // Scratch: packed weights of every job ((hi-lo) * 4H elements each), then

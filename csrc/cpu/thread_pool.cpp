@@ -1,5 +1,9 @@
 #include "thread_pool.h"
 
+#include <pthread.h>
+
+#include <new>
+
 #include <cstdlib>
 
 // Spin loops poll with plain loads, no PAUSE instruction: on this KVM guest
@@ -31,10 +35,35 @@ void Barrier::wait() {
   }
 }
 
-ThreadPool& ThreadPool::instance() {
-  static ThreadPool pool;
-  return pool;
+namespace {
+// The pool lives for the whole process (never destroyed: a static
+// destructor joining workers at interpreter exit is a classic hang). After
+// fork() the child has none of the parent's worker threads, so it gets a
+// fresh pool (the old object is leaked on purpose: its std::thread handles
+// name threads that do not exist in the child). prepare/parent/child hold
+// the run mutex across fork() so the child never inherits it locked.
+ThreadPool* g_pool = nullptr;
+std::mutex g_pool_mutex;
+
+void before_fork() { g_pool_mutex.lock(); }
+void after_fork_parent() { g_pool_mutex.unlock(); }
+void after_fork_child() {
+  new (&g_pool_mutex) std::mutex();
+  g_pool = nullptr;
 }
+}  // namespace
+
+ThreadPool& ThreadPool::instance() {
+  static const bool registered = [] {
+    pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+    return true;
+  }();
+  (void)registered;
+  if (!g_pool) g_pool = new ThreadPool();
+  return *g_pool;
+}
+
+std::mutex& ThreadPool::call_mutex() { return g_pool_mutex; }
 
 ThreadPool::~ThreadPool() {
   {
@@ -71,7 +100,6 @@ void ThreadPool::run(int nthreads, const std::function<void(int)>& fn) {
     fn(0);
     return;
   }
-  std::lock_guard<std::mutex> run_lock(run_mutex_);
   while (static_cast<int>(workers_.size()) < nthreads - 1) {
     const int tid = static_cast<int>(workers_.size()) + 1;
     const uint64_t seen = generation_.load();

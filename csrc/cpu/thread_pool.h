@@ -34,13 +34,14 @@ class ThreadPool {
  public:
   static ThreadPool& instance();
   // Runs fn(tid) for tid in [0, nthreads); tid 0 on the calling thread.
-  // Calls from several Python threads are serialized.
+  // The caller must hold call_mutex() (one call at a time: the pool and the
+  // scratch buffers are shared); it is also held across fork().
   void run(int nthreads, const std::function<void(int)>& fn);
+  static std::mutex& call_mutex();
   ~ThreadPool();
 
  private:
   void worker_loop(int tid, uint64_t seen);
-  std::mutex run_mutex_;  // one run() at a time
   std::mutex m_;
   std::condition_variable cv_;
   std::vector<std::thread> workers_;
@@ -52,7 +53,7 @@ class ThreadPool {
 };
 
 // Raw, 64-byte aligned, growable scratch memory reused across calls (under
-// the pool's run serialization), so a call does not page-fault in megabytes
+// ThreadPool::call_mutex()), so a call does not page-fault in megabytes
 // of fresh memory: at T=64, B=1 that was ~60 us per call.
 void* scratch(int slot, size_t bytes);
 
