@@ -1,6 +1,7 @@
-"""The sweep: for every (shape, dtype, mode), time nn.LSTM, then check and
-time each backend's BiLSTM holding the same weights; one Row per
-implementation, ratios against the nn.LSTM of the same run.
+"""The sweep: for every (shape, dtype, mode), check each backend's BiLSTM
+against nn.LSTM holding the same weights, then time nn.LSTM and every
+backend that passed side by side (interleaved rounds, timing.measure); one
+Row per implementation, ratios against the nn.LSTM of the same rounds.
 """
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ def _error_text(e: BaseException) -> str:
 def run(cases: list[Case], settings: Settings,
         advance: Callable[[str], None] = lambda what: None) -> list[Row]:
     """Rows of every case (pct_peak left for ``add_pct_peak``);
-    ``advance(description)`` is called once per implementation run
-    (1 + len(backends) per case), for a progress bar."""
+    ``advance(description)`` is called as each implementation of a case is
+    checked (1 + len(backends) per case), for a progress bar."""
     rows: list[Row] = []
     device = settings.device
     built: dict = {}  # (shape, dtype) -> (baseline, inputs, {backend: BiLSTM}); reused across modes
@@ -64,46 +65,60 @@ def run(cases: list[Case], settings: Settings,
                        mode=case.mode, backend=backend, impl=impl_label(backend, device.type),
                        gflop=gflop, **kw)
 
-        def timed(r: Row, step) -> Row:
-            warmup = settings.warmup
-            if settings.memory:
-                # The first warm-up call doubles as the memory call: it is
-                # untimed anyway, and an extra call per row would cost ~15%
-                # of the default sweep on a CPU.
-                r.peak_mem_mb = peak_memory_mb(step, device)
-                warmup = max(0, warmup - 1)
-            t = measure(step, device, warmup, settings.repeats)
-            r.ms_median, r.ms_p20, r.ms_p80, r.repeats = t.median_ms, t.p20_ms, t.p80_ms, t.repeats
-            r.gflops = gflop / (t.median_ms * 1e-3)
-            return r
-
-        # The baseline: its results are the oracle of the check (computing
-        # them is also its first warm-up call).
+        # Check: nn.LSTM's results are the oracle (computing them is also its
+        # first warm-up call); each backend's are compared with them (its first
+        # warm-up call). Only what passed is timed.
         advance(f"{case.shape.label} {case.dtype} {case.mode}: nn.LSTM")
+        case_rows: list[Row] = []
+        steps: dict[str, Callable[[], None]] = {}
         try:
             oracle = Oracle(base_model, inputs, case.mode, case.dtype)
-            base = timed(row(BASELINE, status="ok", speedup=1.0), make_step(base_model, inputs, case.mode))
+            case_rows.append(row(BASELINE, status="ok"))
+            steps[BASELINE] = make_step(base_model, inputs, case.mode)
         except Exception as e:  # e.g. a dtype nn.LSTM does not support on this device
-            oracle, base = None, row(BASELINE, status="error", detail=_error_text(e))
-        rows.append(base)
-
+            oracle = None
+            case_rows.append(row(BASELINE, status="error", detail=_error_text(e)))
         for backend in settings.backends:
             advance(f"{case.shape.label} {case.dtype} {case.mode}: {backend}")
+            if oracle is None:
+                case_rows.append(row(backend, status="error", detail="nn.LSTM failed: nothing to check against"))
+                continue
             try:
-                if oracle is None:
-                    rows.append(row(backend, status="error", detail="nn.LSTM failed: nothing to check against"))
-                    continue
                 if backend not in ours:
                     ours[backend] = build_bilstm(base_model, backend)
                 check = oracle.check(results_of(ours[backend], inputs, case.mode))
-                r = row(backend, status="ok" if check.ok else "mismatch",
-                        detail=check.detail, max_err=check.max_err)
+                case_rows.append(row(backend, status="ok" if check.ok else "mismatch",
+                                     detail=check.detail, max_err=check.max_err))
                 if check.ok:  # a wrong result is reported, never timed
-                    timed(r, make_step(ours[backend], inputs, case.mode))
-                    r.speedup = base.ms_median / r.ms_median if base.ms_median else None
+                    steps[backend] = make_step(ours[backend], inputs, case.mode)
             except Exception as e:  # one broken backend must not end the sweep
-                r = row(backend, status="error", detail=_error_text(e))
-            rows.append(r)
+                case_rows.append(row(backend, status="error", detail=_error_text(e)))
+
+        # Time everything that passed, side by side.
+        by_backend = {r.backend: r for r in case_rows}
+        try:
+            for name, step in steps.items():
+                warmup = settings.warmup
+                if settings.memory:
+                    # The first warm-up call doubles as the memory call: it is
+                    # untimed anyway, and an extra call per row would cost ~15%
+                    # of the default sweep on a CPU.
+                    by_backend[name].peak_mem_mb = peak_memory_mb(step, device)
+                    warmup = max(0, warmup - 1)
+                for _ in range(warmup):
+                    step()
+            timings = measure(steps, device, settings.repeats) if steps else {}
+        except Exception as e:  # a step that passed its check and then raised
+            timings = {}
+            for name in steps:
+                by_backend[name].status, by_backend[name].detail = "error", _error_text(e)
+        base_ms = timings[BASELINE].median_ms if BASELINE in timings else None
+        for name, t in timings.items():
+            r = by_backend[name]
+            r.ms_median, r.ms_p20, r.ms_p80, r.repeats = t.median_ms, t.p20_ms, t.p80_ms, t.repeats
+            r.gflops = gflop / (t.median_ms * 1e-3)
+            r.speedup = base_ms / t.median_ms if base_ms else None
+        rows.extend(case_rows)
     return rows
 
 

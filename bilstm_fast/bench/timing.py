@@ -61,29 +61,37 @@ class Timing:
     repeats: int
 
 
-# With no fixed --repeats, a shape gets at least MIN_REPEATS timed calls and
-# more until BUDGET_S of timed work (at most MAX_REPEATS): small shapes are
-# cheap and noisy, big ones are slow and steady.
+# With no fixed --repeats, each implementation gets at least MIN_REPEATS timed
+# calls and more until the slowest has BUDGET_S of timed work (at most
+# MAX_REPEATS): small shapes are cheap and noisy, big ones slow and steady.
 MIN_REPEATS, MAX_REPEATS, BUDGET_S = 5, 50, 0.5
 
 
-def measure(fn: Callable[[], None], device: torch.device, warmup: int = 1,
-            repeats: int | None = None) -> Timing:
-    """Median and p20/p80 of ``repeats`` timed calls after ``warmup`` untimed ones."""
-    for _ in range(warmup):
-        fn()
+def measure(fns: dict[str, Callable[[], None]], device: torch.device,
+            repeats: int | None = None) -> dict[str, Timing]:
+    """Median and p20/p80 per implementation, timed in rounds of one call of
+    each in turn: a change in the machine's load during the measurement (a
+    shared machine, thermal throttling) then hits every implementation alike
+    and their ratio stays fair. Warm-up is the caller's."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    times: list[float] = []
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    rounds = 0
     while True:
-        times.append(_elapsed_ms(fn, device))
+        for name, fn in fns.items():
+            times[name].append(_elapsed_ms(fn, device))
+        rounds += 1
         if repeats is not None:
-            if len(times) >= repeats:
+            if rounds >= repeats:
                 break
-        elif len(times) >= MAX_REPEATS or (len(times) >= MIN_REPEATS and sum(times) >= BUDGET_S * 1e3):
+        elif rounds >= MAX_REPEATS or (rounds >= MIN_REPEATS and
+                                       max(map(sum, times.values())) >= BUDGET_S * 1e3):
             break
-    times.sort()
-    return Timing(percentile(times, 50), percentile(times, 20), percentile(times, 80), len(times))
+    out = {}
+    for name, ts in times.items():
+        ts.sort()
+        out[name] = Timing(percentile(ts, 50), percentile(ts, 20), percentile(ts, 80), len(ts))
+    return out
 
 
 # ------------------------------------------------------------------ memory
