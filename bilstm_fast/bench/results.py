@@ -12,7 +12,7 @@ A result file (JSON) holds one run::
                   git commit (or "unknown") and whether the checkout was dirty
     peak          device.Peak: source ("datasheet" | "measured"), description,
                   flops {dtype: FLOP/s}, bandwidth_gbs
-    settings      device, dtypes, backends, warmup, repeats (null = adaptive), tf32, memory_method
+    settings      device, dtypes, modes, backends, warmup, repeats (null = adaptive), tf32, memory_method
     skipped_backends  {backend: why it was not run}
     results       [Row, ...]
 
