@@ -1,16 +1,14 @@
-"""PNG plots (matplotlib, Agg: no display needed): speedup over nn.LSTM and
-GFLOP/s per shape, one bar per series. A run's series are its
-implementations; a comparison's are (device, implementation)."""
+"""PNG plots: speedup over nn.LSTM and GFLOP/s per shape, one bar per series.
+A run's series are its implementations; a comparison's are (device,
+implementation). Drawn on a bare matplotlib Figure (Agg canvas): no display
+needed, and pyplot's global backend is left alone for whoever imports us."""
 from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
-
-from .workload import BASELINE  # noqa: E402
+from .workload import BASELINE
 
 
 def plot_bars(rows: list[dict], series_of, title: str, path: Path) -> Path:
@@ -22,7 +20,8 @@ def plot_bars(rows: list[dict], series_of, title: str, path: Path) -> Path:
     series = list(dict.fromkeys(series_of(r) for r in ok))
     value = {(series_of(r), f"{r['shape']}\n{r['dtype']} {r['mode']}"): r for r in ok}
 
-    fig, (ax_s, ax_g) = plt.subplots(2, 1, figsize=(max(8.0, 0.9 * len(cases) + 3), 9), sharex=True)
+    fig = Figure(figsize=(max(8.0, 0.9 * len(cases) + 3), 9))
+    ax_s, ax_g = fig.subplots(2, 1, sharex=True)
     width = 0.8 / max(1, len(series))
     speedup_series = list(dict.fromkeys(series_of(r) for r in ok if r["backend"] != BASELINE))
     for ax, names, field in ((ax_s, speedup_series, "speedup"), (ax_g, series, "gflops")):
@@ -33,9 +32,14 @@ def plot_bars(rows: list[dict], series_of, title: str, path: Path) -> Path:
                 if r is not None and r[field] is not None:
                     xs.append(j - 0.4 + width * (i + 0.5))
                     ys.append(r[field])
-            ax.bar(xs, ys, width=width, label=name)
+            if field == "speedup":  # bars grow from 1: up = faster than nn.LSTM, down = slower
+                ax.bar(xs, [y - 1 for y in ys], bottom=1, width=width, label=name)
+            else:
+                ax.bar(xs, ys, width=width, label=name)
         ax.grid(axis="y", alpha=0.3)
     ax_s.axhline(1.0, color="black", linewidth=0.8)
+    if speedup_series:
+        ax_s.set_yscale("log")  # ratios: 2x faster and 2x slower are the same distance from 1
     ax_s.set_ylabel("speedup vs nn.LSTM (same device)")
     if not speedup_series:
         ax_s.text(0.5, 0.5, "no BiLSTM backend timed (none available / all failed the check)",
@@ -50,5 +54,4 @@ def plot_bars(rows: list[dict], series_of, title: str, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
     return path
