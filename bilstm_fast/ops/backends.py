@@ -36,7 +36,7 @@ A the accumulation dtype: float64 for float64 input, else float32)::
 
 All tensors reach a backend contiguous. Values of ``gates``/``cs`` at t >= L_b
 are unspecified and never read. ``dw_hh`` is not a backend's job: the op
-computes it with one batched GEMM (ops/recurrence.py).
+computes it with GEMMs over strided views (ops/recurrence.py).
 """
 from __future__ import annotations
 
