@@ -108,7 +108,8 @@ def compile_triton_variant(v: Variant) -> dict:
     # T and B stay plain i32 (the launcher marks them do_not_specialize);
     # pointers carry the 16-byte alignment the JIT sees for torch allocations.
     signature = {k: "*" + t for k, t in ptrs.items()}
-    signature.update(T="i32", B="i32", **{k: "constexpr" for k in constexprs})
+    signature.update(T="i32", B="i32", **({"H_LOOP": "i32"} if v.kernel == "fwd" else {}),
+                     **{k: "constexpr" for k in constexprs})
     attrs = {(i,): [["tt.divisibility", 16]] for i in range(len(ptrs))}
     k = triton.compile(triton.compiler.ASTSource(fn, signature, constexprs, attrs),
                        target=GPUTarget("cuda", v.arch, 32),

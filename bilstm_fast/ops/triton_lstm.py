@@ -33,9 +33,9 @@ the constexpr RESIDENT; the dispatcher `kernel_config` picks path and tiles
 from H, dtype and the arch's shared memory per block)
 -------------------------------------------------------------------------
                        sm_80 (163 KB), sm_90 (227 KB)    sm_86 / sm_89 (99 KB)
-    RESIDENT  fp32     H <= 64                           H <= 64
+    RESIDENT  fp32     H <= 64                           H <= 64 (TF32), 32 (tf32x3)
               fp16/bf16 H <= 128                         H <= 64
-    STREAMED  larger H, BH = 64, 8 warps                 same
+    STREAMED  larger H: BH = 32, 4 warps, maxnreg 192    same
 RESIDENT:
     the program loads W_hh of its direction once, as four [HP, HP] gate
     tiles (W^T for the forward, W for the backward), before the time loop;
@@ -222,7 +222,7 @@ def lstm_fwd_triton(
         _lstm_fwd_kernel[grid](
             gx, w_hh, h0, c0, gx if lengths is None else lengths,
             y, h_n, c_n, gates, cs, c_scr,
-            T, B,
+            T, B, H,
             H=H, N=N, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, RESIDENT=cfg.resident,
             HAS_LENGTHS=lengths is not None, NEED_WS=bool(need_ws), DOT_PREC=prec,
             F32_DOT=INTERPRET and gx.dtype == torch.bfloat16,
@@ -356,7 +356,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 # -------------------------------------------------------------------- kernels
-@triton.jit(do_not_specialize=["T", "B"])
+@triton.jit(do_not_specialize=["T", "B", "H_LOOP"])
 def _lstm_fwd_kernel(
     gx,        # [T, B, N, 4H] X
     w_hh,      # [N, 4H, H]    X
@@ -370,6 +370,7 @@ def _lstm_fwd_kernel(
     cs,        # [T, B, N, H]  f32 out (if NEED_WS)
     c_scr,     # [2, N, B, H]  f32 scratch (STREAMED only)
     T, B,      # runtime: never specialized
+    H_LOOP,    # = H, as a runtime value: bound of the STREAMED tile loops
     H: tl.constexpr, N: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
     RESIDENT: tl.constexpr, HAS_LENGTHS: tl.constexpr, NEED_WS: tl.constexpr,
     DOT_PREC: tl.constexpr, F32_DOT: tl.constexpr,
@@ -409,14 +410,16 @@ def _lstm_fwd_kernel(
             # the row that holds h_{t-1}: y at the previous step's time, or h0 at s = 0
             prev_row = (t_prev * B + rb) * N + n
             first = first[:, None]
-            for j0 in range(0, H, BLOCK_H):
+            # The tile loops run to the runtime H_LOOP (= H): with the constant
+            # H, LLVM unrolls them fully and the live W tiles spill.
+            for j0 in range(0, H_LOOP, BLOCK_H):
                 rj = j0 + tl.arange(0, BLOCK_H)
                 j_ok = b_ok[:, None] & (rj < H)[None, :]
                 a_i = _load_gx(gx, row, 0, rj, j_ok, H)
                 a_f = _load_gx(gx, row, 1, rj, j_ok, H)
                 a_g = _load_gx(gx, row, 2, rj, j_ok, H)
                 a_o = _load_gx(gx, row, 3, rj, j_ok, H)
-                for k0 in range(0, H, BLOCK_H):
+                for k0 in range(0, H_LOOP, BLOCK_H):
                     rk = k0 + tl.arange(0, BLOCK_H)
                     k_ok = b_ok[:, None] & (rk < H)[None, :]
                     # only valid rows need h_{t-1}; the rest are discarded
