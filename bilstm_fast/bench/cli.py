@@ -135,8 +135,8 @@ def run_parser() -> argparse.ArgumentParser:
                         "(default: cuda,triton on a GPU, cpu on a CPU; --quick adds reference). "
                         "nn.LSTM is always timed as the baseline")
     p.add_argument("--repeats", type=_int_at_least(1), default=None,
-                   help=f"timed rounds, one call of each implementation per round (default: "
-                        f"adaptive, {MIN_REPEATS} to {MAX_REPEATS}, until the slowest has ~{BUDGET_S:g} s)")
+                   help=f"timed calls per implementation (default: adaptive, {MIN_REPEATS} to "
+                        f"{MAX_REPEATS}, until ~{BUDGET_S:g} s)")
     p.add_argument("--warmup", type=_int_at_least(0), default=1,
                    help="untimed calls before timing, after the check call; the first one "
                         "measures peak memory (default: 1)")

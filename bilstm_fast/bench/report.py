@@ -60,7 +60,7 @@ def run_table(run: dict) -> tuple[Table, list[str]]:
                       _num(r["speedup"], ".2f"), _num(r["gflops"], ".1f"),
                       _num(r["pct_peak"], ".1f"), _num(r["peak_mem_mb"], ".1f"))
     notes.append(escape(f"ms: median [p20-p80] over repeats; speedup: nn.LSTM median / this median "
-                        f"(same timing rounds); % peak: of the {peak['source']} peak ({peak['description']}); "
+                        f"(same run); % peak: of the {peak['source']} peak ({peak['description']}); "
                         f"mem: {run['settings'].get('memory_method') or 'not measured'}"))
     return table, notes
 

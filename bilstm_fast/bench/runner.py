@@ -1,7 +1,7 @@
 """The sweep: for every (shape, dtype, mode), check each backend's BiLSTM
 against nn.LSTM holding the same weights, then time nn.LSTM and every
-backend that passed side by side (interleaved rounds, timing.measure); one
-Row per implementation, ratios against the nn.LSTM of the same rounds.
+backend that passed; one Row per implementation, ratios against the nn.LSTM
+of the same run.
 """
 from __future__ import annotations
 
@@ -94,30 +94,29 @@ def run(cases: list[Case], settings: Settings,
             except Exception as e:  # one broken backend must not end the sweep
                 case_rows.append(row(backend, status="error", detail=_error_text(e)))
 
-        # Time everything that passed, side by side.
+        # Time everything that passed, one implementation after the other,
+        # each right after its own warm-up (timing.measure says why).
         by_backend = {r.backend: r for r in case_rows}
-        try:
-            for name, step in steps.items():
+        for name, step in steps.items():
+            r = by_backend[name]
+            try:
                 warmup = settings.warmup
                 if settings.memory:
                     # The first warm-up call doubles as the memory call: it is
                     # untimed anyway, and an extra call per row would cost ~15%
                     # of the default sweep on a CPU.
-                    by_backend[name].peak_mem_mb = peak_memory_mb(step, device)
+                    r.peak_mem_mb = peak_memory_mb(step, device)
                     warmup = max(0, warmup - 1)
-                for _ in range(warmup):
-                    step()
-            timings = measure(steps, device, settings.repeats) if steps else {}
-        except Exception as e:  # a step that passed its check and then raised
-            timings = {}
-            for name in steps:
-                by_backend[name].status, by_backend[name].detail = "error", _error_text(e)
-        base_ms = timings[BASELINE].median_ms if BASELINE in timings else None
-        for name, t in timings.items():
-            r = by_backend[name]
+                t = measure(step, device, warmup, settings.repeats)
+            except Exception as e:  # passed its check, then raised
+                r.status, r.detail = "error", _error_text(e)
+                continue
             r.ms_median, r.ms_p20, r.ms_p80, r.repeats = t.median_ms, t.p20_ms, t.p80_ms, t.repeats
             r.gflops = gflop / (t.median_ms * 1e-3)
-            r.speedup = base_ms / t.median_ms if base_ms else None
+        base_ms = by_backend[BASELINE].ms_median
+        for r in case_rows:
+            if r.ms_median is not None and base_ms:
+                r.speedup = base_ms / r.ms_median
         rows.extend(case_rows)
     return rows
 

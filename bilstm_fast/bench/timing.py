@@ -61,37 +61,37 @@ class Timing:
     repeats: int
 
 
-# With no fixed --repeats, each implementation gets at least MIN_REPEATS timed
-# calls and more until the slowest has BUDGET_S of timed work (at most
-# MAX_REPEATS): small shapes are cheap and noisy, big ones slow and steady.
+# With no fixed --repeats, an implementation gets at least MIN_REPEATS timed
+# calls and more until BUDGET_S of timed work (at most MAX_REPEATS): small
+# shapes are cheap and noisy, big ones are slow and steady.
 MIN_REPEATS, MAX_REPEATS, BUDGET_S = 5, 50, 0.5
 
 
-def measure(fns: dict[str, Callable[[], None]], device: torch.device,
-            repeats: int | None = None) -> dict[str, Timing]:
-    """Median and p20/p80 per implementation, timed in rounds of one call of
-    each in turn: a change in the machine's load during the measurement (a
-    shared machine, thermal throttling) then hits every implementation alike
-    and their ratio stays fair. Warm-up is the caller's."""
+def measure(fn: Callable[[], None], device: torch.device, warmup: int = 1,
+            repeats: int | None = None) -> Timing:
+    """Median and p20/p80 of ``repeats`` consecutive timed calls after
+    ``warmup`` untimed ones.
+
+    Consecutive, not interleaved with another implementation's calls: a
+    backend's after-effects must not be charged to the next one. Measured
+    2026-11-24: nn.LSTM (T64 B8 H128) called right after BiLSTM[cpu] took
+    2.1 s instead of 15-26 ms, while that backend's worker threads were
+    still spinning; the warm-up call absorbs such a hand-over.
+    """
+    for _ in range(warmup):
+        fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    rounds = 0
+    times: list[float] = []
     while True:
-        for name, fn in fns.items():
-            times[name].append(_elapsed_ms(fn, device))
-        rounds += 1
+        times.append(_elapsed_ms(fn, device))
         if repeats is not None:
-            if rounds >= repeats:
+            if len(times) >= repeats:
                 break
-        elif rounds >= MAX_REPEATS or (rounds >= MIN_REPEATS and
-                                       max(map(sum, times.values())) >= BUDGET_S * 1e3):
+        elif len(times) >= MAX_REPEATS or (len(times) >= MIN_REPEATS and sum(times) >= BUDGET_S * 1e3):
             break
-    out = {}
-    for name, ts in times.items():
-        ts.sort()
-        out[name] = Timing(percentile(ts, 50), percentile(ts, 20), percentile(ts, 80), len(ts))
-    return out
+    times.sort()
+    return Timing(percentile(times, 50), percentile(times, 20), percentile(times, 80), len(times))
 
 
 # ------------------------------------------------------------------ memory
