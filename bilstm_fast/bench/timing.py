@@ -75,8 +75,9 @@ def measure(fn: Callable[[], None], device: torch.device, warmup: int = 1,
     Consecutive, not interleaved with another implementation's calls: a
     backend's after-effects must not be charged to the next one. Measured
     2026-11-24: nn.LSTM (T64 B8 H128) called right after BiLSTM[cpu] took
-    2.1 s instead of 15-26 ms, while that backend's worker threads were
-    still spinning; the warm-up call absorbs such a hand-over.
+    2.1 s instead of 15-26 ms (19 ms with a 50 ms pause in between; likely
+    that backend's worker threads still spinning); the warm-up call absorbs
+    such a hand-over.
     """
     for _ in range(warmup):
         fn()
