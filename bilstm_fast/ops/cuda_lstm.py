@@ -104,14 +104,9 @@ def unavailable_reason() -> Optional[str]:
     return _status_cache[name]
 
 
-def unsupported_reason(spec, *old_style) -> Optional[str]:
-    """``spec`` is a backends.CallSpec (device, dtype, N, H, P, proj, lengths).
-    (The older signature (gx, w_hh, w_hr, lengths) is accepted too.)"""
-    if isinstance(spec, torch.Tensor):
-        gx, w_hh, w_hr, _ = (spec, *old_style)
-        device, dtype, N, H, proj = gx.device.type, gx.dtype, gx.shape[2], gx.shape[3] // 4, w_hr is not None
-    else:
-        device, dtype, N, H, proj = spec.device, spec.dtype, spec.N, spec.H, spec.proj
+def unsupported_reason(spec) -> Optional[str]:
+    """``spec`` is a backends.CallSpec (device, dtype, N, H, P, proj, lengths)."""
+    device, dtype, N, H, proj = spec.device, spec.dtype, spec.N, spec.H, spec.proj
     if proj:
         return ("proj_size (w_hr) is not supported by the cuda backend; "
                 "backend='auto' serves it with the next backend (triton, then reference)")

@@ -97,6 +97,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .backends import CallSpec
+
 NAME = "triton"
 
 # Read once, when this module (and so every @triton.jit below) is imported:
@@ -130,16 +132,10 @@ def unavailable_reason() -> Optional[str]:
     return _unavailable
 
 
-def unsupported_reason(spec, *old_style) -> Optional[str]:
+def unsupported_reason(spec) -> Optional[str]:
     """``spec`` is a backends.CallSpec (device, dtype, N, H, P, proj, lengths):
-    static facts only, never T or B. The older signature (gx, w_hh, w_hr,
-    lengths) is accepted too. Tensor-level checks are in `_check_inputs`."""
-    if isinstance(spec, torch.Tensor):
-        gx, w_hh, w_hr, lengths = (spec, *old_style)
-        device, dtype, N, H, P, proj = (gx.device.type, gx.dtype, gx.shape[2], gx.shape[-1] // 4,
-                                        w_hh.shape[-1], w_hr is not None)
-    else:
-        device, dtype, N, H, P, proj = spec.device, spec.dtype, spec.N, spec.H, spec.P, spec.proj
+    static facts only, never T or B. Tensor-level checks are in `_check_inputs`."""
+    device, dtype, N, H, P, proj = spec.device, spec.dtype, spec.N, spec.H, spec.P, spec.proj
     if proj or P != H:
         return ("proj_size (w_hr) is not supported by the Triton backend; "
                 "the reference backend serves it")
@@ -157,13 +153,14 @@ def unsupported_reason(spec, *old_style) -> Optional[str]:
             f"imported (got {device} tensors, interpreter {'on' if INTERPRET else 'off'})")
 
 
-def _check_inputs(gx, w_hh, h0, c0, lengths) -> None:
+def _check_inputs(gx, w_hh, w_hr, h0, c0, lengths) -> None:
     """Raise ValueError naming the tensor when a call breaks the contract."""
-    why = unsupported_reason(gx, w_hh, None, lengths)
-    if why is not None:
-        raise ValueError(why)
     T, B, N, G = gx.shape
     H = G // 4
+    why = unsupported_reason(CallSpec(gx.device.type, gx.dtype, N, H, w_hh.shape[-1],
+                                      w_hr is not None, lengths is not None))
+    if why is not None:
+        raise ValueError(why)
     for name, t, shape in (("gx", gx, (T, B, N, G)), ("w_hh", w_hh, (N, G, H)),
                            ("h0", h0, (N, B, H)), ("c0", c0, (N, B, H))):
         if tuple(t.shape) != shape or t.dtype != gx.dtype or t.device != gx.device:
@@ -178,9 +175,7 @@ def _check_inputs(gx, w_hh, h0, c0, lengths) -> None:
 
 
 def forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws):
-    if w_hr is not None:
-        raise ValueError(unsupported_reason(gx, w_hh, w_hr, lengths))
-    _check_inputs(gx, w_hh, h0, c0, lengths)
+    _check_inputs(gx, w_hh, w_hr, h0, c0, lengths)
     return lstm_fwd_triton(gx, w_hh, h0, c0, lengths, need_ws)
 
 
