@@ -170,3 +170,42 @@ def test_functional_bilstm_matches_module():
     want_padded = nn.utils.rnn.pad_packed_sequence(want)[0]
     assert_close("functional output", out, want_padded, 1e-12, 1e-12)
     assert_close("functional h_n", h, hw, 1e-12, 1e-12)
+
+
+# ------------------------------------------------- packed weights for inference
+def test_inference_weight_cache_follows_every_weight_change():
+    """BiLSTM keeps its packed weights between no-grad calls; every way of changing
+    a weight must be seen by the next call (compared with nn.LSTM each time)."""
+    ref, ours = lstm_pair(3, 4, num_layers=2)
+    x = torch.randn(5, 2, 3, dtype=F64)
+
+    def check(what):
+        with torch.no_grad():
+            assert_close(what, ours(x)[0], ref(x)[0], 1e-12, 1e-12)
+
+    check("first call")
+    check("cached call")
+    with torch.no_grad():                      # in-place update (an optimizer step)
+        ref.weight_hh_l1.mul_(0.5), ours.weight_hh_l1.mul_(0.5)
+    check("after in-place update")
+    ref2 = nn.LSTM(3, 4, num_layers=2, bidirectional=True, dtype=F64)
+    ref.load_state_dict(ref2.state_dict()), ours.load_state_dict(ref2.state_dict())
+    check("after load_state_dict")
+    new = torch.randn_like(ours.bias_ih_l0)
+    ref.bias_ih_l0 = nn.Parameter(new.clone())
+    ours.bias_ih_l0 = nn.Parameter(new.clone())  # a new Parameter object
+    check("after replacing a parameter")
+    ours.weight_ih_l0.data = ref.weight_ih_l0.data.clone() * 2
+    ref.weight_ih_l0.data = ref.weight_ih_l0.data * 2
+    check("after re-pointing .data")
+
+
+def test_grad_enabled_call_does_not_use_the_cache():
+    _, ours = lstm_pair(3, 4)
+    x = torch.randn(5, 2, 3, dtype=F64)
+    with torch.no_grad():
+        ours(x)
+    out = ours(x)[0]
+    out.sum().backward()
+    assert ours.weight_ih_l0.grad is not None and ours.weight_ih_l0.grad.abs().sum() > 0
+    assert ours._packed is None, "a grad-enabled call must drop the packed copy"
