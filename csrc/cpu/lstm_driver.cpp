@@ -122,7 +122,7 @@ void run(const Params& p, DType dt, int num_threads) {
   }
   ThreadPool::instance().run(plan.nthreads, [&](int tid) {
     for (const Job& j : plan.jobs[tid]) kernel(p, j, buf);
-  });
+  }, /*independent=*/plan.barriers.empty());
 }
 
 }  // namespace

@@ -34,9 +34,11 @@ class ThreadPool {
  public:
   static ThreadPool& instance();
   // Runs fn(tid) for tid in [0, nthreads); tid 0 on the calling thread.
+  // `independent`: no fn(tid) ever waits for another (no step barrier), so
+  // they may also run on fewer threads than asked (see thread_pool.cpp).
   // The caller must hold call_mutex() (one call at a time: the pool and the
   // scratch buffers are shared); it is also held across fork().
-  void run(int nthreads, const std::function<void(int)>& fn);
+  void run(int nthreads, const std::function<void(int)>& fn, bool independent = false);
   static std::mutex& call_mutex();
   ~ThreadPool();
 
