@@ -29,6 +29,29 @@ def lstm_pair(input_size: int, hidden_size: int, dtype=torch.float64, seed: int 
     return ref, ours
 
 
+def make_inputs(T, B, N, H, dtype=torch.float32, seed=0):
+    """Inputs and cotangents of the recurrence op (backends.py contract):
+    gx [T, B, N, 4H], w_hh [N, 4H, H], h0/c0 [N, B, H], dy [T, B, N, H], dh_n/dc_n [N, B, H]."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s, scale=1.0: (torch.randn(*s, generator=g) * scale).to(dtype)  # noqa: E731
+    return dict(gx=r(T, B, N, 4 * H), w_hh=r(N, 4 * H, H, scale=H ** -0.5), h0=r(N, B, H, scale=0.5),
+                c0=r(N, B, H, scale=0.5), dy=r(T, B, N, H), dh_n=r(N, B, H), dc_n=r(N, B, H))
+
+
+def valid_mask(T, B, lengths):
+    """[T, B, 1, 1] bool: True where t < L_b."""
+    L = torch.full((B,), T) if lengths is None else lengths
+    return (torch.arange(T)[:, None] < L[None, :])[:, :, None, None]
+
+
+def maxerr(a, b, mask=None):
+    """Max |a - b| (where mask is True), 0 for empty tensors."""
+    d = (a.double() - b.double()).abs()
+    if mask is not None:
+        d = torch.where(mask, d, 0.0)
+    return d.max().item() if d.numel() else 0.0
+
+
 @pytest.fixture(autouse=True)
 def _deterministic_seed():
     torch.manual_seed(1234)

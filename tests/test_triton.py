@@ -26,6 +26,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from bilstm_fast.ops import backends, lstm_recurrence, reference  # noqa: E402
+from conftest import make_inputs, maxerr, valid_mask  # noqa: E402
 
 FP32_RTOL, FP32_ATOL = 1e-5, 1e-5
 
@@ -62,25 +63,6 @@ def force(kt, monkeypatch):
         monkeypatch.setattr(kt, "FORCE_CONFIG", cfg)
         return cfg
     return _force
-
-
-def make_inputs(T, B, N, H, dtype=torch.float32, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *s, scale=1.0: (torch.randn(*s, generator=g) * scale).to(dtype)  # noqa: E731
-    return dict(gx=r(T, B, N, 4 * H), w_hh=r(N, 4 * H, H, scale=H ** -0.5), h0=r(N, B, H, scale=0.5),
-                c0=r(N, B, H, scale=0.5), dy=r(T, B, N, H), dh_n=r(N, B, H), dc_n=r(N, B, H))
-
-
-def valid_mask(T, B, lengths):
-    L = torch.full((B,), T) if lengths is None else lengths
-    return (torch.arange(T)[:, None] < L[None, :])[:, :, None, None]          # [T, B, 1, 1]
-
-
-def maxerr(a, b, mask=None):
-    d = (a.double() - b.double()).abs()
-    if mask is not None:
-        d = torch.where(mask, d, 0.0)
-    return d.max().item() if d.numel() else 0.0
 
 
 def run_backend(mod, x, lengths):
