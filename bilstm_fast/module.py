@@ -128,13 +128,13 @@ class BiLSTM(nn.RNNBase):
         h0, c0 = self._check_hx(hx, batched, B, x)
         if sorted_idx is not None and h0 is not None:
             h0, c0 = h0.index_select(1, sorted_idx), c0.index_select(1, sorted_idx)
-        if lengths is not None:
-            lengths = lengths.to(x.device)
         out, h_n, c_n = BF.bilstm_layers(
-            x, self._layer_weights(), h0, c0, lengths, dropout=self.dropout,
-            training=self.training, merge_mode=self.merge_mode, backend=self.backend)
+            x, self._layer_weights(), h0, c0, None if lengths is None else lengths.to(x.device),
+            dropout=self.dropout, training=self.training, merge_mode=self.merge_mode,
+            backend=self.backend)
         if isinstance(input, PackedSequence):
-            data, _ = torch._VF._pack_padded_sequence(out, lengths.cpu(), False)
+            # lengths is still the CPU tensor from batch_sizes: no device->host sync.
+            data, _ = torch._VF._pack_padded_sequence(out, lengths, False)
             if unsorted_idx is not None:
                 h_n, c_n = h_n.index_select(1, unsorted_idx), c_n.index_select(1, unsorted_idx)
             return PackedSequence(data, batch_sizes, sorted_idx, unsorted_idx), (h_n, c_n)
