@@ -83,13 +83,15 @@ def _load(name: str) -> ModuleType | str:
     return _loaded[name]
 
 
+def _unavailable(name: str) -> str | None:
+    """None if this machine can run backend ``name``, else the reason."""
+    mod = _load(name)
+    return mod if isinstance(mod, str) else mod.unavailable_reason()
+
+
 def backend_status() -> dict[str, str | None]:
     """Every known backend -> None if this machine can run it, else the reason."""
-    status = {}
-    for name in _MODULES:
-        mod = _load(name)
-        status[name] = mod if isinstance(mod, str) else mod.unavailable_reason()
-    return status
+    return {name: _unavailable(name) for name in _MODULES}
 
 
 def available_backends() -> list[str]:
@@ -98,9 +100,9 @@ def available_backends() -> list[str]:
     return [name for name, why in backend_status().items() if why is None]
 
 
-def _unknown_or_unavailable(name: str) -> str:
-    lines = [f"{n}: {'available' if why is None else why}" for n, why in backend_status().items()]
-    return "; ".join(lines)
+def _status_summary() -> str:
+    return "; ".join(f"{n}: {'available' if why is None else why}"
+                     for n, why in backend_status().items())
 
 
 def resolve_backend(backend: str, *spec_fields) -> str:
@@ -122,21 +124,17 @@ def resolve_backend(backend: str, *spec_fields) -> str:
     spec = CallSpec(*spec_fields)
     if backend == "auto":
         for name in _AUTO_ORDER.get(spec.device, ("reference",)):
-            mod = _load(name)
-            if isinstance(mod, str) or mod.unavailable_reason() is not None:
-                continue
-            if mod.unsupported_reason(spec) is None:
+            if _unavailable(name) is None and _load(name).unsupported_reason(spec) is None:
                 return name
         return "reference"
     if backend not in _MODULES:
         raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of "
-                         f"{list(_MODULES)} ({_unknown_or_unavailable(backend)})")
-    mod = _load(backend)
-    why = mod if isinstance(mod, str) else mod.unavailable_reason()
+                         f"{list(_MODULES)} ({_status_summary()})")
+    why = _unavailable(backend)
     if why is not None:
         raise RuntimeError(f"backend {backend!r} is not available on this machine: {why}. "
                            f"Available: {available_backends()}")
-    why = mod.unsupported_reason(spec)
+    why = _load(backend).unsupported_reason(spec)
     if why is not None:
         raise ValueError(f"backend {backend!r} does not support this call: {why}. "
                          "Use backend='auto' or 'reference'.")
