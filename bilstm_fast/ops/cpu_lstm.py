@@ -23,13 +23,6 @@ NAME = "cpu"
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
 
 
-def _module():
-    mod = native.load("_cpu")
-    if isinstance(mod, str):
-        raise RuntimeError(mod)
-    return mod
-
-
 def unavailable_reason() -> str | None:
     mod = native.load("_cpu")
     return mod if isinstance(mod, str) else None
@@ -89,7 +82,7 @@ def forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws):
         gates, cs = gx.new_empty(T, B, N, G), gx.new_empty(T, B, N, H)
     else:
         gates, cs = gx.new_empty(0), gx.new_empty(0)  # two tensors: custom op outputs may not alias
-    _module().forward(
+    native.require("_cpu").forward(
         _DTYPES[X], _view("gx", gx, X), _view("w_hh", w_hh, X), _view("h0", h0, X),
         _view("c0", c0, X), _lengths(lengths), _view("y", y), _view("h_n", h_n), _view("c_n", c_n),
         _view("gates", gates) if need_ws else None, _view("cs", cs) if need_ws else None,
@@ -108,7 +101,7 @@ def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs):
     T, B, N, G = gates.shape
     dgx = dy.new_empty(T, B, N, G)
     dh0, dc0 = dy.new_empty(N, B, G // 4), dy.new_empty(N, B, G // 4)
-    _module().backward(
+    native.require("_cpu").backward(
         _DTYPES[X], _view("dy", dy, X), _view("dh_n", dh_n, X), _view("dc_n", dc_n, X),
         _view("w_hh", w_hh, X), _view("c0", c0, X), _lengths(lengths),
         _view("gates", gates, X), _view("cs", cs, X), _view("dgx", dgx), _view("dh0", dh0),

@@ -74,10 +74,7 @@ def _module_name() -> str:
 
 
 def _module():
-    mod = native.load(_module_name())
-    if isinstance(mod, str):
-        raise RuntimeError(mod)
-    return mod
+    return native.require(_module_name())
 
 
 def unavailable_reason() -> Optional[str]:

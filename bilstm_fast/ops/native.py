@@ -27,6 +27,14 @@ def load(name: str) -> ModuleType | str:
     return _cache[name]
 
 
+def require(name: str) -> ModuleType:
+    """``bilstm_fast.<name>``; RuntimeError saying how to rebuild when it cannot be loaded."""
+    mod = load(name)
+    if isinstance(mod, str):
+        raise RuntimeError(mod)
+    return mod
+
+
 def ptr(t: torch.Tensor | None) -> int:
     """Address of a tensor's first element (0 for None)."""
     return 0 if t is None else t.data_ptr()
