@@ -47,6 +47,11 @@ from typing import NamedTuple
 import torch
 
 
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """A, the accumulation / cell-state / workspace dtype for input dtype X."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 class CallSpec(NamedTuple):
     """What a backend may look at to decide whether it supports a call."""
     device: str          # "cpu", "cuda", ...

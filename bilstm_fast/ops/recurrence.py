@@ -22,10 +22,6 @@ from torch import Tensor
 from . import backends
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 # ---------------------------------------------------------------- forward op
 @torch.library.custom_op("bilstm_fast::lstm_recurrence", mutates_args=())
 def _lstm_recurrence_op(
@@ -45,7 +41,7 @@ def _lstm_recurrence_op(
 def _(gx, w_hh, w_hr, h0, c0, lengths, backend, need_ws):
     T, B, N, G = gx.shape
     P = w_hh.shape[-1]
-    A = _acc_dtype(gx.dtype)
+    A = backends.acc_dtype(gx.dtype)
     y = gx.new_empty(T, B, N, P)
     ws_gates = gx.new_empty((T, B, N, G) if need_ws else (0,), dtype=A)
     ws_cs = gx.new_empty((T, B, N, G // 4) if need_ws else (0,), dtype=A)

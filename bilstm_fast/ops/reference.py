@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import torch
 
+from .backends import acc_dtype
+
 NAME = "reference"
 
 
@@ -25,10 +27,6 @@ def unavailable_reason() -> str | None:
 
 def unsupported_reason(spec) -> str | None:
     return None
-
-
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _step_order(t: torch.Tensor) -> torch.Tensor:
@@ -52,7 +50,7 @@ def _step_masks(T: int, B: int, N: int, lengths, device) -> torch.Tensor:
 def forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws):
     T, B, N, G = gx.shape
     H = G // 4
-    A = _acc_dtype(gx.dtype)
+    A = acc_dtype(gx.dtype)
     gx_s = _step_order(gx).to(A)                              # [T, B, N, 4H]
     w_t = w_hh.to(A).transpose(1, 2)                          # [N, P, 4H]
     w_r = None if w_hr is None else w_hr.to(A).transpose(1, 2)  # [N, H, P]
