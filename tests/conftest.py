@@ -2,11 +2,19 @@
 closeness check that prints its errors before asserting."""
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
 from bilstm_fast import BiLSTM
+
+# The developer tools (tools/: compile report, CUDA resource counts) need the
+# source tree and are not part of the installed package; tests import them from here.
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+sys.path.insert(0, str(TOOLS))
 
 
 def assert_close(name: str, got: torch.Tensor, want: torch.Tensor, rtol: float, atol: float) -> None:

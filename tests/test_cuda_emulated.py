@@ -13,7 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bilstm_fast.ops import backends, cuda_lstm, cuda_resources, native, reference
+import cuda_resources  # tools/cuda_resources.py (conftest puts tools/ on sys.path)
+from bilstm_fast.ops import backends, cuda_lstm, native, reference
 from bilstm_fast.ops import lstm_recurrence
 from conftest import make_inputs, maxerr, valid_mask
 

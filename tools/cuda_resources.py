@@ -1,5 +1,6 @@
 """Registers, spills and shared memory of the CUDA C++ kernels (csrc/cuda/lstm.cu)
-for the compile report (``python -m bilstm_fast.compile_report``), with no GPU.
+for the compile report (``python tools/compile_report.py``), with no GPU.
+A developer tool: it needs the source tree (csrc/), so it lives in tools/, not in the package.
 
 ``rows(archs, hs, dtypes)`` compiles lstm.cu once per architecture with
 ``nvcc -cubin -Xptxas -v`` (a few seconds each; the parsed figures are cached
@@ -29,9 +30,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import native
+from bilstm_fast.ops import native
 
-SRC_DIR = Path(__file__).resolve().parents[2] / "csrc" / "cuda"
+SRC_DIR = Path(__file__).resolve().parents[1] / "csrc" / "cuda"   # tools/ -> the checkout root
 # Reference GPU per arch: (name, SM count, opt-in shared memory per block in bytes).
 REFERENCE_GPU = {
     "80": ("A100", 108, 163 * 1024),
@@ -145,7 +146,7 @@ def rows(archs, hs, dtypes) -> list[dict]:
     is not installed."""
     why = unavailable_reason()
     if why is not None:
-        print(f"bilstm_fast.ops.cuda_resources: no CUDA C++ rows: {why}", file=sys.stderr)
+        print(f"tools/cuda_resources.py: no CUDA C++ rows: {why}", file=sys.stderr)
         return []
     mod = _plan_module()
     out = []

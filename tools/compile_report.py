@@ -1,7 +1,7 @@
 """Ahead-of-time compile report: registers, spills and shared memory of every
 kernel variant the dispatchers can choose, for sm_80 and sm_90, with no GPU.
 
-    python -m bilstm_fast.compile_report [--arch 80 90] [--H 64 128 ...]
+    python tools/compile_report.py [--arch 80 90] [--H 64 128 ...]
         [--dtype fp32 fp16 bf16] [--quick] [--markdown] [--jobs N]
 
 Triton rows: for each (arch, H, dtype) the Triton dispatcher's choice
@@ -16,8 +16,9 @@ those flag variants: registers from Triton's bundled ``cuobjdump
 ``--quick`` (CI, < 2 minutes): H in {64, 128, 512}, fp32 and bf16, both
 arches, only the flag set used in training (N=2, lengths, workspace, TF32).
 
-CUDA C++ rows come from ``bilstm_fast.ops.cuda_resources.rows(archs, hs,
-dtypes)`` when that module exists, and are checked the same way.
+CUDA C++ rows come from ``cuda_resources.rows(archs, hs, dtypes)`` (tools/cuda_resources.py),
+and are checked the same way. A developer tool: it needs the source tree, so it
+lives in tools/ and is not installed with the package.
 
 Exit status 1 if any row spills or exceeds the arch's shared memory per block
 (opt-in: sm_80 163 KB, sm_90 227 KB), 0 otherwise.
@@ -25,7 +26,6 @@ Exit status 1 if any row spills or exceeds the arch's shared memory per block
 from __future__ import annotations
 
 import argparse
-import importlib
 import itertools
 import json
 import os
@@ -168,12 +168,7 @@ def worst_per_kernel(rows: list[dict]) -> list[dict]:
 
 
 def cuda_rows(archs, hs, dtypes) -> list[dict]:
-    try:
-        cuda_resources = importlib.import_module("bilstm_fast.ops.cuda_resources")
-    except ModuleNotFoundError as e:
-        if e.name != "bilstm_fast.ops.cuda_resources":
-            raise
-        return []
+    import cuda_resources   # tools/cuda_resources.py, beside this file (on sys.path as the script's dir)
     rows = cuda_resources.rows(list(archs), list(hs), list(dtypes))
     for r in rows:
         r.setdefault("note", "")
@@ -219,7 +214,7 @@ def print_table(rows: list[dict], markdown: bool) -> None:
 
 
 def compile_all(variants: list[Variant], jobs: int) -> list[dict]:
-    """Compile in `jobs` worker processes (python -m bilstm_fast.compile_report
+    """Compile in `jobs` worker processes (python tools/compile_report.py
     --worker, one JSON line per variant). The compiler can abort the process
     (an LLVM assertion); that variant becomes a failing row and a new worker
     takes the rest of the list."""
@@ -228,7 +223,7 @@ def compile_all(variants: list[Variant], jobs: int) -> list[dict]:
 
     def run_chain(todo: list[Variant]) -> None:
         while todo:
-            proc = subprocess.run([sys.executable, "-m", "bilstm_fast.compile_report", "--worker"],
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker"],
                                   input=json.dumps([asdict(v) for v in todo]),
                                   capture_output=True, text=True)
             done = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -263,7 +258,7 @@ def _worker() -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bilstm_fast.compile_report", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python tools/compile_report.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, nargs="+", choices=ARCHS, help="compute capabilities (default: 80 90)")
     ap.add_argument("--H", type=int, nargs="+", help=f"hidden sizes (default: {HS})")
     ap.add_argument("--dtype", nargs="+", choices=DTYPES, help=f"dtypes (default: {DTYPES})")
