@@ -75,14 +75,19 @@ template <class T> inline void store_a(T* p, Vec<T> v) { *reinterpret_cast<Vec<T
 // (float64 is the exact path, not the fast one). Scalar libm calls for float
 // would cost more than the GEMM of a B=1 step.
 // tanh as a rational function (the [13/6] minimax fit Eigen uses for float,
-// max error a few ulp on [-7.99, 7.99], +-1 to float precision beyond): one
+// max error a few ulp on [-7.99, 7.99], +-1 to float precision beyond, NaN
+// kept): one
 // division and 11 FMAs, no exp. sigmoid(x) = 0.5 + 0.5 * tanh(x / 2).
 // Measured against a Cephes-style vector exp with 1 / (1 + exp(-x)): equal
 // or ~2% faster at B=128, H=512 (58.9 vs 57.4 GFLOP/s, mean of 3 runs on a
 // loaded machine), with one polynomial for both activations.
-inline Vec<float> vtanh(Vec<float> x) {
-  x = x < 7.99881172180175781f ? x : 7.99881172180175781f;
-  x = x > -7.99881172180175781f ? x : -7.99881172180175781f;
+inline Vec<float> vtanh(const Vec<float> x0) {
+  Vec<float> x = x0;
+  // Clamp written so that NaN passes through (a comparison with NaN is
+  // false, so it keeps x): NaN in gives NaN out, as in nn.LSTM.
+  // (`x < 7.99 ? x : 7.99` turned NaN into 1.0: tests/test_nonfinite.py.)
+  x = x > 7.99881172180175781f ? 7.99881172180175781f : x;
+  x = x < -7.99881172180175781f ? -7.99881172180175781f : x;
   const Vec<float> x2 = x * x;
   Vec<float> p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
   p = p * x2 + -8.60467152213735e-11f;
@@ -93,7 +98,14 @@ inline Vec<float> vtanh(Vec<float> x) {
   Vec<float> q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
   q = q * x2 + 2.26843463243900e-03f;
   q = q * x2 + 4.89352518554385e-03f;
-  return (x * p) / q;
+  Vec<float> r = (x * p) / q;
+  // Exactly +-1 where float's tanh rounds to +-1 (|x| > 9.0109, 1 - tanh(x)
+  // < 2^-25), as torch's tanh gives: the rational stops at 0.99999982, so
+  // sigmoid(-inf) was 9e-8 instead of 0 and 0 * inf = NaN in the next step
+  // went missing (tests/test_nonfinite.py, an Inf in W_hh).
+  r = x0 > 9.0109f ? 1.0f : r;
+  r = x0 < -9.0109f ? -1.0f : r;
+  return r;
 }
 inline Vec<float> vsigmoid(Vec<float> x) { return 0.5f + 0.5f * vtanh(0.5f * x); }
 
