@@ -204,11 +204,9 @@ def test_auto_picks_cpu_and_declines_what_it_does_not_do():
     assert y.dtype == torch.bfloat16
 
 
-def _view(t):
-    return (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
-
-
 def test_bad_input_is_a_clear_error():
+    """The compiled module checks every tensor once at its boundary
+    (csrc/common/tensor_arg.h): a bad one is a ValueError naming it."""
     mod = _cpu()
     T, B, N, H = 3, 2, 2, 4
     gx, w_hh, h0, c0, _ = _inputs(T, B, N, H, torch.float32, None)
@@ -216,33 +214,52 @@ def test_bad_input_is_a_clear_error():
     hn, cn = torch.empty(N, B, H), torch.empty(N, B, H)
 
     def call(**over):
-        args = dict(dtype="float32", gx=_view(gx), w_hh=_view(w_hh), h0=_view(h0), c0=_view(c0),
-                    lengths=None, y=_view(y), h_n=_view(hn), c_n=_view(cn), gates=None, cs=None,
-                    num_threads=1)
+        args = dict(gx=gx, w_hh=w_hh, h0=h0, c0=c0, lengths=None, y=y, h_n=hn, c_n=cn, gates=None,
+                    cs=None, num_threads=1)
         args.update(over)
         mod.forward(**args)
 
     call()  # the good call works
     bad_w = torch.empty(N, 4 * H, H + 1)
-    with pytest.raises(ValueError, match=r"w_hh: expected shape \[N=2, 4H=16, H=4\]"):
-        call(w_hh=_view(bad_w))
+    with pytest.raises(ValueError, match=r"w_hh: expected shape \[N=2, 4H=16, H=4\], got \[2, 16, 5\]"):
+        call(w_hh=bad_w)
     with pytest.raises(ValueError, match=r"gx: expected shape"):
-        call(gx=_view(torch.empty(T, B, 3, 4 * H)))
-    with pytest.raises(ValueError, match=r"lengths: values must be in 1..T=3"):
-        call(lengths=_view(torch.tensor([1, 4])))
+        call(gx=torch.empty(T, B, 3, 4 * H))
+    with pytest.raises(ValueError, match=r"lengths: values must be in 1..T=3, got 4 at index 1"):
+        call(lengths=torch.tensor([1, 4]))
     with pytest.raises(ValueError, match=r"h0: the last dimension must be contiguous"):
-        call(h0=_view(torch.empty(N, B, 2 * H)[..., ::2]))
-    with pytest.raises(ValueError, match=r"dtype: expected 'float32' or 'float64'"):
-        call(dtype="float16")
+        call(h0=torch.empty(N, B, 2 * H)[..., ::2])
+    with pytest.raises(ValueError, match=r"gx: the cpu kernels run torch.float32 and torch.float64, "
+                                         r"got torch.float16"):
+        call(gx=gx.half())
+    with pytest.raises(ValueError, match=r"h_n: expected dtype torch.float32, got torch.float64"):
+        call(h_n=hn.double())
     with pytest.raises(ValueError, match=r"num_threads"):
         call(num_threads=0)
     with pytest.raises(ValueError, match=r"gates, cs"):
-        call(gates=_view(torch.empty(T, B, N, 4 * H)))
-    with pytest.raises(TypeError, match=r"c0: expected a \(data_ptr, shape, strides\) tuple"):
-        call(c0=c0)
+        call(gates=torch.empty(T, B, N, 4 * H))
+    with pytest.raises(TypeError, match=r"c0: expected a torch.Tensor, got tuple"):
+        call(c0=(c0.data_ptr(), tuple(c0.shape), tuple(c0.stride())))
+    with pytest.raises(ValueError, match=r"lengths: must be contiguous"):
+        call(lengths=torch.tensor([[3, 0], [2, 0]])[:, 0])
     # and through the Python backend module: a wrong dtype names the tensor
     with pytest.raises(ValueError, match=r"w_hh: expected dtype torch.float32"):
         cpu_lstm.forward(gx, w_hh.double(), None, h0, c0, None, False)
+
+
+def test_non_contiguous_lengths_through_the_op():
+    """lengths as a column of a [B, 2] tensor (issue: the pointer of a
+    temporary .contiguous() copy reached C++ after the copy was freed, so
+    valid lengths were rejected with heap garbage)."""
+    T, B, N, H = 5, 3, 2, 4
+    gx, w_hh, h0, c0, _ = _inputs(T, B, N, H, torch.float64, None)
+    table = torch.tensor([[5, 0], [1, 0], [3, 0]])
+    lengths = table[:, 0]
+    assert not lengths.is_contiguous()
+    got = lstm_recurrence(gx, w_hh, h0, c0, lengths, backend="cpu")
+    want = lstm_recurrence(gx, w_hh, h0, c0, lengths.contiguous(), backend="reference")
+    for n, a, b in zip(("y", "h_n", "c_n"), got, want):
+        assert_close(n, a, b, **TOL[torch.float64])
 
 
 def _forward_in_child(q):
@@ -253,9 +270,8 @@ def _forward_in_child(q):
     mod = _cpu()
     gx, w_hh, h0, c0, _ = _inputs(4, 2, 2, 40, torch.float64, None)
     y, h_n, c_n = torch.empty(4, 2, 2, 40, dtype=torch.float64), torch.empty_like(h0), torch.empty_like(c0)
-    mod.forward(dtype="float64", gx=_view(gx), w_hh=_view(w_hh), h0=_view(h0), c0=_view(c0),
-                lengths=None, y=_view(y), h_n=_view(h_n), c_n=_view(c_n), gates=None, cs=None,
-                num_threads=2)
+    mod.forward(gx=gx, w_hh=w_hh, h0=h0, c0=c0, lengths=None, y=y, h_n=h_n, c_n=c_n, gates=None,
+                cs=None, num_threads=2)
     want = backends.get("reference").forward(gx, w_hh, None, h0, c0, None, False)
     q.put(max((g - w).abs().max().item() for g, w in zip((y, h_n, c_n), want[:3])))
 

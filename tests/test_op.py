@@ -123,3 +123,17 @@ def test_unavailable_backend_is_a_clear_error():
     a = _op_inputs(requires_grad=False)
     with pytest.raises(RuntimeError, match=rf"backend '{unavailable[0]}' is not available"):
         lstm_recurrence(**a, backend=unavailable[0])
+
+
+def test_dtype_codes_mirror_the_native_table():
+    """bilstm_fast.ops.native.DTYPE_CODES is the Python mirror of
+    csrc/common/lstm_args.h's DType, which every compiled module exports."""
+    from bilstm_fast.ops import native
+    want = {str(dt): code for dt, code in native.DTYPE_CODES.items()}
+    for name in ("_cpu", "_cuda_emu", "_cuda"):
+        mod = native.load(name)
+        if isinstance(mod, str):
+            assert name == "_cuda", mod   # _cuda is built only where nvcc is found
+            continue
+        print(name, mod.dtype_codes)
+        assert dict(mod.dtype_codes) == want

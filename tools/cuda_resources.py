@@ -30,6 +30,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 from bilstm_fast.ops import native
 
 SRC_DIR = Path(__file__).resolve().parents[1] / "csrc" / "cuda"   # tools/ -> the checkout root
@@ -39,7 +41,8 @@ REFERENCE_GPU = {
     "90": ("H100 SXM", 132, 227 * 1024),
     "90a": ("H100 SXM", 132, 227 * 1024),
 }
-_DTYPE_CODE = {"fp32": 0, "fp16": 1, "bf16": 2}
+_DTYPE_CODE = {"fp32": native.DTYPE_CODES[torch.float32], "fp16": native.DTYPE_CODES[torch.float16],
+               "bf16": native.DTYPE_CODES[torch.bfloat16]}
 _KERNEL_TYPE = {"fp32": "f", "fp16": "6__half", "bf16": "13__nv_bfloat16"}
 _PLAN_B = 32  # batch rows of the plan: the largest batch tile (worst-case smem)
 

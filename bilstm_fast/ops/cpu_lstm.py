@@ -8,10 +8,11 @@ and float64 without projection. What it declines (``unsupported_reason``, so
 bfloat16 (no fp16/bf16 kernels yet: the accumulate-in-fp32 path would need a
 convert pass per step that this first version does not have), non-CPU tensors.
 
-This file checks dtypes and devices and passes each tensor to C++ as a
-``(data_ptr, shape, strides)`` tuple; the C++ binding checks every shape and
-stride again and raises ValueError naming the argument. Outputs are allocated
-here; no input is modified. The thread count is ``torch.get_num_threads()``.
+This file only allocates the outputs and calls: the compiled module checks
+every tensor once at its boundary (csrc/common/tensor_arg.h) and raises
+ValueError naming the argument. Tensors are passed as the objects themselves
+and held by this frame for the whole call, so every pointer outlives the
+kernels. No input is modified. The thread count is ``torch.get_num_threads()``.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 from . import native
 
 NAME = "cpu"
-_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+_DTYPES = (torch.float32, torch.float64)
 
 
 def unavailable_reason() -> str | None:
@@ -40,70 +41,50 @@ def unsupported_reason(spec) -> str | None:
     return None
 
 
-def _view(name: str, t: torch.Tensor | None, dtype: torch.dtype | None = None):
-    """(data_ptr, shape, strides) of a CPU tensor whose last dim is contiguous."""
-    if t is None:
-        return None
-    if t.device.type != "cpu":
-        raise ValueError(f"{name}: expected a CPU tensor, got {t.device}")
-    if dtype is not None and t.dtype != dtype:
-        raise ValueError(f"{name}: expected dtype {dtype}, got {t.dtype}")
-    if t.dim() > 0 and t.stride(-1) != 1 and t.shape[-1] != 1:
-        raise ValueError(f"{name}: the last dimension must be contiguous, got strides {t.stride()}")
-    return (native.ptr(t), tuple(t.shape), tuple(t.stride()))
-
-
-def _lengths(lengths: torch.Tensor | None):
-    if lengths is None:
-        return None
-    if lengths.dtype != torch.int64:
-        raise ValueError(f"lengths: expected int64, got {lengths.dtype}")
-    return _view("lengths", lengths.contiguous())
-
-
 def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws):
+def forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws, plan=None):
     """gx [T, B, N, 4H], w_hh [N, 4H, H], h0/c0 [N, B, H], lengths [B] int64 or None
     -> y [T, B, N, H], h_n, c_n [N, B, H], gates [T, B, N, 4H], cs [T, B, N, H]
-    (gates/cs have shape (0,) when not need_ws)."""
-    if w_hr is not None:
-        raise ValueError("proj_size (w_hr) is not implemented in the cpu backend")
-    if gx.dtype not in _DTYPES:
-        raise ValueError(f"gx: the cpu backend supports float32 and float64, got {gx.dtype}")
+    (gates/cs have shape (0,) when not need_ws). ``plan``: the cpu backend has
+    one plan (the driver splits the work by thread count), so only None."""
+    _check_call(w_hr, plan)
     T, B, N, G = gx.shape
     H = G // 4
-    X = gx.dtype
     y = gx.new_empty(T, B, N, H)
     h_n, c_n = gx.new_empty(N, B, H), gx.new_empty(N, B, H)
     if need_ws:
         gates, cs = gx.new_empty(T, B, N, G), gx.new_empty(T, B, N, H)
     else:
         gates, cs = gx.new_empty(0), gx.new_empty(0)  # two tensors: custom op outputs may not alias
-    native.require("_cpu").forward(
-        _DTYPES[X], _view("gx", gx, X), _view("w_hh", w_hh, X), _view("h0", h0, X),
-        _view("c0", c0, X), _lengths(lengths), _view("y", y), _view("h_n", h_n), _view("c_n", c_n),
-        _view("gates", gates) if need_ws else None, _view("cs", cs) if need_ws else None,
-        _threads())
+    native.require("_cpu").forward(gx, w_hh, h0, c0, lengths, y, h_n, c_n,
+                                   gates if need_ws else None, cs if need_ws else None, _threads())
     return y, h_n, c_n, gates, cs
 
 
-def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs):
+def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs, plan=None):
     """dy [T, B, N, H], dh_n/dc_n [N, B, H], forward's inputs and workspace
     -> dgx [T, B, N, 4H], dh0, dc0 [N, B, H], None (no projection)."""
-    if w_hr is not None:
-        raise ValueError("proj_size (w_hr) is not implemented in the cpu backend")
-    X = dy.dtype
-    if X not in _DTYPES:
-        raise ValueError(f"dy: the cpu backend supports float32 and float64, got {X}")
+    _check_call(w_hr, plan)
     T, B, N, G = gates.shape
     dgx = dy.new_empty(T, B, N, G)
     dh0, dc0 = dy.new_empty(N, B, G // 4), dy.new_empty(N, B, G // 4)
-    native.require("_cpu").backward(
-        _DTYPES[X], _view("dy", dy, X), _view("dh_n", dh_n, X), _view("dc_n", dc_n, X),
-        _view("w_hh", w_hh, X), _view("c0", c0, X), _lengths(lengths),
-        _view("gates", gates, X), _view("cs", cs, X), _view("dgx", dgx), _view("dh0", dh0),
-        _view("dc0", dc0), _threads())
+    native.require("_cpu").backward(dy, dh_n, dc_n, w_hh, c0, lengths, gates, cs, dgx, dh0, dc0,
+                                    _threads())
     return dgx, dh0, dc0, None
+
+
+def parse_plan(text: str):
+    """The cpu backend takes no plan: any text is an error (backends.py)."""
+    raise ValueError(f"the cpu backend has no plan options (got {text!r}); "
+                     "the driver splits the work by torch.get_num_threads()")
+
+
+def _check_call(w_hr, plan) -> None:
+    """What the compiled module does not see: a projection, a plan."""
+    if w_hr is not None:
+        raise ValueError("proj_size (w_hr) is not implemented in the cpu backend")
+    if plan is not None:
+        raise ValueError(f"the cpu backend takes no plan, got {plan!r}")

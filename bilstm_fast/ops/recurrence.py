@@ -34,7 +34,8 @@ def _lstm_recurrence_op(
     backend: str,
     need_ws: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return tuple(backends.get(backend).forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws))
+    mod, plan = backends.parse(backend)
+    return tuple(mod.forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws, plan))
 
 
 @_lstm_recurrence_op.register_fake
@@ -64,8 +65,8 @@ def _lstm_recurrence_backward_op(
     cs: Tensor,                 # [T, B, N, H] A
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    dgx, dh0, dc0, dw_hr = backends.get(backend).backward(
-        dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs)
+    mod, plan = backends.parse(backend)
+    dgx, dh0, dc0, dw_hr = mod.backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs, plan)
     if dw_hr is None:  # a custom op cannot return None: an empty tensor stands for "no projection"
         dw_hr = dy.new_empty(0)
     return dgx, dh0, dc0, dw_hr
@@ -169,7 +170,9 @@ def lstm_recurrence(
         _check(lengths.shape == (B,) and not lengths.is_floating_point(),
                f"lengths: expected an integer tensor of shape [B={B}], got "
                f"{lengths.dtype} {tuple(lengths.shape)}")
-        lengths = lengths.to(device=gx.device, dtype=torch.int64)
+        # contiguous here, held by the op for the whole call: the tensor that
+        # reaches native code outlives it (no temporary copy inside a backend)
+        lengths = lengths.to(device=gx.device, dtype=torch.int64).contiguous()
     name = backends.resolve_backend(  # fields of backends.CallSpec
         backend, gx.device.type, gx.dtype, N, H, P, w_hr is not None, lengths is not None)
     if B == 0:

@@ -1,97 +1,34 @@
-// pybind11 module bilstm_fast._cpu: checks every tensor description it is
-// given, fills the params struct, releases the GIL and runs the kernels.
+// pybind11 module bilstm_fast._cpu: the CPU recurrence kernels.
 //
-// A tensor crosses as a tuple (data_ptr: int, shape: tuple, strides: tuple)
-// (bilstm_fast/ops/cpu_lstm.py builds them); the dtype is passed once as a
-// string and the Python side guarantees every tensor has it. No torch headers,
-// no torch library: one build serves every torch version.
+// Takes torch tensors (as plain Python objects: no torch headers, no torch
+// library, one build for every torch version), checks each one once at the
+// boundary (csrc/common/tensor_arg.h), fills the argument struct, releases
+// the GIL and runs the kernels. Python (bilstm_fast/ops/cpu_lstm.py) only
+// allocates the outputs and calls.
+//
+// Legend: T steps, B batch, N directions (1 or 2), H hidden size, X the
+// input dtype (float32 or float64, also the workspace dtype here).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
-#include <sstream>
 #include <string>
-#include <vector>
 
+#include "common/tensor_arg.h"
 #include "lstm_driver.h"
 
 namespace py = pybind11;
 using namespace bilstm_cpu;
+using bilstm::Dim;
+using bilstm::kCpu;
 
 namespace {
 
-struct Arg {
-  int64_t ptr = 0;
-  std::vector<int64_t> shape, strides;
-};
-
-std::string fmt(const std::vector<int64_t>& v) {
-  std::ostringstream s;
-  s << "[";
-  for (size_t i = 0; i < v.size(); ++i) s << (i ? ", " : "") << v[i];
-  s << "]";
-  return s.str();
-}
-
-Arg parse(const char* name, const py::handle& h) {
-  Arg a;
-  try {
-    auto t = h.cast<py::tuple>();
-    if (t.size() != 3) throw py::cast_error();
-    a.ptr = t[0].cast<int64_t>();
-    a.shape = t[1].cast<std::vector<int64_t>>();
-    a.strides = t[2].cast<std::vector<int64_t>>();
-  } catch (const py::cast_error&) {
-    throw py::type_error(std::string(name) + ": expected a (data_ptr, shape, strides) tuple");
-  }
-  if (a.shape.size() != a.strides.size())
-    throw py::value_error(std::string(name) + ": shape and strides differ in length");
-  return a;
-}
-
-// Checks `a` against `expect` (names for the message, e.g. {"T","B","N","4H"})
-// and returns its view. Zero-size tensors never reach the kernels.
-View check(const char* name, const Arg& a, const std::vector<int64_t>& expect,
-           const std::vector<const char*>& letters, int64_t esize) {
-  if (a.shape != expect) {
-    std::ostringstream s;
-    s << name << ": expected shape [";
-    for (size_t i = 0; i < expect.size(); ++i)
-      s << (i ? ", " : "") << letters[i] << "=" << expect[i];
-    s << "], got " << fmt(a.shape);
-    throw py::value_error(s.str());
-  }
-  if (a.ptr == 0) throw py::value_error(std::string(name) + ": null data pointer");
-  if (a.ptr % esize != 0)
-    throw py::value_error(std::string(name) + ": data pointer not aligned to its element size");
-  if (a.strides.back() != 1 && a.shape.back() != 1)
-    throw py::value_error(std::string(name) + ": the last dimension must be contiguous (stride 1), got strides " +
-                          fmt(a.strides));
-  for (int64_t s : a.strides)
-    if (s < 0) throw py::value_error(std::string(name) + ": negative strides are not supported, got " + fmt(a.strides));
-  View v;
-  v.ptr = reinterpret_cast<void*>(a.ptr);
-  // Every dim's stride; the last is 1 (a size-1 last dim may report any stride).
-  for (size_t i = 0; i < a.strides.size() && i < 4; ++i) v.stride[i] = a.strides[i];
-  v.stride[a.strides.size() - 1] = 1;
-  return v;
-}
-
-DType parse_dtype(const std::string& d, int64_t* esize) {
-  if (d == "float32") { *esize = 4; return DType::f32; }
-  if (d == "float64") { *esize = 8; return DType::f64; }
-  throw py::value_error("dtype: expected 'float32' or 'float64', got '" + d + "'");
-}
-
-const int64_t* check_lengths(const py::object& obj, int64_t T, int64_t B) {
-  if (obj.is_none()) return nullptr;
-  Arg a = parse("lengths", obj);
-  View v = check("lengths", a, {B}, {"B"}, 8);
-  const int64_t* l = static_cast<const int64_t*>(v.ptr);
-  for (int64_t b = 0; b < B; ++b)
-    if (l[b] < 1 || l[b] > T)
-      throw py::value_error("lengths: values must be in 1..T=" + std::to_string(T) + ", got " +
-                            std::to_string(l[b]) + " at index " + std::to_string(b));
-  return l;
+// X from the first sequence tensor; the cpu kernels run float32 and float64.
+DType float_dtype(const bilstm::TensorArg& a) {
+  if (a.dtype != DType::f32 && a.dtype != DType::f64)
+    throw py::value_error(std::string(a.name) + ": the cpu kernels run torch.float32 and torch.float64, got " +
+                          bilstm::dtype_name(a.dtype));
+  return a.dtype;
 }
 
 int check_threads(int n) {
@@ -99,82 +36,70 @@ int check_threads(int n) {
   return n;
 }
 
-void forward(const std::string& dtype, py::object gx, py::object w_hh, py::object h0, py::object c0,
-             py::object lengths, py::object y, py::object h_n, py::object c_n, py::object gates,
-             py::object cs, int num_threads) {
-  int64_t es;
-  const DType dt = parse_dtype(dtype, &es);
-  const Arg agx = parse("gx", gx);
-  if (agx.shape.size() != 4 || agx.shape[3] % 4 != 0 || agx.shape[3] == 0 ||
-      (agx.shape[2] != 1 && agx.shape[2] != 2) || agx.shape[0] < 1 || agx.shape[1] < 1)
-    throw py::value_error("gx: expected shape [T>=1, B>=1, N in (1, 2), 4H>=4], got " + fmt(agx.shape));
+void forward(py::handle gx, py::handle w_hh, py::handle h0, py::handle c0, py::handle lengths,
+             py::handle y, py::handle h_n, py::handle c_n, py::handle gates, py::handle cs, int num_threads) {
+  const bilstm::TensorArg agx = bilstm::read("gx", gx);
   FwdParams p;
-  p.T = agx.shape[0], p.B = agx.shape[1], p.N = agx.shape[2], p.H = agx.shape[3] / 4;
+  bilstm::lstm_sizes(agx, p.T, p.B, p.N, p.H);
   const int64_t T = p.T, B = p.B, N = p.N, H = p.H;
-  p.gx = check("gx", agx, {T, B, N, 4 * H}, {"T", "B", "N", "4H"}, es);
-  p.w_hh = check("w_hh", parse("w_hh", w_hh), {N, 4 * H, H}, {"N", "4H", "H"}, es);
-  p.h0 = check("h0", parse("h0", h0), {N, B, H}, {"N", "B", "H"}, es);
-  p.c0 = check("c0", parse("c0", c0), {N, B, H}, {"N", "B", "H"}, es);
-  p.lengths = check_lengths(lengths, T, B);
-  p.y = check("y", parse("y", y), {T, B, N, H}, {"T", "B", "N", "H"}, es);
-  p.h_n = check("h_n", parse("h_n", h_n), {N, B, H}, {"N", "B", "H"}, es);
-  p.c_n = check("c_n", parse("c_n", c_n), {N, B, H}, {"N", "B", "H"}, es);
+  const DType X = p.dtype = float_dtype(agx);
+  p.gx = bilstm::expect(agx, X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"4H", 4 * H}});
+  p.w_hh = bilstm::expect(bilstm::read("w_hh", w_hh), X, kCpu, {{"N", N}, {"4H", 4 * H}, {"H", H}});
+  p.h0 = bilstm::expect(bilstm::read("h0", h0), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
+  p.c0 = bilstm::expect(bilstm::read("c0", c0), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
+  p.lengths = bilstm::expect_lengths(lengths, kCpu, B, T);
+  p.y = bilstm::expect(bilstm::read("y", y), X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
+  p.h_n = bilstm::expect(bilstm::read("h_n", h_n), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
+  p.c_n = bilstm::expect(bilstm::read("c_n", c_n), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
   if (gates.is_none() != cs.is_none())
     throw py::value_error("gates, cs: pass both workspace tensors or neither");
-  if (!gates.is_none()) {
-    p.gates = check("gates", parse("gates", gates), {T, B, N, 4 * H}, {"T", "B", "N", "4H"}, es);
-    p.cs = check("cs", parse("cs", cs), {T, B, N, H}, {"T", "B", "N", "H"}, es);
-  }
+  p.gates = bilstm::expect_optional("gates", gates, X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"4H", 4 * H}});
+  p.cs = bilstm::expect_optional("cs", cs, X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
   const int nt = check_threads(num_threads);
   py::gil_scoped_release nogil;
-  run_forward(p, dt, nt);
+  run_forward(p, nt);
 }
 
-void backward(const std::string& dtype, py::object dy, py::object dh_n, py::object dc_n, py::object w_hh,
-              py::object c0, py::object lengths, py::object gates, py::object cs, py::object dgx,
-              py::object dh0, py::object dc0, int num_threads) {
-  int64_t es;
-  const DType dt = parse_dtype(dtype, &es);
-  const Arg ag = parse("gates", gates);
-  if (ag.shape.size() != 4 || ag.shape[3] % 4 != 0 || ag.shape[3] == 0 ||
-      (ag.shape[2] != 1 && ag.shape[2] != 2) || ag.shape[0] < 1 || ag.shape[1] < 1)
-    throw py::value_error("gates: expected shape [T>=1, B>=1, N in (1, 2), 4H>=4], got " + fmt(ag.shape));
+void backward(py::handle dy, py::handle dh_n, py::handle dc_n, py::handle w_hh, py::handle c0,
+              py::handle lengths, py::handle gates, py::handle cs, py::handle dgx, py::handle dh0,
+              py::handle dc0, int num_threads) {
+  const bilstm::TensorArg ag = bilstm::read("gates", gates);
   BwdParams p;
-  p.T = ag.shape[0], p.B = ag.shape[1], p.N = ag.shape[2], p.H = ag.shape[3] / 4;
+  bilstm::lstm_sizes(ag, p.T, p.B, p.N, p.H);
   const int64_t T = p.T, B = p.B, N = p.N, H = p.H;
-  p.gates = check("gates", ag, {T, B, N, 4 * H}, {"T", "B", "N", "4H"}, es);
-  p.cs = check("cs", parse("cs", cs), {T, B, N, H}, {"T", "B", "N", "H"}, es);
-  p.dy = check("dy", parse("dy", dy), {T, B, N, H}, {"T", "B", "N", "H"}, es);
-  p.dh_n = check("dh_n", parse("dh_n", dh_n), {N, B, H}, {"N", "B", "H"}, es);
-  p.dc_n = check("dc_n", parse("dc_n", dc_n), {N, B, H}, {"N", "B", "H"}, es);
-  p.w_hh = check("w_hh", parse("w_hh", w_hh), {N, 4 * H, H}, {"N", "4H", "H"}, es);
-  p.c0 = check("c0", parse("c0", c0), {N, B, H}, {"N", "B", "H"}, es);
-  p.lengths = check_lengths(lengths, T, B);
-  p.dgx = check("dgx", parse("dgx", dgx), {T, B, N, 4 * H}, {"T", "B", "N", "4H"}, es);
-  p.dh0 = check("dh0", parse("dh0", dh0), {N, B, H}, {"N", "B", "H"}, es);
-  p.dc0 = check("dc0", parse("dc0", dc0), {N, B, H}, {"N", "B", "H"}, es);
+  const DType X = p.dtype = float_dtype(ag);
+  p.gates = bilstm::expect(ag, X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"4H", 4 * H}});
+  p.cs = bilstm::expect(bilstm::read("cs", cs), X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
+  p.dy = bilstm::expect(bilstm::read("dy", dy), X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
+  p.dh_n = bilstm::expect(bilstm::read("dh_n", dh_n), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
+  p.dc_n = bilstm::expect(bilstm::read("dc_n", dc_n), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
+  p.w_hh = bilstm::expect(bilstm::read("w_hh", w_hh), X, kCpu, {{"N", N}, {"4H", 4 * H}, {"H", H}});
+  p.c0 = bilstm::expect(bilstm::read("c0", c0), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
+  p.lengths = bilstm::expect_lengths(lengths, kCpu, B, T);
+  p.dgx = bilstm::expect(bilstm::read("dgx", dgx), X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"4H", 4 * H}});
+  p.dh0 = bilstm::expect(bilstm::read("dh0", dh0), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
+  p.dc0 = bilstm::expect(bilstm::read("dc0", dc0), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
   const int nt = check_threads(num_threads);
   py::gil_scoped_release nogil;
-  run_backward(p, dt, nt);
+  run_backward(p, nt);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(_cpu, m) {
-  m.doc() = "bilstm_fast C++ CPU recurrence kernels (raw pointers; see bilstm_fast/ops/cpu_lstm.py)";
+  m.doc() = "bilstm_fast C++ CPU recurrence kernels (takes torch tensors; see bilstm_fast/ops/cpu_lstm.py)";
   m.def("forward", &forward,
-        "LSTM recurrence forward. Tensors are (data_ptr, shape, strides) tuples:\n"
-        "gx [T,B,N,4H], w_hh [N,4H,H], h0/c0 [N,B,H], lengths [B] int64 or None;\n"
-        "outputs y [T,B,N,H], h_n/c_n [N,B,H], gates [T,B,N,4H] and cs [T,B,N,H] (or both None).",
-        py::arg("dtype"), py::arg("gx"), py::arg("w_hh"), py::arg("h0"), py::arg("c0"),
-        py::arg("lengths"), py::arg("y"), py::arg("h_n"), py::arg("c_n"), py::arg("gates"),
-        py::arg("cs"), py::arg("num_threads"));
+        "LSTM recurrence forward on CPU tensors (float32 / float64; the last dim of each dense):\n"
+        "gx [T,B,N,4H], w_hh [N,4H,H], h0/c0 [N,B,H], lengths [B] int64 (1..T) or None;\n"
+        "outputs (written) y [T,B,N,H], h_n/c_n [N,B,H], gates [T,B,N,4H] and cs [T,B,N,H] (or both None).",
+        py::arg("gx"), py::arg("w_hh"), py::arg("h0"), py::arg("c0"), py::arg("lengths"), py::arg("y"),
+        py::arg("h_n"), py::arg("c_n"), py::arg("gates"), py::arg("cs"), py::arg("num_threads"));
   m.def("backward", &backward,
         "LSTM recurrence backward: dy [T,B,N,H], dh_n/dc_n [N,B,H], w_hh [N,4H,H], c0 [N,B,H],\n"
         "lengths [B] or None, gates [T,B,N,4H], cs [T,B,N,H]; outputs dgx [T,B,N,4H], dh0/dc0 [N,B,H].",
-        py::arg("dtype"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("w_hh"),
-        py::arg("c0"), py::arg("lengths"), py::arg("gates"), py::arg("cs"), py::arg("dgx"),
-        py::arg("dh0"), py::arg("dc0"), py::arg("num_threads"));
+        py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("w_hh"), py::arg("c0"), py::arg("lengths"),
+        py::arg("gates"), py::arg("cs"), py::arg("dgx"), py::arg("dh0"), py::arg("dc0"), py::arg("num_threads"));
+  m.attr("dtype_codes") = bilstm::dtype_codes();
   m.def("isa", [] { return std::string(active_kernels().isa); },
         "The kernel build in use: 'avx512', 'avx2' or 'baseline' (SSE2).");
   m.def("supported_isas", &supported_isas, "Kernel builds this CPU can run, fastest first.");

@@ -6,47 +6,20 @@
 // split between threads).
 //
 // All strides are in elements. The last dimension of every tensor is
-// contiguous (checked by the binding). Nothing in this directory links torch:
-// the binding receives raw pointers, shapes and strides (DESIGN.md §5).
+// contiguous (checked at the boundary). Nothing in this directory links torch.
 #pragma once
 #include <cstdint>
 
+#include "common/lstm_args.h"
+
 namespace bilstm_cpu {
 
-// A strided view of up to 4 dims as the binding received it; the stride of
-// the last dim is always 1 (a 4-d [T, B, N, F] view is indexed by (t, b, n)
-// plus an offset along F; a 3-d one by all three indices).
-struct View {
-  void* ptr = nullptr;
-  int64_t stride[4] = {0, 0, 0, 1};
-};
-
-// Forward recurrence (op contract: bilstm_fast/ops/backends.py).
-struct FwdParams {
-  int64_t T = 0, B = 0, N = 0, H = 0;
-  View gx;              // [T, B, N, 4H]  pre-activations, both biases included
-  View w_hh;            // [N, 4H, H]
-  View h0, c0;          // [N, B, H]
-  const int64_t* lengths = nullptr;  // [B], values in 1..T; nullptr = all T
-  View y;               // [T, B, N, H]   out, 0 where t >= L_b
-  View h_n, c_n;        // [N, B, H]      out
-  View gates;           // [T, B, N, 4H]  out, activated i,f,g,o (ptr null: not needed)
-  View cs;              // [T, B, N, H]   out, cell state after step t (ptr null: not needed)
-};
-
-// Backward recurrence: the dh/dc recurrence producing dgx, dh0, dc0.
-struct BwdParams {
-  int64_t T = 0, B = 0, N = 0, H = 0;
-  View dy;              // [T, B, N, H]
-  View dh_n, dc_n;      // [N, B, H]
-  View w_hh;            // [N, 4H, H]
-  View c0;              // [N, B, H]
-  const int64_t* lengths = nullptr;  // [B] or nullptr
-  View gates;           // [T, B, N, 4H]  from forward
-  View cs;              // [T, B, N, H]   from forward
-  View dgx;             // [T, B, N, 4H]  out, 0 where t >= L_b
-  View dh0, dc0;        // [N, B, H]      out
-};
+// The op's arguments (shared with the CUDA modules; checked once at the
+// Python boundary, csrc/common/tensor_arg.h), under the kernels' names.
+using bilstm::DType;
+using bilstm::View;
+using FwdParams = bilstm::FwdArgs;
+using BwdParams = bilstm::BwdArgs;
 
 class Barrier;  // thread_pool.h
 
@@ -69,13 +42,16 @@ struct Buffers {
 using FwdFn = void (*)(const FwdParams&, const Job&, const Buffers&);
 using BwdFn = void (*)(const BwdParams&, const Job&, const Buffers&);
 
-// The kernels of one ISA build of lstm_kernel.cpp. Index 0 = float, 1 = double.
+// The kernels of one ISA build of lstm_kernel.cpp. Index 0 = float, 1 = double
+// (kernel_index()).
 struct KernelSet {
   const char* isa;
   int vec_bytes;       // SIMD register width the kernels use
   FwdFn forward[2];
   BwdFn backward[2];
 };
+
+inline int kernel_index(DType d) { return d == DType::f64 ? 1 : 0; }
 
 const KernelSet& kernels_avx512();
 const KernelSet& kernels_avx2();

@@ -89,12 +89,13 @@ Plan make_plan(int64_t N, int64_t B, int64_t Hq, int64_t unit, int P) {
 }
 
 template <class Params>
-void run(const Params& p, DType dt, int num_threads) {
+void run(const Params& p, int num_threads) {
+  const DType dt = p.dtype;
   constexpr bool forward = std::is_same_v<Params, FwdParams>;
   const KernelSet& ks = *g_active.load();
   const auto kernel = [&] {
-    if constexpr (forward) return ks.forward[static_cast<int>(dt)];
-    else return ks.backward[static_cast<int>(dt)];
+    if constexpr (forward) return ks.forward[kernel_index(dt)];
+    else return ks.backward[kernel_index(dt)];
   }();
   const int64_t esize = dt == DType::f64 ? 8 : 4;
   const int64_t L = ks.vec_bytes / esize, unit = 4 * L;
@@ -145,12 +146,8 @@ void set_isa(const std::string& name) {
   throw std::invalid_argument("isa: '" + name + "' is not built or not supported by this CPU");
 }
 
-void run_forward(const FwdParams& p, DType dt, int num_threads) {
-  run(p, dt, num_threads);
-}
+void run_forward(const FwdParams& p, int num_threads) { run(p, num_threads); }
 
-void run_backward(const BwdParams& p, DType dt, int num_threads) {
-  run(p, dt, num_threads);
-}
+void run_backward(const BwdParams& p, int num_threads) { run(p, num_threads); }
 
 }  // namespace bilstm_cpu

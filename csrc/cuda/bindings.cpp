@@ -1,17 +1,21 @@
 // bindings.cpp — pybind11 module over lstm_api.h, built twice:
 //   bilstm_fast._cuda      with lstm.cu compiled by nvcc (sm_80, sm_90, sm_90a)
-//   bilstm_fast._cuda_emu  with lstm.cu compiled as C++ against emu.h
-// Takes raw pointers (int), sizes and strides in elements; never links torch.
-// bilstm_fast/ops/cuda_lstm.py checks every tensor (shape, dtype, device,
-// contiguity) before a pointer gets here; this file checks the sizes again and
-// fills the plain params structs. The GIL is released during a call.
+//   bilstm_fast._cuda_emu  with lstm.cu compiled as C++ against emu.h (CPU tensors)
+// Takes torch tensors as plain Python objects (never links torch) and checks
+// each one once at the boundary (csrc/common/tensor_arg.h, shared with
+// bilstm_fast._cpu); bilstm_fast/ops/cuda_lstm.py only allocates and calls.
+// The GIL is released during a call.
+//
+// Legend: T steps, B batch, N directions (1 or 2), H hidden size, G = 4H,
+// X the input dtype (fp32, fp16, bf16); gates, cs and the workspace are fp32.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cstdint>
 #include <stdexcept>
 #include <string>
-#include <tuple>
 
+#include "common/tensor_arg.h"
 #include "lstm_api.h"
 
 #ifndef BILSTM_CUDA_EMULATE
@@ -24,21 +28,37 @@
 
 namespace py = pybind11;
 using namespace bilstm_cuda;
+using bilstm::Dim;
+using bilstm::Layout;
+using bilstm::TensorArg;
 
 namespace {
 
-template <class T>
-T* as_ptr(std::uintptr_t p) { return reinterpret_cast<T*>(p); }
+constexpr auto kDense = Layout::kContiguous;
 
 void require(bool ok, const std::string& msg) {
   if (!ok) throw std::invalid_argument("bilstm_fast cuda: " + msg);
 }
 
-void check_sizes(int T, int B, int N, int H, int dtype) {
-  require(T >= 1 && B >= 1 && H >= 1, "need T, B, H >= 1, got T=" + std::to_string(T) + " B=" +
-                                          std::to_string(B) + " H=" + std::to_string(H));
-  require(N == 1 || N == 2, "N (directions) must be 1 or 2, got " + std::to_string(N));
-  require(dtype == kF32 || dtype == kF16 || dtype == kBF16, "dtype code must be 0 (fp32), 1 (fp16) or 2 (bf16)");
+// The tensors' device: a CUDA device for _cuda, CPU memory for _cuda_emu.
+int device_of(const TensorArg& a) {
+#ifdef BILSTM_CUDA_EMULATE
+  if (a.device != bilstm::kCpu)
+    throw py::value_error(std::string(a.name) + ": the emulated CUDA kernels run on CPU tensors, got one on " +
+                          bilstm::device_name(a.device));
+#else
+  if (a.device == bilstm::kCpu)
+    throw py::value_error(std::string(a.name) + ": expected a CUDA tensor, got a CPU tensor");
+#endif
+  return a.device;
+}
+
+// X of a call: these kernels run fp32, fp16 and bf16.
+DType float_dtype(const TensorArg& a) {
+  if (a.dtype != DType::f32 && a.dtype != DType::f16 && a.dtype != DType::bf16)
+    throw py::value_error(std::string(a.name) + ": the cuda kernels run torch.float32, torch.float16 and "
+                          "torch.bfloat16, got " + bilstm::dtype_name(a.dtype));
+  return a.dtype;
 }
 
 py::dict plan_dict(const Plan& pl) {
@@ -60,13 +80,88 @@ Options options(int path, int blocks, int threads, int batch_tile) {
   return o;
 }
 
-using Strides = std::tuple<long long, long long, long long>;
+DType dtype_from_code(int code) {
+  require(code == (int)DType::f32 || code == (int)DType::f16 || code == (int)DType::bf16,
+          "dtype code must be " + std::to_string((int)DType::f32) + " (fp32), " + std::to_string((int)DType::f16) +
+              " (fp16) or " + std::to_string((int)DType::bf16) + " (bf16), got " + std::to_string(code));
+  return static_cast<DType>(code);
+}
+
+py::dict py_forward(py::handle gx, py::handle w_hh, py::handle w_t, py::handle h0, py::handle c0, py::handle lengths,
+                 py::handle y, py::handle h_n, py::handle c_n, py::handle gates, py::handle cs, py::handle ws,
+                 py::handle barrier, std::uintptr_t stream, int path, int blocks, int threads, int batch_tile) {
+  const TensorArg agx = bilstm::read("gx", gx);
+  FwdParams p{};
+  bilstm::lstm_sizes(agx, p.T, p.B, p.N, p.H);
+  const int64_t T = p.T, B = p.B, N = p.N, H = p.H, G = 4 * H;
+  const DType X = p.dtype = float_dtype(agx), F = DType::f32;
+  const int dev = device_of(agx);
+  p.gx = bilstm::expect(agx, X, dev, {{"T", T}, {"B", B}, {"N", N}, {"4H", G}});
+  // w_hh itself is not read by the forward kernel (it reads w_t), but it is the
+  // contract's tensor: checked so that w_t is known to be its transpose's shape.
+  bilstm::expect(bilstm::read("w_hh", w_hh), X, dev, {{"N", N}, {"4H", G}, {"H", H}}, kDense);
+  p.w_t = bilstm::expect(bilstm::read("w_t", w_t), X, dev, {{"N", N}, {"H", H}, {"4H", G}}, kDense).ptr;
+  p.h0 = bilstm::expect(bilstm::read("h0", h0), X, dev, {{"N", N}, {"B", B}, {"H", H}}, kDense);
+  p.c0 = bilstm::expect(bilstm::read("c0", c0), X, dev, {{"N", N}, {"B", B}, {"H", H}}, kDense);
+  p.lengths = bilstm::expect_lengths(lengths, dev, B, T);
+  p.y = bilstm::expect(bilstm::read("y", y), X, dev, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
+  p.h_n = bilstm::expect(bilstm::read("h_n", h_n), X, dev, {{"N", N}, {"B", B}, {"H", H}}, kDense);
+  p.c_n = bilstm::expect(bilstm::read("c_n", c_n), X, dev, {{"N", N}, {"B", B}, {"H", H}}, kDense);
+  if (gates.is_none() != cs.is_none())
+    throw py::value_error("gates, cs: pass both workspace tensors or neither");
+  p.gates = bilstm::expect_optional("gates", gates, F, dev, {{"T", T}, {"B", B}, {"N", N}, {"4H", G}}, kDense);
+  p.cs = bilstm::expect_optional("cs", cs, F, dev, {{"T", T}, {"B", B}, {"N", N}, {"H", H}}, kDense);
+  p.ws = static_cast<float*>(
+      bilstm::expect(bilstm::read("ws", ws), F, dev, {{"fwd_workspace_floats", fwd_workspace_floats(N, B, H)}}).ptr);
+  p.barrier = static_cast<unsigned*>(bilstm::expect(bilstm::read("barrier", barrier), DType::i32, dev, {{"N", N}}).ptr);
+  const Options o = options(path, blocks, threads, batch_tile);
+  Plan pl;
+  {
+    py::gil_scoped_release release;
+    pl = bilstm_cuda::forward(p, o, dev < 0 ? 0 : dev, reinterpret_cast<void*>(stream));
+  }
+  return plan_dict(pl);
+}
+
+py::dict py_backward(py::handle dy, py::handle dh_n, py::handle dc_n, py::handle w_hh, py::handle c0, py::handle lengths,
+                  py::handle gates, py::handle cs, py::handle dgx, py::handle dh0, py::handle dc0, py::handle ws,
+                  py::handle barrier, std::uintptr_t stream, int path, int blocks, int threads, int batch_tile) {
+  const TensorArg ag = bilstm::read("gates", gates);
+  const TensorArg ady = bilstm::read("dy", dy);
+  BwdParams p{};
+  bilstm::lstm_sizes(ag, p.T, p.B, p.N, p.H);
+  const int64_t T = p.T, B = p.B, N = p.N, H = p.H, G = 4 * H;
+  const DType X = p.dtype = float_dtype(ady), F = DType::f32;
+  const int dev = device_of(ag);
+  p.gates = bilstm::expect(ag, F, dev, {{"T", T}, {"B", B}, {"N", N}, {"4H", G}}, kDense);
+  p.cs = bilstm::expect(bilstm::read("cs", cs), F, dev, {{"T", T}, {"B", B}, {"N", N}, {"H", H}}, kDense);
+  p.dy = bilstm::expect(ady, X, dev, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
+  p.dh_n = bilstm::expect(bilstm::read("dh_n", dh_n), X, dev, {{"N", N}, {"B", B}, {"H", H}}, kDense);
+  p.dc_n = bilstm::expect(bilstm::read("dc_n", dc_n), X, dev, {{"N", N}, {"B", B}, {"H", H}}, kDense);
+  p.w_hh = bilstm::expect(bilstm::read("w_hh", w_hh), X, dev, {{"N", N}, {"4H", G}, {"H", H}}, kDense);
+  p.c0 = bilstm::expect(bilstm::read("c0", c0), X, dev, {{"N", N}, {"B", B}, {"H", H}}, kDense);
+  p.lengths = bilstm::expect_lengths(lengths, dev, B, T);
+  p.dgx = bilstm::expect(bilstm::read("dgx", dgx), X, dev, {{"T", T}, {"B", B}, {"N", N}, {"4H", G}});
+  p.dh0 = bilstm::expect(bilstm::read("dh0", dh0), X, dev, {{"N", N}, {"B", B}, {"H", H}}, kDense);
+  p.dc0 = bilstm::expect(bilstm::read("dc0", dc0), X, dev, {{"N", N}, {"B", B}, {"H", H}}, kDense);
+  p.ws = static_cast<float*>(
+      bilstm::expect(bilstm::read("ws", ws), F, dev, {{"bwd_workspace_floats", bwd_workspace_floats(N, B, H)}}).ptr);
+  p.barrier = static_cast<unsigned*>(bilstm::expect(bilstm::read("barrier", barrier), DType::i32, dev, {{"N", N}}).ptr);
+  const Options o = options(path, blocks, threads, batch_tile);
+  Plan pl;
+  {
+    py::gil_scoped_release release;
+    pl = bilstm_cuda::backward(p, o, dev < 0 ? 0 : dev, reinterpret_cast<void*>(stream));
+  }
+  return plan_dict(pl);
+}
 
 }  // namespace
 
 PYBIND11_MODULE(BILSTM_MODULE, m) {
-  m.doc() = "bilstm_fast CUDA LSTM recurrence kernels (raw-pointer bindings; see csrc/cuda/lstm.cu)";
+  m.doc() = "bilstm_fast CUDA LSTM recurrence kernels (takes torch tensors; see csrc/cuda/lstm.cu)";
 
+  m.attr("dtype_codes") = bilstm::dtype_codes();
   m.def("info", [] {
     py::dict d;
 #ifdef BILSTM_CUDA_EMULATE
@@ -105,14 +200,16 @@ PYBIND11_MODULE(BILSTM_MODULE, m) {
 
   m.def("plan", [](int kind, int N, int B, int H, int dtype, int sm_count, long smem_per_block,
                    int path, int blocks, int threads, int batch_tile) {
-    check_sizes(1, B, N, H, dtype);
+    require(N == 1 || N == 2, "N (directions) must be 1 or 2, got " + std::to_string(N));
+    require(B >= 1 && H >= 1, "need B, H >= 1, got B=" + std::to_string(B) + " H=" + std::to_string(H));
     require(kind == kForward || kind == kBackward, "kind must be 0 (forward) or 1 (backward)");
-    return plan_dict(make_plan(kind, N, B, H, dtype, DeviceLimits{sm_count, smem_per_block},
+    return plan_dict(make_plan(kind, N, B, H, dtype_from_code(dtype), DeviceLimits{sm_count, smem_per_block},
                                options(path, blocks, threads, batch_tile)));
   }, py::arg("kind"), py::arg("N"), py::arg("B"), py::arg("H"), py::arg("dtype"), py::arg("sm_count"),
      py::arg("smem_per_block"), py::arg("path") = 0, py::arg("blocks") = 0, py::arg("threads") = 0,
      py::arg("batch_tile") = 0,
-     "The launch plan the dispatcher would choose on a device with these limits (pure host logic).");
+     "The launch plan the dispatcher would choose on a device with these limits (pure host logic).\n"
+     "dtype is a code of csrc/common/lstm_args.h DType (0 fp32, 2 fp16, 3 bf16).");
 
   m.def("device_limits", [](int device) {
     DeviceLimits l = device_limits(device);
@@ -122,69 +219,18 @@ PYBIND11_MODULE(BILSTM_MODULE, m) {
   m.def("fwd_workspace_floats", &fwd_workspace_floats);
   m.def("bwd_workspace_floats", &bwd_workspace_floats);
 
-  m.def("forward", [](int dtype, int T, int B, int N, int H,
-                      std::uintptr_t gx, Strides gx_strides, std::uintptr_t w_t, std::uintptr_t h0,
-                      std::uintptr_t c0, std::uintptr_t lengths, std::uintptr_t y, Strides y_strides,
-                      std::uintptr_t h_n, std::uintptr_t c_n, std::uintptr_t gates, std::uintptr_t cs,
-                      std::uintptr_t ws, std::uintptr_t barrier, int device, std::uintptr_t stream,
-                      int path, int blocks, int threads, int batch_tile) {
-    check_sizes(T, B, N, H, dtype);
-    require(gx && w_t && h0 && c0 && y && h_n && c_n && ws && barrier, "a required pointer is null");
-    require((gates == 0) == (cs == 0), "gates and cs must both be given or both be null");
-    FwdParams p{};
-    p.T = T; p.B = B; p.N = N; p.H = H;
-    std::tie(p.gx_st, p.gx_sb, p.gx_sn) = gx_strides;
-    std::tie(p.y_st, p.y_sb, p.y_sn) = y_strides;
-    p.gx = as_ptr<const void>(gx); p.w_t = as_ptr<const void>(w_t);
-    p.h0 = as_ptr<const void>(h0); p.c0 = as_ptr<const void>(c0);
-    p.lengths = as_ptr<const int64_t>(lengths);
-    p.y = as_ptr<void>(y); p.h_n = as_ptr<void>(h_n); p.c_n = as_ptr<void>(c_n);
-    p.gates = as_ptr<float>(gates); p.cs = as_ptr<float>(cs);
-    p.ws = as_ptr<float>(ws); p.barrier = as_ptr<unsigned>(barrier);
-    const Options o = options(path, blocks, threads, batch_tile);
-    Plan pl;
-    {
-      py::gil_scoped_release release;
-      pl = forward(p, dtype, o, device, as_ptr<void>(stream));
-    }
-    return plan_dict(pl);
-  }, py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("N"), py::arg("H"), py::arg("gx"),
-     py::arg("gx_strides"), py::arg("w_t"), py::arg("h0"), py::arg("c0"), py::arg("lengths"), py::arg("y"),
-     py::arg("y_strides"), py::arg("h_n"), py::arg("c_n"), py::arg("gates"), py::arg("cs"), py::arg("ws"),
-     py::arg("barrier"), py::arg("device"), py::arg("stream"), py::arg("path") = 0, py::arg("blocks") = 0,
-     py::arg("threads") = 0, py::arg("batch_tile") = 0,
-     "Forward recurrence (see lstm_api.h FwdParams). Returns the plan used.");
+  m.def("forward", &py_forward, py::arg("gx"), py::arg("w_hh"), py::arg("w_t"), py::arg("h0"), py::arg("c0"),
+        py::arg("lengths"), py::arg("y"), py::arg("h_n"), py::arg("c_n"), py::arg("gates"), py::arg("cs"),
+        py::arg("ws"), py::arg("barrier"), py::arg("stream"), py::arg("path") = 0, py::arg("blocks") = 0,
+        py::arg("threads") = 0, py::arg("batch_tile") = 0,
+        "Forward recurrence (lstm_api.h FwdParams): gx [T,B,N,4H] X, w_hh [N,4H,H] X, w_t [N,H,4H] X,\n"
+        "h0/c0 [N,B,H] X, lengths [B] int64 or None; writes y [T,B,N,H] X, h_n/c_n [N,B,H] X,\n"
+        "gates [T,B,N,4H] and cs [T,B,N,H] fp32 (or both None); ws fp32, barrier [N] int32 zeros.\n"
+        "Runs on `stream` (cudaStream_t as int). Returns the plan used.");
 
-  m.def("backward", [](int dtype, int T, int B, int N, int H,
-                       std::uintptr_t dy, Strides dy_strides, std::uintptr_t dh_n, std::uintptr_t dc_n,
-                       std::uintptr_t w_hh, std::uintptr_t c0, std::uintptr_t lengths, std::uintptr_t gates,
-                       std::uintptr_t cs, std::uintptr_t dgx, Strides dgx_strides, std::uintptr_t dh0,
-                       std::uintptr_t dc0, std::uintptr_t ws, std::uintptr_t barrier, int device,
-                       std::uintptr_t stream, int path, int blocks, int threads, int batch_tile) {
-    check_sizes(T, B, N, H, dtype);
-    require(dy && dh_n && dc_n && w_hh && c0 && gates && cs && dgx && dh0 && dc0 && ws && barrier,
-            "a required pointer is null");
-    BwdParams p{};
-    p.T = T; p.B = B; p.N = N; p.H = H;
-    std::tie(p.dy_st, p.dy_sb, p.dy_sn) = dy_strides;
-    std::tie(p.dgx_st, p.dgx_sb, p.dgx_sn) = dgx_strides;
-    p.dy = as_ptr<const void>(dy); p.dh_n = as_ptr<const void>(dh_n); p.dc_n = as_ptr<const void>(dc_n);
-    p.w_hh = as_ptr<const void>(w_hh); p.c0 = as_ptr<const void>(c0);
-    p.lengths = as_ptr<const int64_t>(lengths);
-    p.gates = as_ptr<const float>(gates); p.cs = as_ptr<const float>(cs);
-    p.dgx = as_ptr<void>(dgx); p.dh0 = as_ptr<void>(dh0); p.dc0 = as_ptr<void>(dc0);
-    p.ws = as_ptr<float>(ws); p.barrier = as_ptr<unsigned>(barrier);
-    const Options o = options(path, blocks, threads, batch_tile);
-    Plan pl;
-    {
-      py::gil_scoped_release release;
-      pl = backward(p, dtype, o, device, as_ptr<void>(stream));
-    }
-    return plan_dict(pl);
-  }, py::arg("dtype"), py::arg("T"), py::arg("B"), py::arg("N"), py::arg("H"), py::arg("dy"),
-     py::arg("dy_strides"), py::arg("dh_n"), py::arg("dc_n"), py::arg("w_hh"), py::arg("c0"), py::arg("lengths"),
-     py::arg("gates"), py::arg("cs"), py::arg("dgx"), py::arg("dgx_strides"), py::arg("dh0"), py::arg("dc0"),
-     py::arg("ws"), py::arg("barrier"), py::arg("device"), py::arg("stream"), py::arg("path") = 0,
-     py::arg("blocks") = 0, py::arg("threads") = 0, py::arg("batch_tile") = 0,
-     "Backward recurrence (see lstm_api.h BwdParams). Returns the plan used.");
+  m.def("backward", &py_backward, py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("w_hh"), py::arg("c0"),
+        py::arg("lengths"), py::arg("gates"), py::arg("cs"), py::arg("dgx"), py::arg("dh0"), py::arg("dc0"),
+        py::arg("ws"), py::arg("barrier"), py::arg("stream"), py::arg("path") = 0, py::arg("blocks") = 0,
+        py::arg("threads") = 0, py::arg("batch_tile") = 0,
+        "Backward recurrence (lstm_api.h BwdParams); writes dgx [T,B,N,4H] X, dh0/dc0 [N,B,H] X. Returns the plan used.");
 }

@@ -31,7 +31,7 @@ struct Problem {
 
 size_t idx4(const Problem& p, int t, int b, int n, int j, int last) { return (((size_t)t * p.B + b) * p.N + n) * last + j; }
 
-// Double-precision reference forward + backward (DESIGN.md §2, reference.py).
+// Double-precision reference forward + backward (docs/design.md §2, reference.py).
 void reference(const Problem& p, V& y, V& hn, V& cn, V& gates, V& cs, V& dgx, V& dh0, V& dc0) {
   const int T = p.T, B = p.B, N = p.N, H = p.H, G = p.G;
   y.assign((size_t)T * B * N * H, 0); gates.assign((size_t)T * B * N * G, 0); cs.assign((size_t)T * B * N * H, 0);
@@ -122,26 +122,37 @@ void run(const Problem& p, const Options& opt, const char* name) {
   std::vector<float> ws(fwd_workspace_floats(N, B, H));
   std::vector<unsigned> bar(N, 0);
 
+  // Dense [T, B, N, F] / [N, ...] views (strides in elements).
+  auto seq = [&](void* ptr, int last) {
+    bilstm::View v; v.ptr = ptr;
+    v.stride[0] = (int64_t)B * N * last; v.stride[1] = (int64_t)N * last; v.stride[2] = last; v.stride[3] = 1;
+    return v;
+  };
+  auto state = [&](void* ptr, int rows, int last) {
+    bilstm::View v; v.ptr = ptr;
+    v.stride[0] = (int64_t)rows * last; v.stride[1] = last; v.stride[2] = 1;
+    return v;
+  };
   FwdParams fp{};
-  fp.T = T; fp.B = B; fp.N = N; fp.H = H;
-  fp.gx_st = (long long)B * N * G; fp.gx_sb = (long long)N * G; fp.gx_sn = G;
-  fp.y_st = (long long)B * N * H; fp.y_sb = (long long)N * H; fp.y_sn = H;
-  fp.gx = gx.data(); fp.w_t = wt.data(); fp.h0 = h0.data(); fp.c0 = c0.data(); fp.lengths = p.len.data();
-  fp.y = y.data(); fp.h_n = hn.data(); fp.c_n = cn.data(); fp.gates = gates.data(); fp.cs = cs.data();
+  fp.T = T; fp.B = B; fp.N = N; fp.H = H; fp.dtype = DType::f32;
+  fp.gx = seq(gx.data(), G); fp.w_hh = state(w.data(), G, H); fp.w_t = wt.data();
+  fp.h0 = state(h0.data(), B, H); fp.c0 = state(c0.data(), B, H); fp.lengths = p.len.data();
+  fp.y = seq(y.data(), H); fp.h_n = state(hn.data(), B, H); fp.c_n = state(cn.data(), B, H);
+  fp.gates = seq(gates.data(), G); fp.cs = seq(cs.data(), H);
   fp.ws = ws.data(); fp.barrier = bar.data();
-  const Plan pf = forward(fp, kF32, opt, 0, nullptr);
+  const Plan pf = forward(fp, opt, 0, nullptr);
 
   std::vector<float> dgx((size_t)T * B * N * G, -7.f), dh0(hn.size()), dc0(hn.size());
   std::vector<float> wsb(bwd_workspace_floats(N, B, H));
   std::vector<unsigned> barb(N, 0);
   BwdParams bp{};
-  bp.T = T; bp.B = B; bp.N = N; bp.H = H;
-  bp.dgx_st = fp.gx_st; bp.dgx_sb = fp.gx_sb; bp.dgx_sn = fp.gx_sn;
-  bp.dy_st = fp.y_st; bp.dy_sb = fp.y_sb; bp.dy_sn = fp.y_sn;
-  bp.dy = dy.data(); bp.dh_n = dhn.data(); bp.dc_n = dcn.data(); bp.w_hh = w.data(); bp.c0 = c0.data();
-  bp.lengths = p.len.data(); bp.gates = gates.data(); bp.cs = cs.data();
-  bp.dgx = dgx.data(); bp.dh0 = dh0.data(); bp.dc0 = dc0.data(); bp.ws = wsb.data(); bp.barrier = barb.data();
-  const Plan pb = backward(bp, kF32, opt, 0, nullptr);
+  bp.T = T; bp.B = B; bp.N = N; bp.H = H; bp.dtype = DType::f32;
+  bp.dy = seq(dy.data(), H); bp.dh_n = state(dhn.data(), B, H); bp.dc_n = state(dcn.data(), B, H);
+  bp.w_hh = state(w.data(), G, H); bp.c0 = state(c0.data(), B, H); bp.lengths = p.len.data();
+  bp.gates = seq(gates.data(), G); bp.cs = seq(cs.data(), H);
+  bp.dgx = seq(dgx.data(), G); bp.dh0 = state(dh0.data(), B, H); bp.dc0 = state(dc0.data(), B, H);
+  bp.ws = wsb.data(); bp.barrier = barb.data();
+  const Plan pb = backward(bp, opt, 0, nullptr);
 
   std::printf("%s: forward %s blocks=%d slice=%d threads=%d tile=%d | backward %s blocks=%d tile=%d\n", name,
               pf.path == kOnChip ? "onchip" : "stream", pf.blocks, pf.slice, pf.threads, pf.batch_tile,

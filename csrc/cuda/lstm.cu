@@ -1,5 +1,5 @@
 // lstm.cu — persistent CUDA kernels for the LSTM recurrence of N directions
-// (DESIGN.md §3, contract in bilstm_fast/ops/backends.py), and their launcher.
+// (docs/design.md §3, contract in bilstm_fast/ops/backends.py), and their launcher.
 //
 // Legend: T steps, B batch, N directions (1 or 2), H hidden size, G = 4H,
 // X input dtype (float, half, bfloat16), all math and state in fp32.
@@ -94,11 +94,11 @@ __device__ __forceinline__ T bl_load_acquire(const T* p) {
 #define DTYPE_SWITCH(CODE, T, ...)                                              \
   [&] {                                                                         \
     switch (CODE) {                                                             \
-      case ::bilstm_cuda::kF32: { using T = float; return __VA_ARGS__(); }      \
-      case ::bilstm_cuda::kF16: { using T = bl_half; return __VA_ARGS__(); }    \
-      case ::bilstm_cuda::kBF16: { using T = bl_bf16; return __VA_ARGS__(); }   \
-      default: throw std::runtime_error("bilstm_fast._cuda: unknown dtype code " \
-                                        + std::to_string(CODE));                \
+      case ::bilstm::DType::f32: { using T = float; return __VA_ARGS__(); }    \
+      case ::bilstm::DType::f16: { using T = bl_half; return __VA_ARGS__(); }  \
+      case ::bilstm::DType::bf16: { using T = bl_bf16; return __VA_ARGS__(); } \
+      default: throw std::runtime_error("bilstm_fast._cuda: unsupported dtype " \
+                                        + std::to_string(static_cast<int>(CODE))); \
     }                                                                           \
   }()
 
@@ -161,7 +161,7 @@ __device__ __forceinline__ float column_dot(const float* g, const T* w, size_t w
 template <class T, bool W_SMEM>
 __global__ void __launch_bounds__(kMaxThreads, 1) lstm_fwd_kernel(const FwdParams p) {
   BL_DYNAMIC_SMEM(unsigned char, smem);
-  const int T_ = p.T, B = p.B, N = p.N, H = p.H, G = 4 * H;
+  const int T_ = (int)p.T, B = (int)p.B, N = (int)p.N, H = (int)p.H, G = 4 * H;
   const int dir = blockIdx.x / p.blocks, blk = blockIdx.x % p.blocks;
   const int u0 = blk * p.slice;
   const int hs = min(p.slice, H - u0);               // units owned by this block
@@ -176,8 +176,10 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_fwd_kernel(const FwdParam
   const size_t wk = W_SMEM ? 4 * hs : G, wg = W_SMEM ? hs : H;        // W(k, gate) at k * wk + gate * wg
   float* h_buf = p.ws;                                                // [2, N, B, H]
   float* c_st = p.ws + (size_t)2 * N * B * H;                         // [N, B, H]
-  const T* gx = static_cast<const T*>(p.gx);
-  T* y = static_cast<T*>(p.y);
+  const T* gx = static_cast<const T*>(p.gx.ptr);
+  T* y = static_cast<T*>(p.y.ptr);
+  float* gates_ws = static_cast<float*>(p.gates.ptr);                // [T, B, N, 4H] or null
+  float* cs_ws = static_cast<float*>(p.cs.ptr);                      // [T, B, N, H] or null
 
   if (W_SMEM) {
     for (int i = tid; i < H * 4 * hs; i += nth) {
@@ -188,8 +190,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_fwd_kernel(const FwdParam
   for (int i = tid; i < B * hs; i += nth) {          // state <- h0, c0
     const int b = i / hs, u = u0 + i % hs;
     const size_t nbh = ((size_t)dir * B + b) * H + u;
-    h_buf[nbh] = to_f(static_cast<const T*>(p.h0)[nbh]);
-    c_st[nbh] = to_f(static_cast<const T*>(p.c0)[nbh]);
+    h_buf[nbh] = to_f(static_cast<const T*>(p.h0.ptr)[nbh]);
+    c_st[nbh] = to_f(static_cast<const T*>(p.c0.ptr)[nbh]);
   }
   unsigned n_bar = 1;
   grid_barrier(p.barrier + dir, n_bar++ * p.blocks);  // all of h0 published
@@ -228,13 +230,13 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_fwd_kernel(const FwdParam
         const bool valid = t < (p.lengths ? (int)p.lengths[b] : T_);
         const size_t bu = (size_t)b * H + u;
         const size_t nbh = (size_t)dir * B * H + bu;
-        const size_t y_off = (size_t)t * p.y_st + (size_t)b * p.y_sb + (size_t)dir * p.y_sn + u;
+        const size_t y_off = (size_t)t * p.y.stride[0] + (size_t)b * p.y.stride[1] + (size_t)dir * p.y.stride[2] + u;
         if (!valid) {                                  // state frozen, output 0
           h_next[bu] = h_prev[bu];
           y[y_off] = from_f<T>(0.f);
           continue;
         }
-        const T* gxp = gx + (size_t)t * p.gx_st + (size_t)b * p.gx_sb + (size_t)dir * p.gx_sn + u;
+        const T* gxp = gx + (size_t)t * p.gx.stride[0] + (size_t)b * p.gx.stride[1] + (size_t)dir * p.gx.stride[2] + u;
         float a0 = to_f(gxp[0]), a1 = to_f(gxp[H]), a2 = to_f(gxp[2 * H]), a3 = to_f(gxp[3 * H]);
         if (ks >= 2) {
           for (int kp = 0; kp < ks; ++kp) {
@@ -253,10 +255,10 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_fwd_kernel(const FwdParam
         c_st[nbh] = c;
         h_next[bu] = h;
         y[y_off] = from_f<T>(h);
-        if (p.gates) {
-          float* gw = p.gates + (((size_t)t * B + b) * N + dir) * G + u;
+        if (gates_ws) {
+          float* gw = gates_ws + (((size_t)t * B + b) * N + dir) * G + u;
           gw[0] = ig; gw[H] = fg; gw[2 * H] = gg; gw[3 * H] = og;
-          p.cs[(((size_t)t * B + b) * N + dir) * H + u] = c;
+          cs_ws[(((size_t)t * B + b) * N + dir) * H + u] = c;
         }
       }
       if (ks >= 2) __syncthreads();                    // red_s free for the next tile
@@ -267,8 +269,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_fwd_kernel(const FwdParam
   for (int i = tid; i < B * hs; i += nth) {
     const int b = i / hs, u = u0 + i % hs;
     const size_t nbh = ((size_t)dir * B + b) * H + u;
-    static_cast<T*>(p.h_n)[nbh] = from_f<T>(h_fin[(size_t)b * H + u]);
-    static_cast<T*>(p.c_n)[nbh] = from_f<T>(c_st[nbh]);
+    static_cast<T*>(p.h_n.ptr)[nbh] = from_f<T>(h_fin[(size_t)b * H + u]);
+    static_cast<T*>(p.c_n.ptr)[nbh] = from_f<T>(c_st[nbh]);
   }
 }
 
@@ -278,12 +280,12 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_fwd_kernel(const FwdParam
 template <class T, bool W_SMEM>
 __global__ void __launch_bounds__(kMaxThreads, 1) lstm_bwd_kernel(const BwdParams p) {
   BL_DYNAMIC_SMEM(unsigned char, smem);
-  const int T_ = p.T, B = p.B, N = p.N, H = p.H, G = 4 * H;
+  const int T_ = (int)p.T, B = (int)p.B, N = (int)p.N, H = (int)p.H, G = 4 * H;
   const int dir = blockIdx.x / p.blocks, blk = blockIdx.x % p.blocks;
   const int u0 = blk * p.slice;
   const int hs = min(p.slice, H - u0);
   const int tid = threadIdx.x, nth = blockDim.x;
-  const T* w = static_cast<const T*>(p.w_hh) + (size_t)dir * G * H;  // [4H, H]
+  const T* w = static_cast<const T*>(p.w_hh.ptr) + (size_t)dir * G * H;  // [4H, H]
   T* w_s = reinterpret_cast<T*>(smem);                                // [4H, hs]
   const size_t w_bytes = W_SMEM ? ((size_t)G * p.slice * sizeof(T) + 15) / 16 * 16 : 0;
   float* g_s = reinterpret_cast<float*>(smem + w_bytes);              // [batch_tile, 4H]
@@ -294,9 +296,11 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_bwd_kernel(const BwdParam
   float* dh_st = p.ws;                                                // [N, B, H]
   float* dc_st = p.ws + (size_t)N * B * H;                            // [N, B, H]
   float* g_buf = p.ws + (size_t)2 * N * B * H;                        // [2, N, B, 4H]
-  const T* dy = static_cast<const T*>(p.dy);
-  const T* c0 = static_cast<const T*>(p.c0);
-  T* dgx = static_cast<T*>(p.dgx);
+  const T* dy = static_cast<const T*>(p.dy.ptr);
+  const float* gates_ws = static_cast<const float*>(p.gates.ptr);    // [T, B, N, 4H]
+  const float* cs_ws = static_cast<const float*>(p.cs.ptr);          // [T, B, N, H]
+  const T* c0 = static_cast<const T*>(p.c0.ptr);
+  T* dgx = static_cast<T*>(p.dgx.ptr);
 
   if (W_SMEM) {
     for (int i = tid; i < G * hs; i += nth) w_s[i] = w[(size_t)(i / hs) * H + u0 + i % hs];
@@ -304,8 +308,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_bwd_kernel(const BwdParam
   for (int i = tid; i < B * hs; i += nth) {
     const int b = i / hs, u = u0 + i % hs;
     const size_t nbh = ((size_t)dir * B + b) * H + u;
-    dh_st[nbh] = to_f(static_cast<const T*>(p.dh_n)[nbh]);
-    dc_st[nbh] = to_f(static_cast<const T*>(p.dc_n)[nbh]);
+    dh_st[nbh] = to_f(static_cast<const T*>(p.dh_n.ptr)[nbh]);
+    dc_st[nbh] = to_f(static_cast<const T*>(p.dc_n.ptr)[nbh]);
   }
   unsigned n_bar = 1;
   for (int s = T_ - 1; s >= 0; --s) {                 // s: step of this direction
@@ -318,19 +322,19 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_bwd_kernel(const BwdParam
       const int b = i / hs, u = u0 + i % hs;
       const int L = p.lengths ? (int)p.lengths[b] : T_;
       const size_t nbh = ((size_t)dir * B + b) * H + u;
-      T* dgxp = dgx + (size_t)t * p.dgx_st + (size_t)b * p.dgx_sb + (size_t)dir * p.dgx_sn + u;
+      T* dgxp = dgx + (size_t)t * p.dgx.stride[0] + (size_t)b * p.dgx.stride[1] + (size_t)dir * p.dgx.stride[2] + u;
       if (t >= L) {
         dgxp[0] = dgxp[H] = dgxp[2 * H] = dgxp[3 * H] = from_f<T>(0.f);
         continue;
       }
       const size_t tbn = ((size_t)t * B + b) * N + dir;
-      const float* gt = p.gates + tbn * G + u;
+      const float* gt = gates_ws + tbn * G + u;
       const float ig = gt[0], fg = gt[H], gg = gt[2 * H], og = gt[3 * H];
-      const float c_t = p.cs[tbn * H + u];
+      const float c_t = cs_ws[tbn * H + u];
       const int t_prev = dir == 0 ? t - 1 : t + 1;     // time of the previous step
       const bool prev_valid = s > 0 && t_prev < L;
-      const float c_prev = prev_valid ? p.cs[(((size_t)t_prev * B + b) * N + dir) * H + u] : to_f(c0[nbh]);
-      const float dh_out = dh_st[nbh] + to_f(dy[(size_t)t * p.dy_st + (size_t)b * p.dy_sb + (size_t)dir * p.dy_sn + u]);
+      const float c_prev = prev_valid ? cs_ws[(((size_t)t_prev * B + b) * N + dir) * H + u] : to_f(c0[nbh]);
+      const float dh_out = dh_st[nbh] + to_f(dy[(size_t)t * p.dy.stride[0] + (size_t)b * p.dy.stride[1] + (size_t)dir * p.dy.stride[2] + u]);
       const float tc = bl_tanh(c_t);
       const float d_o = dh_out * tc;
       const float dct = dc_st[nbh] + dh_out * og * (1.f - tc * tc);
@@ -384,8 +388,8 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_bwd_kernel(const BwdParam
   for (int i = tid; i < B * hs; i += nth) {
     const int b = i / hs, u = u0 + i % hs;
     const size_t nbh = ((size_t)dir * B + b) * H + u;
-    static_cast<T*>(p.dh0)[nbh] = from_f<T>(dh_st[nbh]);
-    static_cast<T*>(p.dc0)[nbh] = from_f<T>(dc_st[nbh]);
+    static_cast<T*>(p.dh0.ptr)[nbh] = from_f<T>(dh_st[nbh]);
+    static_cast<T*>(p.dc0.ptr)[nbh] = from_f<T>(dc_st[nbh]);
   }
 }
 
@@ -411,7 +415,7 @@ long plan_smem(int kind, int path, int H, int slice, int batch_tile, int esize, 
 // when that slice of W_hh plus a batch tile of >= min(B, 8) rows fits the
 // per-block shared memory, else the streaming path. Untuned: only a GPU run
 // can say where the crossover and the best block count really are.
-Plan make_plan(int kind, int N, int B, int H, int dtype, const DeviceLimits& lim, const Options& opt) {
+Plan make_plan(int kind, int N, int B, int H, DType dtype, const DeviceLimits& lim, const Options& opt) {
   if (N < 1 || N > 2 || B < 1 || H < 1) fail("bad sizes N=" + std::to_string(N) + " B=" + std::to_string(B) + " H=" + std::to_string(H));
   const int esize = dtype_size(dtype);
   Plan pl{};
@@ -525,25 +529,25 @@ static Options with_defaults(Options o) {
   return o;
 }
 
-Plan forward(FwdParams p, int dtype, const Options& opt, int device, void* stream) {
+Plan forward(FwdParams p, const Options& opt, int device, void* stream) {
 #ifndef BILSTM_CUDA_EMULATE
   DeviceGuard guard(device);
 #endif
-  const Plan pl = make_plan(kForward, p.N, p.B, p.H, dtype, device_limits(device), with_defaults(opt));
+  const Plan pl = make_plan(kForward, (int)p.N, (int)p.B, (int)p.H, p.dtype, device_limits(device), with_defaults(opt));
   p.blocks = pl.blocks; p.slice = pl.slice; p.batch_tile = pl.batch_tile;
-  DTYPE_SWITCH(dtype, T, [&] {
+  DTYPE_SWITCH(p.dtype, T, [&] {
     BOOL_SWITCH(pl.path == kOnChip, W_SMEM, [&] { launch(lstm_fwd_kernel<T, W_SMEM>, p, pl, device, stream); });
   });
   return pl;
 }
 
-Plan backward(BwdParams p, int dtype, const Options& opt, int device, void* stream) {
+Plan backward(BwdParams p, const Options& opt, int device, void* stream) {
 #ifndef BILSTM_CUDA_EMULATE
   DeviceGuard guard(device);
 #endif
-  const Plan pl = make_plan(kBackward, p.N, p.B, p.H, dtype, device_limits(device), with_defaults(opt));
+  const Plan pl = make_plan(kBackward, (int)p.N, (int)p.B, (int)p.H, p.dtype, device_limits(device), with_defaults(opt));
   p.blocks = pl.blocks; p.slice = pl.slice; p.batch_tile = pl.batch_tile;
-  DTYPE_SWITCH(dtype, T, [&] {
+  DTYPE_SWITCH(p.dtype, T, [&] {
     BOOL_SWITCH(pl.path == kOnChip, W_SMEM, [&] { launch(lstm_bwd_kernel<T, W_SMEM>, p, pl, device, stream); });
   });
   return pl;
