@@ -34,13 +34,14 @@ def emulate(monkeypatch):
     yield
 
 
-def run_both(x, lengths, dtype_ref=None):
-    """Kernel (emulated) and reference forward+backward on the same inputs."""
+def run_both(x, lengths, plan=None):
+    """Kernel (emulated, with `plan`: a cuda_lstm.Plan or None) and reference
+    forward+backward on the same inputs."""
     out = {}
-    for name, mod in (("kernel", cuda_lstm), ("ref", reference)):
-        y, hn, cn, gates, cs = mod.forward(x["gx"], x["w_hh"], None, x["h0"], x["c0"], lengths, True)
+    for name, mod, pl in (("kernel", cuda_lstm, plan), ("ref", reference, None)):
+        y, hn, cn, gates, cs = mod.forward(x["gx"], x["w_hh"], None, x["h0"], x["c0"], lengths, True, pl)
         dgx, dh0, dc0, _ = mod.backward(x["dy"], x["dh_n"], x["dc_n"], x["w_hh"], None, x["h0"], x["c0"],
-                                        lengths, y, gates, cs)
+                                        lengths, y, gates, cs, pl)
         out[name] = dict(y=y, h_n=hn, c_n=cn, gates=gates, cs=cs, dgx=dgx, dh0=dh0, dc0=dc0)
     return out
 
@@ -70,9 +71,9 @@ def test_fp32_forward_backward_vs_reference(emulate, case):
     T, B, N, H, lengths, over = CASES[case]
     lengths = None if lengths is None else torch.tensor(lengths)
     x = make_inputs(T, B, N, H)
-    with cuda_lstm.plan_override(**over):
-        out = run_both(x, lengths)
-    plan_f, plan_b = cuda_lstm.last_plan["forward"], cuda_lstm.last_plan["backward"]
+    plan = cuda_lstm.Plan(**over)
+    out = run_both(x, lengths, plan)
+    plan_f, plan_b = (cuda_lstm.plan_for(kind, N, B, H, torch.float32, "cpu", plan) for kind in (0, 1))
     print(f"\n{case}: forward plan {plan_f}\n  backward plan {plan_b}")
     if "path" in over:
         assert plan_f["path"] == plan_b["path"] == over["path"]
@@ -93,9 +94,7 @@ def test_fp32_forward_backward_vs_reference(emulate, case):
 def test_auto_plan_uses_several_blocks(emulate):
     """The automatic plan of the emulated device (8 SMs, 48 KB) at H=48 splits
     each direction over 4 blocks and keeps W_hh on chip."""
-    x = make_inputs(2, 2, 2, 48)
-    cuda_lstm.forward(x["gx"], x["w_hh"], None, x["h0"], x["c0"], None, False)
-    plan = cuda_lstm.last_plan["forward"]
+    plan = cuda_lstm.plan_for(0, 2, 2, 48, torch.float32, "cpu")
     print("\nauto plan:", plan)
     assert plan["path"] == "onchip" and plan["blocks"] == 4 and plan["slice"] == 12
 
@@ -109,8 +108,7 @@ def test_strided_sequence_tensors(emulate):
     xs["h0"], xs["c0"] = x["h0"][:, :B].contiguous(), x["c0"][:, :B].contiguous()
     xs["dh_n"], xs["dc_n"] = x["dh_n"][:, :B].contiguous(), x["dc_n"][:, :B].contiguous()
     assert not xs["gx"].is_contiguous() and not xs["dy"].is_contiguous()
-    with cuda_lstm.plan_override(blocks=2, threads=16):
-        out = run_both(xs, lengths)
+    out = run_both(xs, lengths, cuda_lstm.Plan(blocks=2, threads=16))
     errs = {n: maxerr(out["kernel"][n], out["ref"][n]) for n in ("y", "h_n", "c_n", "dgx", "dh0", "dc0")}
     print("\nstrided max abs errors:", errs)
     assert max(errs.values()) <= 2e-5
@@ -126,9 +124,9 @@ def test_op_gradients_incl_dw_hh(emulate, path):
     res = {}
     for backend in ("cuda", "reference"):
         leaves = {k: x[k].detach().clone().requires_grad_() for k in ("gx", "w_hh", "h0", "c0")}
-        with cuda_lstm.plan_override(path=path, blocks=3, threads=16, batch_tile=2):
-            y, hn, cn = lstm_recurrence(leaves["gx"], leaves["w_hh"], leaves["h0"], leaves["c0"],
-                                        lengths=lengths, backend=backend)
+        name = f"cuda:path={path},blocks=3,threads=16,batch_tile=2" if backend == "cuda" else backend
+        y, hn, cn = lstm_recurrence(leaves["gx"], leaves["w_hh"], leaves["h0"], leaves["c0"],
+                                    lengths=lengths, backend=name)
         loss = (y * x["dy"]).sum() + (hn * x["dh_n"]).sum() + (cn * x["dc_n"]).sum()
         loss.backward()
         res[backend] = dict(y=y, h_n=hn, c_n=cn, **{"d" + k: v.grad for k, v in leaves.items()})
@@ -146,8 +144,7 @@ def test_low_precision_three_way(emulate, dtype, atol, path):
     x_low = make_inputs(T, B, N, H, dtype=dtype, seed=11)
     x_32 = {k: v.float() for k, v in x_low.items()}
     lengths = torch.tensor([6, 2, 4])
-    with cuda_lstm.plan_override(path=path, blocks=2, threads=32, batch_tile=2):
-        low = run_both(x_low, lengths)
+    low = run_both(x_low, lengths, cuda_lstm.Plan(path=path, blocks=2, threads=32, batch_tile=2))
     ref32 = run_both(x_32, lengths)["ref"]
     m = valid_mask(T, B, lengths)
     for n in ("y", "h_n", "c_n", "gates", "cs", "dgx", "dh0", "dc0"):
@@ -231,9 +228,13 @@ def test_no_gpu_status_and_errors(monkeypatch):
     assert why.startswith("no CUDA device") and st["name"] in why
     assert "cuda" not in backends.available_backends()
     with pytest.raises(RuntimeError, match=st["name"]):
-        mod.forward(dtype=0, T=1, B=1, N=2, H=4, gx=16, gx_strides=(32, 32, 16), w_t=16, h0=16, c0=16,
-                    lengths=0, y=16, y_strides=(8, 8, 4), h_n=16, c_n=16, gates=0, cs=0, ws=16, barrier=16,
-                    device=0, stream=0)
+        mod.device_limits(0)
+    # CPU tensors never reach a kernel of the real build: a clear error at the boundary
+    x = make_inputs(1, 1, 2, 4)
+    with pytest.raises(ValueError, match="gx: expected a CUDA tensor"):
+        mod.forward(x["gx"], x["w_hh"], x["w_hh"].transpose(1, 2).contiguous(), x["h0"], x["c0"], None,
+                    torch.empty(1, 1, 2, 4), torch.empty(2, 1, 4), torch.empty(2, 1, 4), None, None,
+                    torch.empty(24), torch.zeros(2, dtype=torch.int32), 0)
 
 
 @needs_nvcc
@@ -261,22 +262,21 @@ def test_bilstm_module_vs_nn_lstm(emulate):
     torch.manual_seed(5)
     D, H, T, B = 6, 12, 5, 3
     ref = torch.nn.LSTM(D, H, num_layers=2, bidirectional=True)
-    ours = bilstm_fast.BiLSTM(D, H, num_layers=2, backend="cuda")
+    ours = bilstm_fast.BiLSTM(D, H, num_layers=2, backend="cuda:blocks=2,threads=16")
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(T, B, D)
     lengths = torch.tensor([3, 5, 1])
     outs = {}
-    with cuda_lstm.plan_override(blocks=2, threads=16):
-        for name, m in (("cuda", ours), ("nn", ref)):
-            xi = x.clone().requires_grad_()
-            packed = pack_padded_sequence(xi, lengths, enforce_sorted=False)
-            y, (hn, cn) = m(packed)
-            y, _ = pad_packed_sequence(y, total_length=T)
-            (y.square().sum() + hn.sum() + 2 * cn.sum()).backward()
-            outs[name] = dict(y=y, h_n=hn, c_n=cn, dx=xi.grad,
-                              **{"d" + k: p.grad for k, p in m.named_parameters()})
+    for name, m in (("cuda", ours), ("nn", ref)):
+        xi = x.clone().requires_grad_()
+        packed = pack_padded_sequence(xi, lengths, enforce_sorted=False)
+        y, (hn, cn) = m(packed)
+        y, _ = pad_packed_sequence(y, total_length=T)
+        (y.square().sum() + hn.sum() + 2 * cn.sum()).backward()
+        outs[name] = dict(y=y, h_n=hn, c_n=cn, dx=xi.grad,
+                          **{"d" + k: p.grad for k, p in m.named_parameters()})
     errs = {k: maxerr(outs["cuda"][k], outs["nn"][k]) for k in outs["nn"]}
     print("\nBiLSTM vs nn.LSTM max abs errors:", {k: f"{e:.1e}" for k, e in errs.items()})
-    assert cuda_lstm.last_plan["forward"]["blocks"] == 2
+    assert cuda_lstm.plan_for(0, 2, B, H, torch.float32, "cpu", cuda_lstm.parse_plan("blocks=2"))["blocks"] == 2
     for k, e in errs.items():
         assert e <= 1e-5, f"{k}: {e}"

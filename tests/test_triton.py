@@ -42,34 +42,29 @@ def rounding_atol(dtype, want):
 @pytest.fixture(scope="module")
 def kt():
     """bilstm_fast.ops.triton_lstm with interpreted kernels."""
-    name = "bilstm_fast.ops.triton_lstm"
-    mod = sys.modules.get(name)
-    if mod is None:
-        mod = importlib.import_module(name)
-    elif not mod.INTERPRET and not torch.cuda.is_available():
+    kernels = importlib.import_module("bilstm_fast.ops.triton_kernels")
+    mod = importlib.import_module("bilstm_fast.ops.triton_lstm")
+    if not kernels.INTERPRET and not torch.cuda.is_available():
         # imported earlier in this process without the interpreter: reload in
-        # place (the backend registry holds this same module object)
+        # place, kernels first (the backend registry holds the same module objects)
+        importlib.reload(kernels)
         mod = importlib.reload(mod)
     assert mod.INTERPRET, "TRITON_INTERPRET=1 did not reach triton_lstm"
     assert mod.unavailable_reason() is None
     return mod
 
 
-@pytest.fixture
-def force(kt, monkeypatch):
-    """force("streamed", bh) / force("resident", hp): override the dispatcher."""
-    def _force(path, bh):
-        cfg = kt.KernelConfig(path == "resident", bh, 16, 4, 1)
-        monkeypatch.setattr(kt, "FORCE_CONFIG", cfg)
-        return cfg
-    return _force
+def forced(path):
+    """("streamed", bh) / ("resident", hp) -> the plan text of a forced kernel config, or None."""
+    return None if path is None else f"path={path[0]},block_h={path[1]}"
 
 
-def run_backend(mod, x, lengths):
+def run_backend(mod, x, lengths, plan=None):
     """forward(need_ws=True) + backward of one backend module -> dict of outputs."""
-    y, hn, cn, gates, cs = mod.forward(x["gx"], x["w_hh"], None, x["h0"], x["c0"], lengths, True)
+    cfg = None if plan is None else mod.parse_plan(plan)
+    y, hn, cn, gates, cs = mod.forward(x["gx"], x["w_hh"], None, x["h0"], x["c0"], lengths, True, cfg)
     dgx, dh0, dc0, dw_hr = mod.backward(x["dy"], x["dh_n"], x["dc_n"], x["w_hh"], None, x["h0"], x["c0"],
-                                        lengths, y, gates, cs)
+                                        lengths, y, gates, cs, cfg)
     assert dw_hr is None
     return dict(y=y, h_n=hn, c_n=cn, gates=gates, cs=cs, dgx=dgx, dh0=dh0, dc0=dc0)
 
@@ -93,15 +88,13 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_fp32_forward_backward_vs_reference(kt, force, case):
+def test_fp32_forward_backward_vs_reference(kt, case):
     T, B, N, H, lengths, path = CASES[case]
-    if path is not None:
-        force(*path)
     lengths = None if lengths is None else torch.tensor(lengths)
     x = make_inputs(T, B, N, H)
     before = {k: v.clone() for k, v in x.items()}
-    k, r = run_backend(kt, x, lengths), run_backend(reference, x, lengths)
-    cfg = kt.kernel_config(H, torch.float32)
+    k, r = run_backend(kt, x, lengths, forced(path)), run_backend(reference, x, lengths)
+    cfg = kt.kernel_config(H, torch.float32) if path is None else kt.parse_plan(forced(path))
     print(f"\n{case}: config {cfg}")
     m = valid_mask(T, B, lengths)
     for n in OUTPUTS:
@@ -122,21 +115,19 @@ def test_fp32_forward_backward_vs_reference(kt, force, case):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
 @pytest.mark.parametrize("path", [None, ("streamed", 16)], ids=["dispatch", "streamed"])
-def test_low_precision_three_way_bound(kt, force, dtype, path):
+def test_low_precision_three_way_bound(kt, dtype, path):
     """err(kernel, ref_fp32) <= 2 * err(reference fed dtype, ref_fp32) + atol.
 
     ref_fp32 is the reference on the fp32 inputs; both others get the same
     inputs rounded to dtype (the reference then computes in fp32, so its error
     is the input/output rounding a perfect dtype kernel cannot avoid; the
     kernel adds rounding h and dG to dtype for the tensor-core dots)."""
-    if path is not None:
-        force(*path)
     T, B, N, H, lengths = 7, 3, 2, 17, torch.tensor([7, 1, 4])
     x32 = make_inputs(T, B, N, H, seed=1)
     xlo = {n: t.to(dtype) for n, t in x32.items()}
     ref32 = run_backend(reference, x32, lengths)
     ref_lo = run_backend(reference, xlo, lengths)
-    ker = run_backend(kt, xlo, lengths)
+    ker = run_backend(kt, xlo, lengths, forced(path))
     m = valid_mask(T, B, lengths)
     errs = {}
     for n in OUTPUTS:
@@ -167,13 +158,13 @@ def _op_grads(x, lengths, backend, gx_offset_buffer=False):
 
 
 @pytest.mark.parametrize("path", [None, ("streamed", 16)], ids=["dispatch", "streamed"])
-def test_op_gradients_vs_reference(kt, force, path):
-    """Through the custom op (autograd, dw_hh GEMM): dgx, dw_hh, dh0, dc0."""
-    if path is not None:
-        force(*path)
+def test_op_gradients_vs_reference(kt, path):
+    """Through the custom op (autograd, dw_hh GEMM): dgx, dw_hh, dh0, dc0; a
+    forced path travels in the backend name ("triton:path=streamed,block_h=16")."""
     T, B, N, H, lengths = 7, 3, 2, 17, torch.tensor([4, 1, 7])
     x = make_inputs(T, B, N, H, seed=2)
-    got = _op_grads(x, lengths, "triton", gx_offset_buffer=True)
+    backend = "triton" if path is None else f"triton:{forced(path)}"
+    got = _op_grads(x, lengths, backend, gx_offset_buffer=True)
     want = _op_grads(x, lengths, "reference")
     for n in want:
         print(f"{n}: max abs err {maxerr(got[n], want[n]):.2e}")

@@ -5,7 +5,7 @@ kernel variant the dispatchers can choose, for sm_80 and sm_90, with no GPU.
         [--dtype fp32 fp16 bf16] [--quick] [--markdown] [--jobs N]
 
 Triton rows: for each (arch, H, dtype) the Triton dispatcher's choice
-(triton_lstm.kernel_config with the arch's shared memory) is compiled with
+(triton_plan.kernel_config with the arch's shared memory) is compiled with
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`` for the
 forward and the backward kernel, over every flag combination the launchers
 can pass (N in {1, 2}, with/without lengths, with/without workspace, and for
@@ -85,13 +85,14 @@ def compile_triton_variant(v: Variant) -> dict:
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
-    from bilstm_fast.ops import triton_lstm as tk
+    from bilstm_fast.ops import triton_kernels as tk
+    from bilstm_fast.ops import triton_plan as tp
 
     if tk.INTERPRET:
-        raise RuntimeError("bilstm_fast.ops.triton_lstm was imported under TRITON_INTERPRET=1; "
+        raise RuntimeError("bilstm_fast.ops.triton_kernels was imported under TRITON_INTERPRET=1; "
                            "run the compile report in a fresh process")
     tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[v.dtype]
-    cfg = tk.kernel_config(v.H, tdtype, tk.SMEM_BYTES[v.arch], v.dot_prec)
+    cfg = tp.kernel_config(v.H, tdtype, tp.SMEM_BYTES[v.arch], v.dot_prec)
     X = v.dtype
     if v.kernel == "fwd":
         fn = tk._lstm_fwd_kernel
@@ -114,7 +115,7 @@ def compile_triton_variant(v: Variant) -> dict:
     k = triton.compile(triton.compiler.ASTSource(fn, signature, constexprs, attrs),
                        target=GPUTarget("cuda", v.arch, 32),
                        options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                                    **tk._maxnreg(cfg)))
+                                    **tp.maxnreg_kwargs(cfg)))
     regs, stack = _cubin_usage(k.asm["cubin"])
     spill_st, spill_ld = _ptxas_spills(k.asm["ptx"], v.arch)
     return dict(backend="triton", kernel=fn.__name__, arch=v.arch, H=v.H, dtype=v.dtype,

@@ -16,7 +16,11 @@ A the accumulation dtype: float64 for float64 input, else float32)::
         It sees only the static description of the call (no tensors, no T or
         B), so the choice is a compile-time constant under torch.compile and
         never depends on the sequence length or batch size.
-    forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws) -> y, h_n, c_n, gates, cs
+    parse_plan(text: str) -> plan
+        A backend's launch plan from the text after the colon of a backend
+        name such as "cuda:blocks=2" (ValueError for a bad one; backends
+        without plan options raise for any text).
+    forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws, plan=None) -> y, h_n, c_n, gates, cs
         gx      [T, B, N, 4H]  X  input pre-activations, both biases included
         w_hh    [N, 4H, P]     X  recurrent weights per direction
         w_hr    [N, P, H]      X  projection weights, or None (no projection)
@@ -24,12 +28,13 @@ A the accumulation dtype: float64 for float64 input, else float32)::
         c0      [N, B, H]      X
         lengths [B] int64 on gx's device, values in 1..T, any order; or None (all T)
         need_ws bool: whether to return the workspace for backward
+        plan    the backend's plan object (parse_plan), or None: the backend chooses
         y       [T, B, N, P]   X  hidden output per time step, 0 where t >= L_b
         h_n     [N, B, P]      X  direction 0's state after t = L_b-1, direction 1's after t = 0
         c_n     [N, B, H]      X
         gates   [T, B, N, 4H]  A  activated gates (i, f, g, o) at each valid t    } shape (0,)
         cs      [T, B, N, H]   A  cell state after step t, for each valid t       } if not need_ws
-    backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs) -> dgx, dh0, dc0, dw_hr
+    backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs, plan=None) -> dgx, dh0, dc0, dw_hr
         dy [T, B, N, P], dh_n [N, B, P], dc_n [N, B, H] (X); the rest as forward produced it
         dgx [T, B, N, 4H] X, zero where t >= L_b; dh0 [N, B, P], dc0 [N, B, H] X;
         dw_hr [N, P, H] X, or None without projection.
@@ -40,11 +45,13 @@ computes it with GEMMs over strided views (ops/recurrence.py).
 """
 from __future__ import annotations
 
-import importlib
+import functools
 from types import ModuleType
 from typing import NamedTuple
 
 import torch
+
+from . import native
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -75,17 +82,9 @@ _AUTO_ORDER = {
     "cpu": ("cpu", "reference"),
 }
 
-_loaded: dict[str, ModuleType | str] = {}
-
-
 def _load(name: str) -> ModuleType | str:
     """The backend's module, or a string saying why it cannot be imported."""
-    if name not in _loaded:
-        try:
-            _loaded[name] = importlib.import_module(_MODULES[name])
-        except ImportError as e:  # the module file itself is missing or broken
-            _loaded[name] = f"cannot import {_MODULES[name]}: {e}"
-    return _loaded[name]
+    return native.import_or_reason(_MODULES[name])
 
 
 def _unavailable(name: str) -> str | None:
@@ -110,9 +109,16 @@ def _status_summary() -> str:
                      for n, why in backend_status().items())
 
 
+def split_name(backend: str) -> tuple[str, str]:
+    """"cuda:blocks=2" -> ("cuda", "blocks=2"); "cpu" -> ("cpu", "")."""
+    name, _, plan = backend.partition(":")
+    return name.strip(), plan.strip()
+
+
 def resolve_backend(backend: str, *spec_fields) -> str:
-    """The concrete backend name that will run a call described by
-    ``CallSpec(*spec_fields)`` (plain constants, as Dynamo passes them).
+    """The concrete backend that will run a call described by
+    ``CallSpec(*spec_fields)`` (plain constants, as Dynamo passes them): a
+    name, or "name:plan" when the caller forced a launch plan.
 
     A constant for torch.compile (Dynamo runs it once while tracing, never
     traces into it). Not cached: availability can depend on environment
@@ -122,28 +128,34 @@ def resolve_backend(backend: str, *spec_fields) -> str:
     order that is available and supports the call; "reference" supports
     everything, so auto never fails. An explicitly named backend that is
     unknown, unavailable or does not support the call is an error (never a
-    silent fallback).
+    silent fallback), and so is a plan it cannot parse.
     """
     if not isinstance(backend, str):
         raise TypeError(f"backend must be a str, got {type(backend).__name__}")
     spec = CallSpec(*spec_fields)
-    if backend == "auto":
+    name, plan = split_name(backend)
+    if name == "auto":
+        if plan:
+            raise ValueError(f"backend {backend!r}: a plan needs a named backend, e.g. 'cuda:{plan}'")
         for name in _AUTO_ORDER.get(spec.device, ("reference",)):
             if _unavailable(name) is None and _load(name).unsupported_reason(spec) is None:
                 return name
         return "reference"
-    if backend not in _MODULES:
-        raise ValueError(f"unknown backend {backend!r}; expected 'auto' or one of "
+    if name not in _MODULES:
+        raise ValueError(f"unknown backend {name!r}; expected 'auto' or one of "
                          f"{list(_MODULES)} ({_status_summary()})")
-    why = _unavailable(backend)
+    why = _unavailable(name)
     if why is not None:
-        raise RuntimeError(f"backend {backend!r} is not available on this machine: {why}. "
+        raise RuntimeError(f"backend {name!r} is not available on this machine: {why}. "
                            f"Available: {available_backends()}")
-    why = _load(backend).unsupported_reason(spec)
+    why = _load(name).unsupported_reason(spec)
     if why is not None:
-        raise ValueError(f"backend {backend!r} does not support this call: {why}. "
+        raise ValueError(f"backend {name!r} does not support this call: {why}. "
                          "Use backend='auto' or 'reference'.")
-    return backend
+    if plan:
+        parse(f"{name}:{plan}")   # a bad plan fails here, before any work
+        return f"{name}:{plan}"
+    return name
 
 
 # = torch.compiler.assume_constant_result(resolve_backend), which only sets this
@@ -159,3 +171,11 @@ def get(name: str) -> ModuleType:
     if isinstance(mod, str):
         raise RuntimeError(mod)
     return mod
+
+
+@functools.lru_cache(maxsize=64)
+def parse(backend: str):
+    """A resolved backend ("name" or "name:plan") -> (module, plan object or None)."""
+    name, plan = split_name(backend)
+    mod = get(name)
+    return mod, (mod.parse_plan(plan) if plan else None)

@@ -29,6 +29,10 @@ def unsupported_reason(spec) -> str | None:
     return None
 
 
+def parse_plan(text: str):
+    raise ValueError(f"the reference backend has no plan options, got {text!r}")
+
+
 def _step_order(t: torch.Tensor) -> torch.Tensor:
     """[T, B, N, ...] in time order -> step order (direction 1 reversed in time).
     The map is its own inverse."""
@@ -47,7 +51,7 @@ def _step_masks(T: int, B: int, N: int, lengths, device) -> torch.Tensor:
     return torch.stack(per_dir, dim=1)[..., None]
 
 
-def forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws):
+def forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws, plan=None):
     T, B, N, G = gx.shape
     H = G // 4
     A = acc_dtype(gx.dtype)
@@ -81,7 +85,7 @@ def forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws):
     return y, h.to(gx.dtype), c.to(gx.dtype), gates, cs
 
 
-def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs):
+def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs, plan=None):
     T, B, N, G = gates.shape
     A = gates.dtype
     X = y.dtype
