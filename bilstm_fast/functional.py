@@ -97,15 +97,15 @@ def bilstm_layers(
         h0 = x.new_zeros(L * N, B, P)
     if c0 is None:
         c0 = x.new_zeros(L * N, B, H)
-    hs, cs = [], []
+    h_ns, c_ns = [], []          # each layer's final states
     out = x
     for layer, lw in enumerate(layers):
         sl = slice(layer * N, (layer + 1) * N)
         # A named range per layer in torch.profiler traces (NVTX under emit_nvtx / nsys).
         with torch.profiler.record_function(f"bilstm_fast.layer{layer}"):
             y, h_n, c_n = lstm_layer(out, lw, h0[sl], c0[sl], lengths, backend)
-        hs.append(h_n)
-        cs.append(c_n)
+        h_ns.append(h_n)
+        c_ns.append(c_n)
         T = y.shape[0]
         if merge_mode == "concat":
             out = y.reshape(T, B, N * P)
@@ -117,7 +117,7 @@ def bilstm_layers(
             out = y.prod(dim=2)
         if dropout > 0 and training and layer < L - 1:
             out = F.dropout(out, p=dropout, training=True)
-    return out, torch.cat(hs), torch.cat(cs)
+    return out, torch.cat(h_ns), torch.cat(c_ns)
 
 
 def bilstm(

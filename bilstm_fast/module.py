@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from . import functional as BF
+from . import functional
 from .functional import MERGE_MODES, merged_size
 
 _HX = Optional[tuple[Tensor, Tensor]]
@@ -128,7 +128,7 @@ class BiLSTM(nn.RNNBase):
         h0, c0 = self._check_hx(hx, batched, B, x)
         if sorted_idx is not None and h0 is not None:
             h0, c0 = h0.index_select(1, sorted_idx), c0.index_select(1, sorted_idx)
-        out, h_n, c_n = BF.bilstm_layers(
+        out, h_n, c_n = functional.bilstm_layers(
             x, self._layer_weights(), h0, c0, None if lengths is None else lengths.to(x.device),
             dropout=self.dropout, training=self.training, merge_mode=self.merge_mode,
             backend=self.backend)
@@ -144,7 +144,7 @@ class BiLSTM(nn.RNNBase):
             out = out.transpose(0, 1)
         return out, (h_n, c_n)
 
-    def _layer_weights(self) -> list[BF.LayerWeights]:
+    def _layer_weights(self) -> list[functional.LayerWeights]:
         """Both directions' weights side by side, per layer (functional.pack_weights).
 
         Packing copies every weight (4.4 MB per layer at D=300, H=256: ~0.9 ms
@@ -158,12 +158,12 @@ class BiLSTM(nn.RNNBase):
         if torch.compiler.is_compiling() or (
                 torch.is_grad_enabled() and any(p.requires_grad for p in params)):
             self._packed = None   # training: pack on the autograd graph, keep nothing
-            return BF.pack_weights(self.all_weights, self.bidirectional)
+            return functional.pack_weights(self.all_weights, self.bidirectional)
         stamp = [(p, p.data_ptr(), p._version) for p in params]
         cached = getattr(self, "_packed", None)
         if cached is None or len(cached[0]) != len(stamp) or not all(
                 a[0] is b[0] and a[1:] == b[1:] for a, b in zip(cached[0], stamp)):
-            self._packed = (stamp, BF.pack_weights(self.all_weights, self.bidirectional))
+            self._packed = (stamp, functional.pack_weights(self.all_weights, self.bidirectional))
         return self._packed[1]
 
     def _check_hx(self, hx: _HX, batched: bool, B: int, x: Tensor):

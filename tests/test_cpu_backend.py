@@ -215,7 +215,7 @@ def test_bad_input_is_a_clear_error():
 
     def call(**over):
         args = dict(gx=gx, w_hh=w_hh, h0=h0, c0=c0, lengths=None, y=y, h_n=hn, c_n=cn, gates=None,
-                    cs=None, num_threads=1)
+                    cells=None, num_threads=1)
         args.update(over)
         mod.forward(**args)
 
@@ -236,7 +236,7 @@ def test_bad_input_is_a_clear_error():
         call(h_n=hn.double())
     with pytest.raises(ValueError, match=r"num_threads"):
         call(num_threads=0)
-    with pytest.raises(ValueError, match=r"gates, cs"):
+    with pytest.raises(ValueError, match=r"gates, cells"):
         call(gates=torch.empty(T, B, N, 4 * H))
     with pytest.raises(TypeError, match=r"c0: expected a torch.Tensor, got tuple"):
         call(c0=(c0.data_ptr(), tuple(c0.shape), tuple(c0.stride())))
@@ -271,7 +271,7 @@ def _forward_in_child(q):
     gx, w_hh, h0, c0, _ = _inputs(4, 2, 2, 40, torch.float64, None)
     y, h_n, c_n = torch.empty(4, 2, 2, 40, dtype=torch.float64), torch.empty_like(h0), torch.empty_like(c0)
     mod.forward(gx=gx, w_hh=w_hh, h0=h0, c0=c0, lengths=None, y=y, h_n=h_n, c_n=c_n, gates=None,
-                cs=None, num_threads=2)
+                cells=None, num_threads=2)
     want = backends.get("reference").forward(gx, w_hh, None, h0, c0, None, False)
     q.put(max((g - w).abs().max().item() for g, w in zip((y, h_n, c_n), want[:3])))
 

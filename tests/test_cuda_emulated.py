@@ -39,10 +39,10 @@ def run_both(x, lengths, plan=None):
     forward+backward on the same inputs."""
     out = {}
     for name, mod, pl in (("kernel", cuda_lstm, plan), ("ref", reference, None)):
-        y, hn, cn, gates, cs = mod.forward(x["gx"], x["w_hh"], None, x["h0"], x["c0"], lengths, True, pl)
+        y, hn, cn, gates, cells = mod.forward(x["gx"], x["w_hh"], None, x["h0"], x["c0"], lengths, True, pl)
         dgx, dh0, dc0, _ = mod.backward(x["dy"], x["dh_n"], x["dc_n"], x["w_hh"], None, x["h0"], x["c0"],
-                                        lengths, y, gates, cs, pl)
-        out[name] = dict(y=y, h_n=hn, c_n=cn, gates=gates, cs=cs, dgx=dgx, dh0=dh0, dc0=dc0)
+                                        lengths, y, gates, cells, pl)
+        out[name] = dict(y=y, h_n=hn, c_n=cn, gates=gates, cells=cells, dgx=dgx, dh0=dh0, dc0=dc0)
     return out
 
 
@@ -81,8 +81,8 @@ def test_fp32_forward_backward_vs_reference(emulate, case):
         assert plan_f["blocks"] == plan_b["blocks"] == min(over["blocks"], H)
     k, r = out["kernel"], out["ref"]
     m = valid_mask(T, B, lengths)
-    errs = {n: maxerr(k[n], r[n], m if n in ("gates", "cs") else None)
-            for n in ("y", "h_n", "c_n", "gates", "cs", "dgx", "dh0", "dc0")}
+    errs = {n: maxerr(k[n], r[n], m if n in ("gates", "cells") else None)
+            for n in ("y", "h_n", "c_n", "gates", "cells", "dgx", "dh0", "dc0")}
     print("  max abs errors:", {n: f"{e:.2e}" for n, e in errs.items()})
     for n, e in errs.items():
         assert e <= 2e-5, f"{case}: {n} max error {e}"
@@ -147,12 +147,12 @@ def test_low_precision_three_way(emulate, dtype, atol, path):
     low = run_both(x_low, lengths, cuda_lstm.Plan(path=path, blocks=2, threads=32, batch_tile=2))
     ref32 = run_both(x_32, lengths)["ref"]
     m = valid_mask(T, B, lengths)
-    for n in ("y", "h_n", "c_n", "gates", "cs", "dgx", "dh0", "dc0"):
-        mask = m if n in ("gates", "cs") else None
+    for n in ("y", "h_n", "c_n", "gates", "cells", "dgx", "dh0", "dc0"):
+        mask = m if n in ("gates", "cells") else None
         e_k = maxerr(low["kernel"][n], ref32[n], mask)
         e_r = maxerr(low["ref"][n], ref32[n], mask)
         print(f"{dtype} {path} {n}: err(kernel)={e_k:.2e} err(ref {dtype})={e_r:.2e}")
-        assert low["kernel"][n].dtype == (torch.float32 if n in ("gates", "cs") else dtype)
+        assert low["kernel"][n].dtype == (torch.float32 if n in ("gates", "cells") else dtype)
         assert e_k <= 2 * e_r + atol, f"{n}: {e_k} > 2 * {e_r} + {atol}"
 
 

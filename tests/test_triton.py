@@ -60,16 +60,16 @@ def forced(path):
 
 
 def run_backend(mod, x, lengths, plan=None):
-    """forward(need_ws=True) + backward of one backend module -> dict of outputs."""
+    """forward(keep_for_backward=True) + backward of one backend module -> dict of outputs."""
     cfg = None if plan is None else mod.parse_plan(plan)
-    y, hn, cn, gates, cs = mod.forward(x["gx"], x["w_hh"], None, x["h0"], x["c0"], lengths, True, cfg)
+    y, hn, cn, gates, cells = mod.forward(x["gx"], x["w_hh"], None, x["h0"], x["c0"], lengths, True, cfg)
     dgx, dh0, dc0, dw_hr = mod.backward(x["dy"], x["dh_n"], x["dc_n"], x["w_hh"], None, x["h0"], x["c0"],
-                                        lengths, y, gates, cs, cfg)
+                                        lengths, y, gates, cells, cfg)
     assert dw_hr is None
-    return dict(y=y, h_n=hn, c_n=cn, gates=gates, cs=cs, dgx=dgx, dh0=dh0, dc0=dc0)
+    return dict(y=y, h_n=hn, c_n=cn, gates=gates, cells=cells, dgx=dgx, dh0=dh0, dc0=dc0)
 
 
-OUTPUTS = ("y", "h_n", "c_n", "gates", "cs", "dgx", "dh0", "dc0")
+OUTPUTS = ("y", "h_n", "c_n", "gates", "cells", "dgx", "dh0", "dc0")
 
 # (T, B, N, H, lengths, forced path or None = dispatcher). Together: H in
 # {1, 17, 32, 48}, B in {1, 3, 17} (17 = two batch tiles, the second 1/16
@@ -98,12 +98,12 @@ def test_fp32_forward_backward_vs_reference(kt, case):
     print(f"\n{case}: config {cfg}")
     m = valid_mask(T, B, lengths)
     for n in OUTPUTS:
-        ws = n in ("gates", "cs")            # workspace: unspecified where t >= L_b
+        ws = n in ("gates", "cells")            # workspace: unspecified where t >= L_b
         print(f"  {n}: max abs err {maxerr(k[n], r[n], m if ws else None):.2e}")
     for n in OUTPUTS:
         got, want = k[n], r[n]
         assert got.dtype == want.dtype and got.shape == want.shape, n
-        if n in ("gates", "cs"):
+        if n in ("gates", "cells"):
             got, want = torch.where(m, got, 0.0), torch.where(m, want, 0.0)
         torch.testing.assert_close(got, want, rtol=FP32_RTOL, atol=FP32_ATOL, msg=lambda s: f"{case} {n}: {s}")
     # positions t >= L_b are exactly zero; the caller's tensors are untouched
@@ -131,7 +131,7 @@ def test_low_precision_three_way_bound(kt, dtype, path):
     m = valid_mask(T, B, lengths)
     errs = {}
     for n in OUTPUTS:
-        mask = m if n in ("gates", "cs") else None
+        mask = m if n in ("gates", "cells") else None
         atol = rounding_atol(dtype, ref32[n] if mask is None else torch.where(mask, ref32[n], 0.0))
         errs[n] = (maxerr(ker[n], ref32[n], mask), maxerr(ref_lo[n], ref32[n], mask), atol)
         e_k, e_t, _ = errs[n]
@@ -255,9 +255,9 @@ def test_unsupported_and_unavailable_reasons(kt, monkeypatch):
 
 def test_no_workspace_without_grad(kt):
     x = make_inputs(3, 2, 2, 5)
-    y, hn, cn, gates, cs = kt.forward(x["gx"], x["w_hh"], None, x["h0"], x["c0"], None, False)
+    y, hn, cn, gates, cells = kt.forward(x["gx"], x["w_hh"], None, x["h0"], x["c0"], None, False)
     r = reference.forward(x["gx"], x["w_hh"], None, x["h0"], x["c0"], None, False)
-    assert gates.shape == cs.shape == (0,) and gates.dtype == cs.dtype == torch.float32
+    assert gates.shape == cells.shape == (0,) and gates.dtype == cells.dtype == torch.float32
     for n, a, b in zip(("y", "h_n", "c_n"), (y, hn, cn), r[:3]):
         print(f"{n}: max abs err {maxerr(a, b):.2e}")
         torch.testing.assert_close(a, b, rtol=FP32_RTOL, atol=FP32_ATOL)

@@ -57,7 +57,7 @@ class Variant:
     dtype: str       # fp32 / fp16 / bf16
     N: int
     has_lengths: bool
-    need_ws: bool    # forward only
+    keep_for_backward: bool    # forward only
     dot_prec: str
 
 
@@ -97,11 +97,11 @@ def compile_triton_variant(v: Variant) -> dict:
     if v.kernel == "fwd":
         fn = tk._lstm_fwd_kernel
         ptrs = dict(gx=X, w_hh=X, h0=X, c0=X, lengths="i64", y=X, h_n=X, c_n=X,
-                    gates="fp32", cs="fp32", c_scr="fp32")
-        flags = dict(HAS_LENGTHS=v.has_lengths, NEED_WS=v.need_ws, DOT_PREC=v.dot_prec)
+                    gates="fp32", cells="fp32", c_scr="fp32")
+        flags = dict(HAS_LENGTHS=v.has_lengths, KEEP_FOR_BACKWARD=v.keep_for_backward, DOT_PREC=v.dot_prec)
     else:
         fn = tk._lstm_bwd_kernel
-        ptrs = dict(dy=X, dh_n=X, dc_n=X, w_hh=X, c0=X, lengths="i64", gates="fp32", cs="fp32",
+        ptrs = dict(dy=X, dh_n=X, dc_n=X, w_hh=X, c0=X, lengths="i64", gates="fp32", cells="fp32",
                     dgx=X, dh0=X, dc0=X, dh_scr="fp32", dc_scr="fp32")
         flags = dict(HAS_LENGTHS=v.has_lengths, DOT_PREC=v.dot_prec)
     constexprs = dict(H=v.H, N=v.N, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
@@ -248,7 +248,7 @@ def _crash_row(v: Variant, why: str) -> dict:
     return dict(backend="triton", kernel=f"_lstm_{v.kernel}_kernel", arch=v.arch, H=v.H, dtype=v.dtype,
                 registers=-1, spills=0, stack=0, smem_bytes=0, threads=0, variant=list(astuple(v)),
                 note="", error=f"compiler crashed on N={v.N} lengths={v.has_lengths} "
-                               f"ws={v.need_ws} {v.dot_prec}: {why}")
+                               f"ws={v.keep_for_backward} {v.dot_prec}: {why}")
 
 
 def _worker() -> int:

@@ -20,26 +20,26 @@ A the accumulation dtype: float64 for float64 input, else float32)::
         A backend's launch plan from the text after the colon of a backend
         name such as "cuda:blocks=2" (ValueError for a bad one; backends
         without plan options raise for any text).
-    forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws, plan=None) -> y, h_n, c_n, gates, cs
+    forward(gx, w_hh, w_hr, h0, c0, lengths, keep_for_backward, plan=None) -> y, h_n, c_n, gates, cells
         gx      [T, B, N, 4H]  X  input pre-activations, both biases included
         w_hh    [N, 4H, P]     X  recurrent weights per direction
         w_hr    [N, P, H]      X  projection weights, or None (no projection)
         h0      [N, B, P]      X
         c0      [N, B, H]      X
         lengths [B] int64 on gx's device, values in 1..T, any order; or None (all T)
-        need_ws bool: whether to return the workspace for backward
+        keep_for_backward bool: whether to return the workspace for backward
         plan    the backend's plan object (parse_plan), or None: the backend chooses
         y       [T, B, N, P]   X  hidden output per time step, 0 where t >= L_b
         h_n     [N, B, P]      X  direction 0's state after t = L_b-1, direction 1's after t = 0
         c_n     [N, B, H]      X
         gates   [T, B, N, 4H]  A  activated gates (i, f, g, o) at each valid t    } shape (0,)
-        cs      [T, B, N, H]   A  cell state after step t, for each valid t       } if not need_ws
-    backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs, plan=None) -> dgx, dh0, dc0, dw_hr
+        cells      [T, B, N, H]   A  cell state after step t, for each valid t       } if not keep_for_backward
+    backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cells, plan=None) -> dgx, dh0, dc0, dw_hr
         dy [T, B, N, P], dh_n [N, B, P], dc_n [N, B, H] (X); the rest as forward produced it
         dgx [T, B, N, 4H] X, zero where t >= L_b; dh0 [N, B, P], dc0 [N, B, H] X;
         dw_hr [N, P, H] X, or None without projection.
 
-All tensors reach a backend contiguous. Values of ``gates``/``cs`` at t >= L_b
+All tensors reach a backend contiguous. Values of ``gates``/``cells`` at t >= L_b
 are unspecified and never read. ``dw_hh`` is not a backend's job: the op
 computes it with GEMMs over strided views (ops/recurrence.py).
 """

@@ -45,33 +45,33 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-def forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws, plan=None):
+def forward(gx, w_hh, w_hr, h0, c0, lengths, keep_for_backward, plan=None):
     """gx [T, B, N, 4H], w_hh [N, 4H, H], h0/c0 [N, B, H], lengths [B] int64 or None
-    -> y [T, B, N, H], h_n, c_n [N, B, H], gates [T, B, N, 4H], cs [T, B, N, H]
-    (gates/cs have shape (0,) when not need_ws). ``plan``: the cpu backend has
+    -> y [T, B, N, H], h_n, c_n [N, B, H], gates [T, B, N, 4H], cells [T, B, N, H]
+    (gates/cells have shape (0,) when not keep_for_backward). ``plan``: the cpu backend has
     one plan (the driver splits the work by thread count), so only None."""
     _check_call(w_hr, plan)
     T, B, N, G = gx.shape
     H = G // 4
     y = gx.new_empty(T, B, N, H)
     h_n, c_n = gx.new_empty(N, B, H), gx.new_empty(N, B, H)
-    if need_ws:
-        gates, cs = gx.new_empty(T, B, N, G), gx.new_empty(T, B, N, H)
+    if keep_for_backward:
+        gates, cells = gx.new_empty(T, B, N, G), gx.new_empty(T, B, N, H)
     else:
-        gates, cs = gx.new_empty(0), gx.new_empty(0)  # two tensors: custom op outputs may not alias
+        gates, cells = gx.new_empty(0), gx.new_empty(0)  # two tensors: custom op outputs may not alias
     native.require("_cpu").forward(gx, w_hh, h0, c0, lengths, y, h_n, c_n,
-                                   gates if need_ws else None, cs if need_ws else None, _threads())
-    return y, h_n, c_n, gates, cs
+                                   gates if keep_for_backward else None, cells if keep_for_backward else None, _threads())
+    return y, h_n, c_n, gates, cells
 
 
-def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs, plan=None):
+def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cells, plan=None):
     """dy [T, B, N, H], dh_n/dc_n [N, B, H], forward's inputs and workspace
     -> dgx [T, B, N, 4H], dh0, dc0 [N, B, H], None (no projection)."""
     _check_call(w_hr, plan)
     T, B, N, G = gates.shape
     dgx = dy.new_empty(T, B, N, G)
     dh0, dc0 = dy.new_empty(N, B, G // 4), dy.new_empty(N, B, G // 4)
-    native.require("_cpu").backward(dy, dh_n, dc_n, w_hh, c0, lengths, gates, cs, dgx, dh0, dc0,
+    native.require("_cpu").backward(dy, dh_n, dc_n, w_hh, c0, lengths, gates, cells, dgx, dh0, dc0,
                                     _threads())
     return dgx, dh0, dc0, None
 

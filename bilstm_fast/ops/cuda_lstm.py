@@ -166,9 +166,9 @@ def _stream(device: torch.device) -> int:
 
 
 # ----------------------------------------------------------------- contract
-def forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws, plan: Optional[Plan] = None):
-    """-> y [T, B, N, H], h_n, c_n [N, B, H] (X); gates [T, B, N, 4H], cs [T, B, N, H] (f32)
-    when need_ws, else empty."""
+def forward(gx, w_hh, w_hr, h0, c0, lengths, keep_for_backward, plan: Optional[Plan] = None):
+    """-> y [T, B, N, H], h_n, c_n [N, B, H] (X); gates [T, B, N, 4H], cells [T, B, N, H] (f32)
+    when keep_for_backward, else empty."""
     if w_hr is not None:
         raise ValueError("cuda backend: proj_size (w_hr) is not supported")
     mod = _module()
@@ -178,16 +178,16 @@ def forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws, plan: Optional[Plan] = Non
     w_t = w_hh.transpose(1, 2).contiguous()                 # [N, H, 4H]: coalesced over units
     y = gx.new_empty(T, B, N, H)                             # every element written by the kernel
     h_n, c_n = torch.empty_like(h0), torch.empty_like(c0)
-    gates = gx.new_empty((T, B, N, G) if need_ws else (0,), dtype=f32)
-    cs = gx.new_empty((T, B, N, H) if need_ws else (0,), dtype=f32)
-    ws = gx.new_empty(mod.fwd_workspace_floats(N, B, H), dtype=f32)
+    gates = gx.new_empty((T, B, N, G) if keep_for_backward else (0,), dtype=f32)
+    cells = gx.new_empty((T, B, N, H) if keep_for_backward else (0,), dtype=f32)
+    scratch = gx.new_empty(mod.fwd_scratch_floats(N, B, H), dtype=f32)
     barrier = torch.zeros(N, dtype=torch.int32, device=gx.device)
-    mod.forward(gx, w_hh, w_t, h0, c0, lengths, y, h_n, c_n, gates if need_ws else None,
-                cs if need_ws else None, ws, barrier, _stream(gx.device), **(plan or Plan()).options())
-    return y, h_n, c_n, gates, cs
+    mod.forward(gx, w_hh, w_t, h0, c0, lengths, y, h_n, c_n, gates if keep_for_backward else None,
+                cells if keep_for_backward else None, scratch, barrier, _stream(gx.device), **(plan or Plan()).options())
+    return y, h_n, c_n, gates, cells
 
 
-def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs, plan: Optional[Plan] = None):
+def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cells, plan: Optional[Plan] = None):
     """-> dgx [T, B, N, 4H] (0 where t >= L_b), dh0, dc0 [N, B, H] (X), None (no dw_hr)."""
     if w_hr is not None:
         raise ValueError("cuda backend: proj_size (w_hr) is not supported")
@@ -196,8 +196,8 @@ def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs, plan: Op
     H = G // 4
     dgx = dy.new_empty(T, B, N, G)                           # every element written by the kernel
     dh0, dc0 = torch.empty_like(dh_n), torch.empty_like(dc_n)
-    ws = dy.new_empty(mod.bwd_workspace_floats(N, B, H), dtype=torch.float32)
+    scratch = dy.new_empty(mod.bwd_scratch_floats(N, B, H), dtype=torch.float32)
     barrier = torch.zeros(N, dtype=torch.int32, device=dy.device)
-    mod.backward(dy, dh_n, dc_n, w_hh, c0, lengths, gates, cs, dgx, dh0, dc0, ws, barrier,
+    mod.backward(dy, dh_n, dc_n, w_hh, c0, lengths, gates, cells, dgx, dh0, dc0, scratch, barrier,
                  _stream(dy.device), **(plan or Plan()).options())
     return dgx, dh0, dc0, None

@@ -32,21 +32,21 @@ def _lstm_recurrence_op(
     c0: Tensor,                 # [N, B, H]
     lengths: Optional[Tensor],  # [B] int64 or None
     backend: str,
-    need_ws: bool,
+    keep_for_backward: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     mod, plan = backends.parse(backend)
-    return tuple(mod.forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws, plan))
+    return tuple(mod.forward(gx, w_hh, w_hr, h0, c0, lengths, keep_for_backward, plan))
 
 
 @_lstm_recurrence_op.register_fake
-def _(gx, w_hh, w_hr, h0, c0, lengths, backend, need_ws):
+def _(gx, w_hh, w_hr, h0, c0, lengths, backend, keep_for_backward):
     T, B, N, G = gx.shape
     P = w_hh.shape[-1]
     A = backends.acc_dtype(gx.dtype)
     y = gx.new_empty(T, B, N, P)
-    ws_gates = gx.new_empty((T, B, N, G) if need_ws else (0,), dtype=A)
-    ws_cs = gx.new_empty((T, B, N, G // 4) if need_ws else (0,), dtype=A)
-    return y, h0.new_empty(h0.shape), c0.new_empty(c0.shape), ws_gates, ws_cs
+    ws_gates = gx.new_empty((T, B, N, G) if keep_for_backward else (0,), dtype=A)
+    ws_cells = gx.new_empty((T, B, N, G // 4) if keep_for_backward else (0,), dtype=A)
+    return y, h0.new_empty(h0.shape), c0.new_empty(c0.shape), ws_gates, ws_cells
 
 
 # --------------------------------------------------------------- backward op
@@ -62,18 +62,18 @@ def _lstm_recurrence_backward_op(
     lengths: Optional[Tensor],  # [B] or None
     y: Tensor,                  # [T, B, N, P]
     gates: Tensor,              # [T, B, N, 4H] A
-    cs: Tensor,                 # [T, B, N, H] A
+    cells: Tensor,              # [T, B, N, H] A
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     mod, plan = backends.parse(backend)
-    dgx, dh0, dc0, dw_hr = mod.backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs, plan)
+    dgx, dh0, dc0, dw_hr = mod.backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cells, plan)
     if dw_hr is None:  # a custom op cannot return None: an empty tensor stands for "no projection"
         dw_hr = dy.new_empty(0)
     return dgx, dh0, dc0, dw_hr
 
 
 @_lstm_recurrence_backward_op.register_fake
-def _(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs, backend):
+def _(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cells, backend):
     T, B, N, G = gates.shape
     dw_hr = dy.new_empty(0) if w_hr is None else w_hr.new_empty(w_hr.shape)
     return dy.new_empty(T, B, N, G), h0.new_empty(h0.shape), c0.new_empty(c0.shape), dw_hr
@@ -107,21 +107,21 @@ def _recurrent_weight_grad(dgx: Tensor, y: Tensor, h0: Tensor,
 
 
 def _setup_context(ctx, inputs, output):
-    gx, w_hh, w_hr, h0, c0, lengths, backend, need_ws = inputs
-    y, h_n, c_n, gates, cs = output
+    gx, w_hh, w_hr, h0, c0, lengths, backend, keep_for_backward = inputs
+    y, h_n, c_n, gates, cells = output
     ctx.backend = backend
-    ctx.need_ws = need_ws
-    ctx.save_for_backward(w_hh, w_hr, h0, c0, lengths, y, gates, cs)
+    ctx.keep_for_backward = keep_for_backward
+    ctx.save_for_backward(w_hh, w_hr, h0, c0, lengths, y, gates, cells)
 
 
-def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcs):
-    if not ctx.need_ws:
+def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
+    if not ctx.keep_for_backward:
         raise RuntimeError("bilstm_fast: the recurrence ran without its backward workspace "
-                           "(need_ws=False) and cannot be differentiated")
-    w_hh, w_hr, h0, c0, lengths, y, gates, cs = ctx.saved_tensors
+                           "(keep_for_backward=False) and cannot be differentiated")
+    w_hh, w_hr, h0, c0, lengths, y, gates, cells = ctx.saved_tensors
     dgx, dh0, dc0, dw_hr = _lstm_recurrence_backward_op(
         dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(),
-        w_hh, w_hr, h0, c0, lengths, y, gates, cs, ctx.backend)
+        w_hh, w_hr, h0, c0, lengths, y, gates, cells, ctx.backend)
     dw_hh = _recurrent_weight_grad(dgx, y, h0, lengths)
     return dgx, dw_hh, (dw_hr if w_hr is not None else None), dh0, dc0, None, None, None
 
@@ -179,9 +179,9 @@ def lstm_recurrence(
         # An empty batch has nothing to compute; the reference returns the empty
         # outputs on any device, so no kernel needs a B == 0 special case.
         name = "reference"
-    need_ws = torch.is_grad_enabled() and any(
+    keep_for_backward = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (gx, w_hh, w_hr, h0, c0))
     y, h_n, c_n, _, _ = _lstm_recurrence_op(
         gx.contiguous(), w_hh.contiguous(), None if w_hr is None else w_hr.contiguous(),
-        h0.contiguous(), c0.contiguous(), lengths, name, need_ws)
+        h0.contiguous(), c0.contiguous(), lengths, name, keep_for_backward)
     return y, h_n, c_n

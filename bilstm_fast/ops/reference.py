@@ -51,7 +51,7 @@ def _step_masks(T: int, B: int, N: int, lengths, device) -> torch.Tensor:
     return torch.stack(per_dir, dim=1)[..., None]
 
 
-def forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws, plan=None):
+def forward(gx, w_hh, w_hr, h0, c0, lengths, keep_for_backward, plan=None):
     T, B, N, G = gx.shape
     H = G // 4
     A = acc_dtype(gx.dtype)
@@ -60,7 +60,7 @@ def forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws, plan=None):
     w_r = None if w_hr is None else w_hr.to(A).transpose(1, 2)  # [N, H, P]
     masks = _step_masks(T, B, N, lengths, gx.device)          # [T, N, B, 1]
     h, c = h0.to(A), c0.to(A)                                 # [N, B, P], [N, B, H]
-    ys, gates, cs = [], [], []
+    ys, gates, cells = [], [], []
     for s in range(T):
         pre = gx_s[s].transpose(0, 1) + torch.bmm(h, w_t)      # [N, B, 4H]
         i, f, g, o = pre.chunk(4, dim=-1)
@@ -73,19 +73,19 @@ def forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws, plan=None):
         h = torch.where(m, h_new, h)
         c = torch.where(m, c_new, c)
         ys.append(torch.where(m, h_new, 0.0))
-        if need_ws:
+        if keep_for_backward:
             gates.append(torch.cat((i, f, g, o), dim=-1))
-            cs.append(c_new)
+            cells.append(c_new)
     y = _step_order(torch.stack(ys).transpose(1, 2)).to(gx.dtype)  # [T, B, N, P]
-    if need_ws:
+    if keep_for_backward:
         gates = _step_order(torch.stack(gates).transpose(1, 2))      # [T, B, N, 4H]
-        cs = _step_order(torch.stack(cs).transpose(1, 2))            # [T, B, N, H]
+        cells = _step_order(torch.stack(cells).transpose(1, 2))            # [T, B, N, H]
     else:
-        gates, cs = gx.new_empty(0, dtype=A), gx.new_empty(0, dtype=A)  # two tensors: outputs may not alias
-    return y, h.to(gx.dtype), c.to(gx.dtype), gates, cs
+        gates, cells = gx.new_empty(0, dtype=A), gx.new_empty(0, dtype=A)  # two tensors: outputs may not alias
+    return y, h.to(gx.dtype), c.to(gx.dtype), gates, cells
 
 
-def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs, plan=None):
+def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cells, plan=None):
     T, B, N, G = gates.shape
     A = gates.dtype
     X = y.dtype
@@ -94,7 +94,7 @@ def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs, plan=Non
     masks = _step_masks(T, B, N, lengths, y.device)           # [T, N, B, 1]
     dy_s = _step_order(dy).to(A)                              # step order, [T, B, N, P]
     gates_s = _step_order(gates)
-    cs_s = _step_order(cs)
+    cells_s = _step_order(cells)
     c0a = c0.to(A)
     dh, dc = dh_n.to(A), dc_n.to(A)                           # [N, B, P], [N, B, H]
     dgx = torch.zeros(T, N, B, G, dtype=A, device=y.device)
@@ -102,10 +102,10 @@ def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs, plan=Non
     for s in reversed(range(T)):
         m = masks[s]
         i, f, g, o = gates_s[s].transpose(0, 1).chunk(4, dim=-1)  # [N, B, H] each
-        c_t = cs_s[s].transpose(0, 1)
+        c_t = cells_s[s].transpose(0, 1)
         # The previous valid cell state: step s-1 where that step was valid, else c0
         # (for direction 1 the steps before L_b-1 are masked, so this is c0 there).
-        c_prev = c0a if s == 0 else torch.where(masks[s - 1], cs_s[s - 1].transpose(0, 1), c0a)
+        c_prev = c0a if s == 0 else torch.where(masks[s - 1], cells_s[s - 1].transpose(0, 1), c0a)
         dh_out = dh + dy_s[s].transpose(0, 1)                 # grad of this step's output
         if w_r is not None:
             dr_all.append(torch.where(m, dh_out, 0.0))
@@ -126,6 +126,6 @@ def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs, plan=Non
         # dw_hr[n] = sum_t dh_out[t, n]^T r[t, n], r = o * tanh(c): one batched GEMM.
         dr = torch.stack(dr_all[::-1])                        # [T, N, B, P], step order
         o = gates_s[..., 3 * (G // 4):].transpose(1, 2)       # [T, N, B, H]
-        r = torch.where(masks, o * cs_s.transpose(1, 2).tanh(), 0.0)  # unspecified where masked
+        r = torch.where(masks, o * cells_s.transpose(1, 2).tanh(), 0.0)  # unspecified where masked
         dw_hr = torch.einsum("tnbp,tnbh->nph", dr, r).to(X)
     return dgx, dh.to(X), dc.to(X), dw_hr

@@ -32,13 +32,13 @@ def _lstm_fwd_kernel(
     y,         # [T, B, N, H]  X   out
     h_n,       # [N, B, H]     X   out
     c_n,       # [N, B, H]     X   out
-    gates,     # [T, B, N, 4H] f32 out (if NEED_WS)
-    cs,        # [T, B, N, H]  f32 out (if NEED_WS)
+    gates,     # [T, B, N, 4H] f32 out (if KEEP_FOR_BACKWARD)
+    cells,        # [T, B, N, H]  f32 out (if KEEP_FOR_BACKWARD)
     c_scr,     # [2, N, B, H]  f32 scratch (STREAMED only)
     T, B,      # runtime: never specialized
     H_LOOP,    # = H, as a runtime value: bound of the STREAMED tile loops
     H: tl.constexpr, N: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-    RESIDENT: tl.constexpr, HAS_LENGTHS: tl.constexpr, NEED_WS: tl.constexpr,
+    RESIDENT: tl.constexpr, HAS_LENGTHS: tl.constexpr, KEEP_FOR_BACKWARD: tl.constexpr,
     DOT_PREC: tl.constexpr, F32_DOT: tl.constexpr,
 ):
     n = tl.program_id(0)
@@ -68,7 +68,7 @@ def _lstm_fwd_kernel(
             a_g = _load_gx(gx, row, 2, rh, st_ok, H) + _dot(hx, wt_g, DOT_PREC, F32_DOT)
             a_o = _load_gx(gx, row, 3, rh, st_ok, H) + _dot(hx, wt_o, DOT_PREC, F32_DOT)
             h, c = _cell_and_store(a_i, a_f, a_g, a_o, c, row, rb, rh, st_ok, valid, last, n,
-                                   y, h_n, c_n, gates, cs, B, H, NEED_WS)
+                                   y, h_n, c_n, gates, cells, B, H, KEEP_FOR_BACKWARD)
     else:
         for s in range(T):
             t, valid, t_prev, first, last = _step_time(s, L, n)
@@ -106,7 +106,7 @@ def _lstm_fwd_kernel(
                 c = tl.load(c_scr + par + st_off, mask=j_ok & ~first, other=0.0)
                 c += tl.load(c0 + st_off, mask=j_ok & first, other=0.0).to(tl.float32)
                 h_new, c_new = _cell_and_store(a_i, a_f, a_g, a_o, c, row, rb, rj, j_ok, valid,
-                                               last, n, y, h_n, c_n, gates, cs, B, H, NEED_WS)
+                                               last, n, y, h_n, c_n, gates, cells, B, H, KEEP_FOR_BACKWARD)
                 tl.store(c_scr + (N * B * H - par) + st_off, c_new, mask=j_ok)
             # y[t] (= h_t) and c_scr of every tile are read by all warps next step
             tl.debug_barrier()
@@ -121,7 +121,7 @@ def _lstm_bwd_kernel(
     c0,        # [N, B, H]     X
     lengths,   # [B] int64 (read only if HAS_LENGTHS)
     gates,     # [T, B, N, 4H] f32 activated gates from the forward
-    cs,        # [T, B, N, H]  f32 cell states from the forward
+    cells,        # [T, B, N, H]  f32 cell states from the forward
     dgx,       # [T, B, N, 4H] X   out (also the dG all-gather buffer when STREAMED)
     dh0,       # [N, B, H]     X   out
     dc0,       # [N, B, H]     X   out
@@ -162,7 +162,7 @@ def _lstm_bwd_kernel(
             row = (t * B + rb) * N + n
             dp_i, dp_f, dp_g, dp_o, dc = _cell_bwd_and_store(
                 dh, dc, c_first, row, (t_prev * B + rb) * N + n, rb, rh, st_ok, valid, first, n,
-                dy, gates, cs, dgx, dc0, B, H)
+                dy, gates, cells, dgx, dc0, B, H)
             dpx = dp_i.to(w_i.dtype)
             dh = _dot(dpx, w_i, DOT_PREC, F32_DOT)
             dh += _dot(dp_f.to(w_i.dtype), w_f, DOT_PREC, F32_DOT)
@@ -188,7 +188,7 @@ def _lstm_bwd_kernel(
                 c_first = tl.load(c0 + st_off, mask=j_ok & first[:, None], other=0.0).to(tl.float32)
                 dp_i, dp_f, dp_g, dp_o, dc = _cell_bwd_and_store(
                     dh, dc, c_first, row, (t_prev * B + rb) * N + n, rb, rj, j_ok, valid, first, n,
-                    dy, gates, cs, dgx, dc0, B, H)
+                    dy, gates, cells, dgx, dc0, B, H)
                 tl.store(dc_scr + (N * B * H - par) + st_off, dc, mask=j_ok)
             tl.debug_barrier()       # dG_t of every j-tile is in dgx
             # phase 2, per k-tile: dh_{t-1}[k] = sum_j sum_g dG_g[:, j] W_g[j, k]
@@ -283,7 +283,7 @@ def _tanh(x):
 
 @triton.jit
 def _cell_and_store(a_i, a_f, a_g, a_o, c_prev, row, rb, rj, ok, valid, last, n,
-                    y, h_n, c_n, gates, cs, B, H, NEED_WS: tl.constexpr):
+                    y, h_n, c_n, gates, cells, B, H, KEEP_FOR_BACKWARD: tl.constexpr):
     """The LSTM cell on [BB, BH] f32 pre-activations; stores y (0 if invalid),
     h_n/c_n at the row's last valid step, and the workspace. -> h_t, c_t (f32)."""
     i = _sigmoid(a_i)
@@ -298,19 +298,19 @@ def _cell_and_store(a_i, a_f, a_g, a_o, c_prev, row, rb, rj, ok, valid, last, n,
     at_last = ok & last[:, None]
     tl.store(h_n + st_off, h.to(h_n.dtype.element_ty), mask=at_last)
     tl.store(c_n + st_off, c.to(c_n.dtype.element_ty), mask=at_last)
-    if NEED_WS:
+    if KEEP_FOR_BACKWARD:
         g_off = row[:, None] * (4 * H) + rj[None, :]
         tl.store(gates + g_off, i, mask=ok & v)
         tl.store(gates + g_off + H, f, mask=ok & v)
         tl.store(gates + g_off + 2 * H, g, mask=ok & v)
         tl.store(gates + g_off + 3 * H, o, mask=ok & v)
-        tl.store(cs + row[:, None] * H + rj[None, :], c, mask=ok & v)
+        tl.store(cells + row[:, None] * H + rj[None, :], c, mask=ok & v)
     return h, c
 
 
 @triton.jit
 def _cell_bwd_and_store(dh, dc, c_first, row, prev_row, rb, rj, ok, valid, first, n,
-                        dy, gates, cs, dgx, dc0, B, H):
+                        dy, gates, cells, dgx, dc0, B, H):
     """Backward of one cell step on a [BB, BH] tile: dh, dc are the gradients
     arriving at h_t, c_t (f32). Stores dG_t into dgx (zero if invalid) and dc0
     at s = 0. -> dG_i, dG_f, dG_g, dG_o (f32, zero if invalid), dc_{t-1}."""
@@ -321,10 +321,10 @@ def _cell_bwd_and_store(dh, dc, c_first, row, prev_row, rb, rj, ok, valid, first
     f = tl.load(gates + g_off + H, mask=ld, other=0.0)
     g = tl.load(gates + g_off + 2 * H, mask=ld, other=0.0)
     o = tl.load(gates + g_off + 3 * H, mask=ld, other=0.0)
-    c_t = tl.load(cs + row[:, None] * H + rj[None, :], mask=ld, other=0.0)
-    # c_{t-1}: cs at the previous step's time, or c0 at s = 0
+    c_t = tl.load(cells + row[:, None] * H + rj[None, :], mask=ld, other=0.0)
+    # c_{t-1}: cells at the previous step's time, or c0 at s = 0
     f0 = first[:, None]
-    c_prev = tl.load(cs + prev_row[:, None] * H + rj[None, :], mask=ld & ~f0, other=0.0)
+    c_prev = tl.load(cells + prev_row[:, None] * H + rj[None, :], mask=ld & ~f0, other=0.0)
     c_prev = tl.where(f0, c_first, c_prev)
     dh_out = dh + tl.load(dy + row[:, None] * H + rj[None, :], mask=ld, other=0.0).to(tl.float32)
     tc = _tanh(c_t)

@@ -88,19 +88,19 @@ def _check_inputs(gx, w_hh, w_hr, h0, c0, lengths) -> None:
                          f"{lengths.dtype} {list(lengths.shape)} on {lengths.device}")
 
 
-def forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws, plan: Optional[KernelConfig] = None):
+def forward(gx, w_hh, w_hr, h0, c0, lengths, keep_for_backward, plan: Optional[KernelConfig] = None):
     _check_inputs(gx, w_hh, w_hr, h0, c0, lengths)
-    return lstm_fwd_triton(gx, w_hh, h0, c0, lengths, need_ws, plan)
+    return lstm_fwd_triton(gx, w_hh, h0, c0, lengths, keep_for_backward, plan)
 
 
-def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cs,
+def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cells,
              plan: Optional[KernelConfig] = None):
     if w_hr is not None:
         raise ValueError("proj_size (w_hr) is not supported by the Triton backend")
-    if gates.dim() != 4 or gates.dtype != torch.float32 or cs.dtype != torch.float32:
-        raise ValueError("backward needs the fp32 workspace (gates, cs) of a forward run "
-                         "with need_ws=True")
-    dgx, dh0, dc0 = lstm_bwd_triton(dy, dh_n, dc_n, w_hh, c0, lengths, gates, cs, plan)
+    if gates.dim() != 4 or gates.dtype != torch.float32 or cells.dtype != torch.float32:
+        raise ValueError("backward needs the fp32 workspace (gates, cells) of a forward run "
+                         "with keep_for_backward=True")
+    dgx, dh0, dc0 = lstm_bwd_triton(dy, dh_n, dc_n, w_hh, c0, lengths, gates, cells, plan)
     return dgx, dh0, dc0, None
 
 
@@ -110,11 +110,11 @@ def lstm_fwd_triton(
     h0: torch.Tensor,                 # [N, B, H]     X
     c0: torch.Tensor,                 # [N, B, H]     X
     lengths: Optional[torch.Tensor],  # [B] int64, values in 1..T, or None
-    need_ws: bool,
+    keep_for_backward: bool,
     config: Optional[KernelConfig] = None,
 ):
     """-> y [T, B, N, H] X, h_n, c_n [N, B, H] X, gates [T, B, N, 4H] f32,
-    cs [T, B, N, H] f32 (both shape (0,) when not need_ws). One launch."""
+    cells [T, B, N, H] f32 (both shape (0,) when not keep_for_backward). One launch."""
     T, B, N, G = gx.shape
     H = G // 4
     prec = dot_precision(gx.dtype)
@@ -122,21 +122,21 @@ def lstm_fwd_triton(
     f32 = torch.float32
     y = gx.new_empty(T, B, N, H)          # every element written by the kernel
     h_n, c_n = h0.new_empty(N, B, H), c0.new_empty(N, B, H)
-    gates = gx.new_empty((T, B, N, G) if need_ws else (0,), dtype=f32)
-    cs = gx.new_empty((T, B, N, H) if need_ws else (0,), dtype=f32)
+    gates = gx.new_empty((T, B, N, G) if keep_for_backward else (0,), dtype=f32)
+    cells = gx.new_empty((T, B, N, H) if keep_for_backward else (0,), dtype=f32)
     # STREAMED keeps c in global memory, double-buffered by step parity.
     c_scr = gx.new_empty((2, N, B, H) if not cfg.resident else (0,), dtype=f32)
     grid = (N, triton.cdiv(B, cfg.block_b))
     with _device_of(gx):
         _lstm_fwd_kernel[grid](
             gx, w_hh, h0, c0, gx if lengths is None else lengths,
-            y, h_n, c_n, gates, cs, c_scr,
+            y, h_n, c_n, gates, cells, c_scr,
             T, B, H,
             H=H, N=N, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, RESIDENT=cfg.resident,
-            HAS_LENGTHS=lengths is not None, NEED_WS=bool(need_ws), DOT_PREC=prec,
+            HAS_LENGTHS=lengths is not None, KEEP_FOR_BACKWARD=bool(keep_for_backward), DOT_PREC=prec,
             F32_DOT=INTERPRET and gx.dtype == torch.bfloat16,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages, **maxnreg_kwargs(cfg))
-    return y, h_n, c_n, gates, cs
+    return y, h_n, c_n, gates, cells
 
 
 def lstm_bwd_triton(
@@ -147,7 +147,7 @@ def lstm_bwd_triton(
     c0: torch.Tensor,                 # [N, B, H]     X
     lengths: Optional[torch.Tensor],  # [B] int64 or None
     gates: torch.Tensor,              # [T, B, N, 4H] f32, from the forward
-    cs: torch.Tensor,                 # [T, B, N, H]  f32, from the forward
+    cells: torch.Tensor,              # [T, B, N, H]  f32, from the forward
     config: Optional[KernelConfig] = None,
 ):
     """-> dgx [T, B, N, 4H] X (zero where t >= L_b), dh0, dc0 [N, B, H] X.
@@ -166,7 +166,7 @@ def lstm_bwd_triton(
     with _device_of(dy):
         _lstm_bwd_kernel[grid](
             dy, dh_n, dc_n, w_hh, c0, dy if lengths is None else lengths,
-            gates, cs, dgx, dh0, dc0, dh_scr, dc_scr,
+            gates, cells, dgx, dh0, dc0, dh_scr, dc_scr,
             T, B,
             H=H, N=N, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h, RESIDENT=cfg.resident,
             HAS_LENGTHS=lengths is not None, DOT_PREC=prec,

@@ -43,7 +43,7 @@ struct FwdArgs {
   View y;                            // [T, B, N, H]  X  out, 0 where t >= L_b
   View h_n, c_n;                     // [N, B, H]     X  out
   View gates;                        // [T, B, N, 4H] A  out: activated i, f, g, o (ptr null: not needed)
-  View cs;                           // [T, B, N, H]  A  out: cell state after step t (ptr null: not needed)
+  View cells;                           // [T, B, N, H]  A  out: cell state after step t (ptr null: not needed)
 };
 
 // Backward recurrence: the dh/dc recurrence producing dgx, dh0, dc0.
@@ -56,7 +56,7 @@ struct BwdArgs {
   View c0;                           // [N, B, H]     X
   const int64_t* lengths = nullptr;  // [B] or nullptr
   View gates;                        // [T, B, N, 4H] A  from forward
-  View cs;                           // [T, B, N, H]  A  from forward
+  View cells;                           // [T, B, N, H]  A  from forward
   View dgx;                          // [T, B, N, 4H] X  out, 0 where t >= L_b
   View dh0, dc0;                     // [N, B, H]     X  out
 };

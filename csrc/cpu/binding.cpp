@@ -37,7 +37,7 @@ int check_threads(int n) {
 }
 
 void forward(py::handle gx, py::handle w_hh, py::handle h0, py::handle c0, py::handle lengths,
-             py::handle y, py::handle h_n, py::handle c_n, py::handle gates, py::handle cs, int num_threads) {
+             py::handle y, py::handle h_n, py::handle c_n, py::handle gates, py::handle cells, int num_threads) {
   const bilstm::TensorArg agx = bilstm::read("gx", gx);
   FwdParams p;
   bilstm::lstm_sizes(agx, p.T, p.B, p.N, p.H);
@@ -51,17 +51,17 @@ void forward(py::handle gx, py::handle w_hh, py::handle h0, py::handle c0, py::h
   p.y = bilstm::expect(bilstm::read("y", y), X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
   p.h_n = bilstm::expect(bilstm::read("h_n", h_n), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
   p.c_n = bilstm::expect(bilstm::read("c_n", c_n), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
-  if (gates.is_none() != cs.is_none())
-    throw py::value_error("gates, cs: pass both workspace tensors or neither");
+  if (gates.is_none() != cells.is_none())
+    throw py::value_error("gates, cells: pass both workspace tensors or neither");
   p.gates = bilstm::expect_optional("gates", gates, X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"4H", 4 * H}});
-  p.cs = bilstm::expect_optional("cs", cs, X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
+  p.cells = bilstm::expect_optional("cells", cells, X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
   const int nt = check_threads(num_threads);
   py::gil_scoped_release nogil;
   run_forward(p, nt);
 }
 
 void backward(py::handle dy, py::handle dh_n, py::handle dc_n, py::handle w_hh, py::handle c0,
-              py::handle lengths, py::handle gates, py::handle cs, py::handle dgx, py::handle dh0,
+              py::handle lengths, py::handle gates, py::handle cells, py::handle dgx, py::handle dh0,
               py::handle dc0, int num_threads) {
   const bilstm::TensorArg ag = bilstm::read("gates", gates);
   BwdParams p;
@@ -69,7 +69,7 @@ void backward(py::handle dy, py::handle dh_n, py::handle dc_n, py::handle w_hh, 
   const int64_t T = p.T, B = p.B, N = p.N, H = p.H;
   const DType X = p.dtype = float_dtype(ag);
   p.gates = bilstm::expect(ag, X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"4H", 4 * H}});
-  p.cs = bilstm::expect(bilstm::read("cs", cs), X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
+  p.cells = bilstm::expect(bilstm::read("cells", cells), X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
   p.dy = bilstm::expect(bilstm::read("dy", dy), X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
   p.dh_n = bilstm::expect(bilstm::read("dh_n", dh_n), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
   p.dc_n = bilstm::expect(bilstm::read("dc_n", dc_n), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
@@ -91,14 +91,14 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("forward", &forward,
         "LSTM recurrence forward on CPU tensors (float32 / float64; the last dim of each dense):\n"
         "gx [T,B,N,4H], w_hh [N,4H,H], h0/c0 [N,B,H], lengths [B] int64 (1..T) or None;\n"
-        "outputs (written) y [T,B,N,H], h_n/c_n [N,B,H], gates [T,B,N,4H] and cs [T,B,N,H] (or both None).",
+        "outputs (written) y [T,B,N,H], h_n/c_n [N,B,H], gates [T,B,N,4H] and cells [T,B,N,H] (or both None).",
         py::arg("gx"), py::arg("w_hh"), py::arg("h0"), py::arg("c0"), py::arg("lengths"), py::arg("y"),
-        py::arg("h_n"), py::arg("c_n"), py::arg("gates"), py::arg("cs"), py::arg("num_threads"));
+        py::arg("h_n"), py::arg("c_n"), py::arg("gates"), py::arg("cells"), py::arg("num_threads"));
   m.def("backward", &backward,
         "LSTM recurrence backward: dy [T,B,N,H], dh_n/dc_n [N,B,H], w_hh [N,4H,H], c0 [N,B,H],\n"
-        "lengths [B] or None, gates [T,B,N,4H], cs [T,B,N,H]; outputs dgx [T,B,N,4H], dh0/dc0 [N,B,H].",
+        "lengths [B] or None, gates [T,B,N,4H], cells [T,B,N,H]; outputs dgx [T,B,N,4H], dh0/dc0 [N,B,H].",
         py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("w_hh"), py::arg("c0"), py::arg("lengths"),
-        py::arg("gates"), py::arg("cs"), py::arg("dgx"), py::arg("dh0"), py::arg("dc0"), py::arg("num_threads"));
+        py::arg("gates"), py::arg("cells"), py::arg("dgx"), py::arg("dh0"), py::arg("dc0"), py::arg("num_threads"));
   m.attr("dtype_codes") = bilstm::dtype_codes();
   m.def("isa", [] { return std::string(active_kernels().isa); },
         "The kernel build in use: 'avx512', 'avx2' or 'baseline' (SSE2).");

@@ -262,7 +262,7 @@ void forward_job(const FwdParams& p, const Job& job, const Buffers& buf) {
   T* tile_acc = rows <= 16 ? tile_acc_stack
                            : static_cast<T*>(__builtin_alloca(sizeof(T) * rows * 4 * L + 64));
   tile_acc = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(tile_acc) + 63) & ~uintptr_t(63));
-  const bool ws = p.gates.ptr != nullptr;
+  const bool keep = p.gates.ptr != nullptr;  // write gates / cells for the backward
 
   for (int64_t s = 0; s < T_; ++s) {
     const int64_t t = n == 0 ? s : T_ - 1 - s;
@@ -291,13 +291,13 @@ void forward_job(const FwdParams& p, const Job& job, const Buffers& buf) {
         store_a(cbuf + b * Hq + j0, c);
         store_a(hn + b * Hq + j0, h);
         storeu(yp, h, nl);
-        if (ws) {
+        if (keep) {
           T* gp = at<T>(p.gates, t, b, n) + j0;
           storeu(gp, i, nl);
           storeu(gp + H, f, nl);
           storeu(gp + 2 * H, g, nl);
           storeu(gp + 3 * H, o, nl);
-          storeu(at<T>(p.cs, t, b, n) + j0, c, nl);
+          storeu(at<T>(p.cells, t, b, n) + j0, c, nl);
         }
       }
     }
@@ -367,9 +367,9 @@ void backward_job(const BwdParams& p, const Job& job, const Buffers& buf) {
         continue;
       }
       const bool has_prev = s > 0 && valid(p.lengths, b, tp);
-      const T* cprev = has_prev ? at<const T>(p.cs, tp, b, n) : at<const T>(p.c0, n, b, 0);
+      const T* cprev = has_prev ? at<const T>(p.cells, tp, b, n) : at<const T>(p.c0, n, b, 0);
       const T* gt = at<const T>(p.gates, t, b, n);
-      const T* ct = at<const T>(p.cs, t, b, n);
+      const T* ct = at<const T>(p.cells, t, b, n);
       const T* dyp = at<const T>(p.dy, t, b, n);
       for (int64_t j0 = job.lo; j0 < hi_h; j0 += L) {
         const int nl = static_cast<int>(imin(L, H - j0));

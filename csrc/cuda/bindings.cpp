@@ -7,7 +7,7 @@
 // The GIL is released during a call.
 //
 // Legend: T steps, B batch, N directions (1 or 2), H hidden size, G = 4H,
-// X the input dtype (fp32, fp16, bf16); gates, cs and the workspace are fp32.
+// X the input dtype (fp32, fp16, bf16); gates, cells and the workspace are fp32.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -88,7 +88,7 @@ DType dtype_from_code(int code) {
 }
 
 py::dict py_forward(py::handle gx, py::handle w_hh, py::handle w_t, py::handle h0, py::handle c0, py::handle lengths,
-                 py::handle y, py::handle h_n, py::handle c_n, py::handle gates, py::handle cs, py::handle ws,
+                 py::handle y, py::handle h_n, py::handle c_n, py::handle gates, py::handle cells, py::handle scratch,
                  py::handle barrier, std::uintptr_t stream, int path, int blocks, int threads, int batch_tile) {
   const TensorArg agx = bilstm::read("gx", gx);
   FwdParams p{};
@@ -107,12 +107,12 @@ py::dict py_forward(py::handle gx, py::handle w_hh, py::handle w_t, py::handle h
   p.y = bilstm::expect(bilstm::read("y", y), X, dev, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
   p.h_n = bilstm::expect(bilstm::read("h_n", h_n), X, dev, {{"N", N}, {"B", B}, {"H", H}}, kDense);
   p.c_n = bilstm::expect(bilstm::read("c_n", c_n), X, dev, {{"N", N}, {"B", B}, {"H", H}}, kDense);
-  if (gates.is_none() != cs.is_none())
-    throw py::value_error("gates, cs: pass both workspace tensors or neither");
+  if (gates.is_none() != cells.is_none())
+    throw py::value_error("gates, cells: pass both workspace tensors or neither");
   p.gates = bilstm::expect_optional("gates", gates, F, dev, {{"T", T}, {"B", B}, {"N", N}, {"4H", G}}, kDense);
-  p.cs = bilstm::expect_optional("cs", cs, F, dev, {{"T", T}, {"B", B}, {"N", N}, {"H", H}}, kDense);
-  p.ws = static_cast<float*>(
-      bilstm::expect(bilstm::read("ws", ws), F, dev, {{"fwd_workspace_floats", fwd_workspace_floats(N, B, H)}}).ptr);
+  p.cells = bilstm::expect_optional("cells", cells, F, dev, {{"T", T}, {"B", B}, {"N", N}, {"H", H}}, kDense);
+  p.scratch = static_cast<float*>(
+      bilstm::expect(bilstm::read("scratch", scratch), F, dev, {{"fwd_scratch_floats", fwd_scratch_floats(N, B, H)}}).ptr);
   p.barrier = static_cast<unsigned*>(bilstm::expect(bilstm::read("barrier", barrier), DType::i32, dev, {{"N", N}}).ptr);
   const Options o = options(path, blocks, threads, batch_tile);
   Plan pl;
@@ -124,7 +124,7 @@ py::dict py_forward(py::handle gx, py::handle w_hh, py::handle w_t, py::handle h
 }
 
 py::dict py_backward(py::handle dy, py::handle dh_n, py::handle dc_n, py::handle w_hh, py::handle c0, py::handle lengths,
-                  py::handle gates, py::handle cs, py::handle dgx, py::handle dh0, py::handle dc0, py::handle ws,
+                  py::handle gates, py::handle cells, py::handle dgx, py::handle dh0, py::handle dc0, py::handle scratch,
                   py::handle barrier, std::uintptr_t stream, int path, int blocks, int threads, int batch_tile) {
   const TensorArg ag = bilstm::read("gates", gates);
   const TensorArg ady = bilstm::read("dy", dy);
@@ -134,7 +134,7 @@ py::dict py_backward(py::handle dy, py::handle dh_n, py::handle dc_n, py::handle
   const DType X = p.dtype = float_dtype(ady), F = DType::f32;
   const int dev = device_of(ag);
   p.gates = bilstm::expect(ag, F, dev, {{"T", T}, {"B", B}, {"N", N}, {"4H", G}}, kDense);
-  p.cs = bilstm::expect(bilstm::read("cs", cs), F, dev, {{"T", T}, {"B", B}, {"N", N}, {"H", H}}, kDense);
+  p.cells = bilstm::expect(bilstm::read("cells", cells), F, dev, {{"T", T}, {"B", B}, {"N", N}, {"H", H}}, kDense);
   p.dy = bilstm::expect(ady, X, dev, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
   p.dh_n = bilstm::expect(bilstm::read("dh_n", dh_n), X, dev, {{"N", N}, {"B", B}, {"H", H}}, kDense);
   p.dc_n = bilstm::expect(bilstm::read("dc_n", dc_n), X, dev, {{"N", N}, {"B", B}, {"H", H}}, kDense);
@@ -144,8 +144,8 @@ py::dict py_backward(py::handle dy, py::handle dh_n, py::handle dc_n, py::handle
   p.dgx = bilstm::expect(bilstm::read("dgx", dgx), X, dev, {{"T", T}, {"B", B}, {"N", N}, {"4H", G}});
   p.dh0 = bilstm::expect(bilstm::read("dh0", dh0), X, dev, {{"N", N}, {"B", B}, {"H", H}}, kDense);
   p.dc0 = bilstm::expect(bilstm::read("dc0", dc0), X, dev, {{"N", N}, {"B", B}, {"H", H}}, kDense);
-  p.ws = static_cast<float*>(
-      bilstm::expect(bilstm::read("ws", ws), F, dev, {{"bwd_workspace_floats", bwd_workspace_floats(N, B, H)}}).ptr);
+  p.scratch = static_cast<float*>(
+      bilstm::expect(bilstm::read("scratch", scratch), F, dev, {{"bwd_scratch_floats", bwd_scratch_floats(N, B, H)}}).ptr);
   p.barrier = static_cast<unsigned*>(bilstm::expect(bilstm::read("barrier", barrier), DType::i32, dev, {{"N", N}}).ptr);
   const Options o = options(path, blocks, threads, batch_tile);
   Plan pl;
@@ -216,21 +216,21 @@ PYBIND11_MODULE(BILSTM_MODULE, m) {
     return py::make_tuple(l.sm_count, l.smem_per_block);
   }, py::arg("device") = 0, "(SM count, max dynamic shared memory per block) of a device (the emulated one in _cuda_emu).");
 
-  m.def("fwd_workspace_floats", &fwd_workspace_floats);
-  m.def("bwd_workspace_floats", &bwd_workspace_floats);
+  m.def("fwd_scratch_floats", &fwd_scratch_floats);
+  m.def("bwd_scratch_floats", &bwd_scratch_floats);
 
   m.def("forward", &py_forward, py::arg("gx"), py::arg("w_hh"), py::arg("w_t"), py::arg("h0"), py::arg("c0"),
-        py::arg("lengths"), py::arg("y"), py::arg("h_n"), py::arg("c_n"), py::arg("gates"), py::arg("cs"),
-        py::arg("ws"), py::arg("barrier"), py::arg("stream"), py::arg("path") = 0, py::arg("blocks") = 0,
+        py::arg("lengths"), py::arg("y"), py::arg("h_n"), py::arg("c_n"), py::arg("gates"), py::arg("cells"),
+        py::arg("scratch"), py::arg("barrier"), py::arg("stream"), py::arg("path") = 0, py::arg("blocks") = 0,
         py::arg("threads") = 0, py::arg("batch_tile") = 0,
         "Forward recurrence (lstm_api.h FwdParams): gx [T,B,N,4H] X, w_hh [N,4H,H] X, w_t [N,H,4H] X,\n"
         "h0/c0 [N,B,H] X, lengths [B] int64 or None; writes y [T,B,N,H] X, h_n/c_n [N,B,H] X,\n"
-        "gates [T,B,N,4H] and cs [T,B,N,H] fp32 (or both None); ws fp32, barrier [N] int32 zeros.\n"
+        "gates [T,B,N,4H] and cells [T,B,N,H] fp32 (or both None); scratch fp32, barrier [N] int32 zeros.\n"
         "Runs on `stream` (cudaStream_t as int). Returns the plan used.");
 
   m.def("backward", &py_backward, py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("w_hh"), py::arg("c0"),
-        py::arg("lengths"), py::arg("gates"), py::arg("cs"), py::arg("dgx"), py::arg("dh0"), py::arg("dc0"),
-        py::arg("ws"), py::arg("barrier"), py::arg("stream"), py::arg("path") = 0, py::arg("blocks") = 0,
+        py::arg("lengths"), py::arg("gates"), py::arg("cells"), py::arg("dgx"), py::arg("dh0"), py::arg("dc0"),
+        py::arg("scratch"), py::arg("barrier"), py::arg("stream"), py::arg("path") = 0, py::arg("blocks") = 0,
         py::arg("threads") = 0, py::arg("batch_tile") = 0,
         "Backward recurrence (lstm_api.h BwdParams); writes dgx [T,B,N,4H] X, dh0/dc0 [N,B,H] X. Returns the plan used.");
 }

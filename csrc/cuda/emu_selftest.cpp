@@ -32,9 +32,9 @@ struct Problem {
 size_t idx4(const Problem& p, int t, int b, int n, int j, int last) { return (((size_t)t * p.B + b) * p.N + n) * last + j; }
 
 // Double-precision reference forward + backward (docs/design.md §2, reference.py).
-void reference(const Problem& p, V& y, V& hn, V& cn, V& gates, V& cs, V& dgx, V& dh0, V& dc0) {
+void reference(const Problem& p, V& y, V& hn, V& cn, V& gates, V& cells, V& dgx, V& dh0, V& dc0) {
   const int T = p.T, B = p.B, N = p.N, H = p.H, G = p.G;
-  y.assign((size_t)T * B * N * H, 0); gates.assign((size_t)T * B * N * G, 0); cs.assign((size_t)T * B * N * H, 0);
+  y.assign((size_t)T * B * N * H, 0); gates.assign((size_t)T * B * N * G, 0); cells.assign((size_t)T * B * N * H, 0);
   hn.assign((size_t)N * B * H, 0); cn = hn; dgx.assign((size_t)T * B * N * G, 0); dh0 = hn; dc0 = hn;
   for (int n = 0; n < N; ++n)
     for (int b = 0; b < B; ++b) {
@@ -56,7 +56,7 @@ void reference(const Problem& p, V& y, V& hn, V& cn, V& gates, V& cs, V& dgx, V&
           hnew[u] = o * std::tanh(c[u]);
           gates[idx4(p, t, b, n, u, G)] = i; gates[idx4(p, t, b, n, H + u, G)] = f;
           gates[idx4(p, t, b, n, 2 * H + u, G)] = gg; gates[idx4(p, t, b, n, 3 * H + u, G)] = o;
-          cs[idx4(p, t, b, n, u, H)] = c[u];
+          cells[idx4(p, t, b, n, u, H)] = c[u];
           y[idx4(p, t, b, n, u, H)] = hnew[u];
         }
         h = hnew;
@@ -71,8 +71,8 @@ void reference(const Problem& p, V& y, V& hn, V& cn, V& gates, V& cs, V& dgx, V&
         for (int u = 0; u < H; ++u) {
           const double i = gates[idx4(p, t, b, n, u, G)], f = gates[idx4(p, t, b, n, H + u, G)];
           const double gg = gates[idx4(p, t, b, n, 2 * H + u, G)], o = gates[idx4(p, t, b, n, 3 * H + u, G)];
-          const double ct = cs[idx4(p, t, b, n, u, H)];
-          const double cp = si == 0 ? p.c0[((size_t)n * B + b) * H + u] : cs[idx4(p, order[si - 1], b, n, u, H)];
+          const double ct = cells[idx4(p, t, b, n, u, H)];
+          const double cp = si == 0 ? p.c0[((size_t)n * B + b) * H + u] : cells[idx4(p, order[si - 1], b, n, u, H)];
           const double dho = dh[u] + p.dy[idx4(p, t, b, n, u, H)];
           const double tc = std::tanh(ct);
           const double dct = dc[u] + dho * o * (1 - tc * tc);
@@ -98,7 +98,7 @@ int g_fail = 0;
 void compare(const char* what, const std::vector<float>& got, const V& want, const Problem& p, int last, bool masked) {
   double worst = 0;
   for (size_t i = 0; i < got.size(); ++i) {
-    if (masked) {  // [T, B, N, last]: only valid t (gates / cs are unspecified elsewhere)
+    if (masked) {  // [T, B, N, last]: only valid t (gates / cells are unspecified elsewhere)
       const size_t t = i / ((size_t)p.B * p.N * last), b = (i / ((size_t)p.N * last)) % p.B;
       if ((int64_t)t >= p.len[b]) continue;
     }
@@ -118,8 +118,8 @@ void run(const Problem& p, const Options& opt, const char* name) {
     for (int r = 0; r < G; ++r)
       for (int k = 0; k < H; ++k) wt[((size_t)n * H + k) * G + r] = w[((size_t)n * G + r) * H + k];
   std::vector<float> y((size_t)T * B * N * H, -7.f), hn((size_t)N * B * H), cn(hn.size());
-  std::vector<float> gates((size_t)T * B * N * G), cs((size_t)T * B * N * H);
-  std::vector<float> ws(fwd_workspace_floats(N, B, H));
+  std::vector<float> gates((size_t)T * B * N * G), cells((size_t)T * B * N * H);
+  std::vector<float> scratch(fwd_scratch_floats(N, B, H));
   std::vector<unsigned> bar(N, 0);
 
   // Dense [T, B, N, F] / [N, ...] views (strides in elements).
@@ -138,32 +138,32 @@ void run(const Problem& p, const Options& opt, const char* name) {
   fp.gx = seq(gx.data(), G); fp.w_hh = state(w.data(), G, H); fp.w_t = wt.data();
   fp.h0 = state(h0.data(), B, H); fp.c0 = state(c0.data(), B, H); fp.lengths = p.len.data();
   fp.y = seq(y.data(), H); fp.h_n = state(hn.data(), B, H); fp.c_n = state(cn.data(), B, H);
-  fp.gates = seq(gates.data(), G); fp.cs = seq(cs.data(), H);
-  fp.ws = ws.data(); fp.barrier = bar.data();
+  fp.gates = seq(gates.data(), G); fp.cells = seq(cells.data(), H);
+  fp.scratch = scratch.data(); fp.barrier = bar.data();
   const Plan pf = forward(fp, opt, 0, nullptr);
 
   std::vector<float> dgx((size_t)T * B * N * G, -7.f), dh0(hn.size()), dc0(hn.size());
-  std::vector<float> wsb(bwd_workspace_floats(N, B, H));
+  std::vector<float> wsb(bwd_scratch_floats(N, B, H));
   std::vector<unsigned> barb(N, 0);
   BwdParams bp{};
   bp.T = T; bp.B = B; bp.N = N; bp.H = H; bp.dtype = DType::f32;
   bp.dy = seq(dy.data(), H); bp.dh_n = state(dhn.data(), B, H); bp.dc_n = state(dcn.data(), B, H);
   bp.w_hh = state(w.data(), G, H); bp.c0 = state(c0.data(), B, H); bp.lengths = p.len.data();
-  bp.gates = seq(gates.data(), G); bp.cs = seq(cs.data(), H);
+  bp.gates = seq(gates.data(), G); bp.cells = seq(cells.data(), H);
   bp.dgx = seq(dgx.data(), G); bp.dh0 = state(dh0.data(), B, H); bp.dc0 = state(dc0.data(), B, H);
-  bp.ws = wsb.data(); bp.barrier = barb.data();
+  bp.scratch = wsb.data(); bp.barrier = barb.data();
   const Plan pb = backward(bp, opt, 0, nullptr);
 
   std::printf("%s: forward %s blocks=%d slice=%d threads=%d tile=%d | backward %s blocks=%d tile=%d\n", name,
               pf.path == kOnChip ? "onchip" : "stream", pf.blocks, pf.slice, pf.threads, pf.batch_tile,
               pb.path == kOnChip ? "onchip" : "stream", pb.blocks, pb.batch_tile);
-  V ry, rhn, rcn, rg, rcs, rdgx, rdh0, rdc0;
-  reference(p, ry, rhn, rcn, rg, rcs, rdgx, rdh0, rdc0);
+  V ry, rhn, rcn, rg, rcells, rdgx, rdh0, rdc0;
+  reference(p, ry, rhn, rcn, rg, rcells, rdgx, rdh0, rdc0);
   compare("y", y, ry, p, H, false);
   compare("h_n", hn, rhn, p, H, false);
   compare("c_n", cn, rcn, p, H, false);
   compare("gates", gates, rg, p, G, true);
-  compare("cs", cs, rcs, p, H, true);
+  compare("cells", cells, rcells, p, H, true);
   compare("dgx", dgx, rdgx, p, G, false);
   compare("dh0", dh0, rdh0, p, H, false);
   compare("dc0", dc0, rdc0, p, H, false);

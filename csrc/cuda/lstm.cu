@@ -146,11 +146,11 @@ __device__ __forceinline__ void gate_dots(const float* h, const T* w, size_t wk,
   }
 }
 
-// sum_row g[row] * w[row * ws]
+// sum_row g[row] * w[row * scratch]
 template <class T, class Load>
-__device__ __forceinline__ float column_dot(const float* g, const T* w, size_t ws, int rows, Load load) {
+__device__ __forceinline__ float column_dot(const float* g, const T* w, size_t scratch, int rows, Load load) {
   float acc = 0.f;
-  for (int row = 0; row < rows; ++row) acc += load(g + row) * to_f(w[row * ws]);
+  for (int row = 0; row < rows; ++row) acc += load(g + row) * to_f(w[row * scratch]);
   return acc;
 }
 
@@ -174,12 +174,12 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_fwd_kernel(const FwdParam
   const int tile = staged ? p.batch_tile : B;
   float* red_s = h_s + (size_t)p.batch_tile * H;                      // [ks, items, 4] partial sums
   const size_t wk = W_SMEM ? 4 * hs : G, wg = W_SMEM ? hs : H;        // W(k, gate) at k * wk + gate * wg
-  float* h_buf = p.ws;                                                // [2, N, B, H]
-  float* c_st = p.ws + (size_t)2 * N * B * H;                         // [N, B, H]
+  float* h_buf = p.scratch;                                                // [2, N, B, H]
+  float* c_st = p.scratch + (size_t)2 * N * B * H;                         // [N, B, H]
   const T* gx = static_cast<const T*>(p.gx.ptr);
   T* y = static_cast<T*>(p.y.ptr);
-  float* gates_ws = static_cast<float*>(p.gates.ptr);                // [T, B, N, 4H] or null
-  float* cs_ws = static_cast<float*>(p.cs.ptr);                      // [T, B, N, H] or null
+  float* gates_out = static_cast<float*>(p.gates.ptr);                // [T, B, N, 4H] or null
+  float* cells_out = static_cast<float*>(p.cells.ptr);                      // [T, B, N, H] or null
 
   if (W_SMEM) {
     for (int i = tid; i < H * 4 * hs; i += nth) {
@@ -255,10 +255,10 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_fwd_kernel(const FwdParam
         c_st[nbh] = c;
         h_next[bu] = h;
         y[y_off] = from_f<T>(h);
-        if (gates_ws) {
-          float* gw = gates_ws + (((size_t)t * B + b) * N + dir) * G + u;
+        if (gates_out) {
+          float* gw = gates_out + (((size_t)t * B + b) * N + dir) * G + u;
           gw[0] = ig; gw[H] = fg; gw[2 * H] = gg; gw[3 * H] = og;
-          cs_ws[(((size_t)t * B + b) * N + dir) * H + u] = c;
+          cells_out[(((size_t)t * B + b) * N + dir) * H + u] = c;
         }
       }
       if (ks >= 2) __syncthreads();                    // red_s free for the next tile
@@ -293,12 +293,12 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_bwd_kernel(const BwdParam
   const int tile = staged ? p.batch_tile : B;
   float* red_s = g_s + (size_t)p.batch_tile * G;                      // [ks, items] partial sums
   const size_t wstride = W_SMEM ? hs : H;                             // W(row, unit) at row * wstride
-  float* dh_st = p.ws;                                                // [N, B, H]
-  float* dc_st = p.ws + (size_t)N * B * H;                            // [N, B, H]
-  float* g_buf = p.ws + (size_t)2 * N * B * H;                        // [2, N, B, 4H]
+  float* dh_st = p.scratch;                                                // [N, B, H]
+  float* dc_st = p.scratch + (size_t)N * B * H;                            // [N, B, H]
+  float* g_buf = p.scratch + (size_t)2 * N * B * H;                        // [2, N, B, 4H]
   const T* dy = static_cast<const T*>(p.dy.ptr);
-  const float* gates_ws = static_cast<const float*>(p.gates.ptr);    // [T, B, N, 4H]
-  const float* cs_ws = static_cast<const float*>(p.cs.ptr);          // [T, B, N, H]
+  const float* gates_out = static_cast<const float*>(p.gates.ptr);    // [T, B, N, 4H]
+  const float* cells_out = static_cast<const float*>(p.cells.ptr);          // [T, B, N, H]
   const T* c0 = static_cast<const T*>(p.c0.ptr);
   T* dgx = static_cast<T*>(p.dgx.ptr);
 
@@ -328,12 +328,12 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_bwd_kernel(const BwdParam
         continue;
       }
       const size_t tbn = ((size_t)t * B + b) * N + dir;
-      const float* gt = gates_ws + tbn * G + u;
+      const float* gt = gates_out + tbn * G + u;
       const float ig = gt[0], fg = gt[H], gg = gt[2 * H], og = gt[3 * H];
-      const float c_t = cs_ws[tbn * H + u];
+      const float c_t = cells_out[tbn * H + u];
       const int t_prev = dir == 0 ? t - 1 : t + 1;     // time of the previous step
       const bool prev_valid = s > 0 && t_prev < L;
-      const float c_prev = prev_valid ? cs_ws[(((size_t)t_prev * B + b) * N + dir) * H + u] : to_f(c0[nbh]);
+      const float c_prev = prev_valid ? cells_out[(((size_t)t_prev * B + b) * N + dir) * H + u] : to_f(c0[nbh]);
       const float dh_out = dh_st[nbh] + to_f(dy[(size_t)t * p.dy.stride[0] + (size_t)b * p.dy.stride[1] + (size_t)dir * p.dy.stride[2] + u]);
       const float tc = bl_tanh(c_t);
       const float d_o = dh_out * tc;

@@ -50,22 +50,22 @@ struct Plan {
 // The op's arguments (lstm_args.h, checked once at the boundary by
 // bindings.cpp) plus what only these kernels need. Sequence tensors
 // ([T, B, N, *]) may be strided (last dim dense); every other tensor is
-// contiguous. X = the input dtype; gates / cs / the workspace are fp32.
+// contiguous. X = the input dtype; gates / cells / the workspace are fp32.
 struct FwdParams : bilstm::FwdArgs {
   const void* w_t = nullptr;         // X [N, H, 4H]  W_hh transposed: w_t[n, k, r] = w_hh[n, r, k]
-  float* ws = nullptr;               // fp32 workspace, fwd_workspace_floats(N, B, H)
+  float* scratch = nullptr;               // fp32 workspace, fwd_scratch_floats(N, B, H)
   unsigned* barrier = nullptr;       // [N] zeroed counters (one grid barrier per direction)
   int blocks = 0, slice = 0, batch_tile = 0;  // filled by the launcher from the plan
 };
 
 struct BwdParams : bilstm::BwdArgs {
-  float* ws = nullptr;               // fp32 workspace, bwd_workspace_floats(N, B, H)
+  float* scratch = nullptr;               // fp32 workspace, bwd_scratch_floats(N, B, H)
   unsigned* barrier = nullptr;       // [N] zeroed counters
   int blocks = 0, slice = 0, batch_tile = 0;
 };
 
-inline long long fwd_workspace_floats(long long N, long long B, long long H) { return 3 * N * B * H; }
-inline long long bwd_workspace_floats(long long N, long long B, long long H) { return 10 * N * B * H; }
+inline long long fwd_scratch_floats(long long N, long long B, long long H) { return 3 * N * B * H; }
+inline long long bwd_scratch_floats(long long N, long long B, long long H) { return 10 * N * B * H; }
 
 // The plan for a call on a device with `lim` (throws std::runtime_error on
 // an impossible override). Pure host logic: the same on GPU and in emulation.
