@@ -3,7 +3,7 @@
 Legend: T steps, B batch, D input features, N directions (1 or 2), H hidden,
 P = H or proj_size, L layers.
 
-One layer is exactly two things (DESIGN.md §3):
+One layer is exactly two things (docs/design.md §3):
 1. ONE GEMM producing both directions' input pre-activations, both biases
    folded in: ``gx = x @ [W_ih_fwd; W_ih_bwd]^T + (b_ih + b_hh)`` -> [T, B, N, 4H];
 2. the recurrence op (ops/recurrence.py), both directions at once.

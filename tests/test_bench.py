@@ -115,7 +115,7 @@ def test_flops_match_a_hand_count():
     assert flops(s2, "training") == 3 * flops(s2, "inference")
     # Unidirectional: half the first layer; layer 2 reads H = 4 features.
     assert flops(Shape(T=2, B=3, D=5, H=4, L=2, N=1), "inference") == 2 * (144 + 4 * 4 * 8) * 6
-    # DESIGN.md's 2*8*B*T*H*(H+D) for one bidirectional layer
+    # docs/design.md §2's 2*8*B*T*H*(H+D) for one bidirectional layer
     assert flops(Shape(T=64, B=8, D=300, H=256), "inference") == 2 * 8 * 8 * 64 * 256 * (256 + 300)
 
 

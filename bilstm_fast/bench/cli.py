@@ -21,7 +21,7 @@ from .workload import DTYPES
 
 SUBCOMMANDS = ("run", "profile", "compare")
 
-# Backends timed by default on each device (DESIGN.md §3). "reference" is the
+# Backends timed by default on each device (docs/design.md §3). "reference" is the
 # oracle, a Python loop per step: timing it says nothing about our kernels.
 # "triton" on a CPU runs in Triton's interpreter (~10 ms per program-step).
 # Both run only when named with --backends (or with --backends all).

@@ -32,7 +32,7 @@ class Shape:
 
 
 def flops(shape: Shape, mode: str) -> int:
-    """FLOPs of one call of the whole module (DESIGN.md §2).
+    """FLOPs of one call of the whole module (docs/design.md §2).
 
     Per layer forward: 2 (mul+add) · 4 gates · N directions · B·T·H·(H + D_l),
     i.e. 2·8·B·T·H·(H+D) when bidirectional; D_0 = D and D_l = N·H for l > 0

@@ -96,7 +96,7 @@ def make_step(model: nn.Module, inputs: Inputs, mode: str,
 # Scaled error: max|got - want| / max|want|, so that weight gradients (sums
 # over T·B terms) and outputs (|h| < 1) share one tolerance. fp32/fp64 compare
 # with nn.LSTM in the same dtype. fp16/bf16 use the three-way bound of
-# STYLE.md: err(ours, fp32 ref) <= 2 * err(nn.LSTM same dtype, fp32 ref) + atol,
+# The three-way bound (docs/design.md §6): err(ours, fp32 ref) <= 2 * err(nn.LSTM same dtype, fp32 ref) + atol,
 # because half-precision error grows with T and fixed tolerances get flaky.
 # TOLERANCE is the bound for fp32/fp64 and the atol of the bound for fp16/bf16.
 TOLERANCE = {"fp64": 1e-9, "fp32": 2e-4, "fp16": 2e-3, "bf16": 1.6e-2}

@@ -1,4 +1,4 @@
-"""The LSTM recurrence op (DESIGN.md §3) and its backends.
+"""The LSTM recurrence op (docs/design.md §3) and its backends.
 
 recurrence.py  the op: validation, torch.library registration, autograd, dispatch
 backends.py    the backend contract and registry (which backend runs a call)

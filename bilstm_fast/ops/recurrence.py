@@ -144,7 +144,7 @@ def lstm_recurrence(
     w_hr: Optional[Tensor] = None,     # [N, P, H] projection (proj_size), or None
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Run the LSTM recurrence of N directions at once (DESIGN.md §3).
+    """Run the LSTM recurrence of N directions at once (docs/design.md §3).
 
     Returns ``y [T, B, N, P]`` (zero where t >= L_b), ``h_n [N, B, P]`` and
     ``c_n [N, B, H]``. Differentiable in gx, w_hh, w_hr, h0 and c0.

@@ -1,4 +1,4 @@
-// emu.h — runs CUDA kernel source as plain C++ on CPU threads (DESIGN.md §5).
+// emu.h — runs CUDA kernel source as plain C++ on CPU threads (docs/design.md §6).
 //
 // The kernels in lstm.cu compile unchanged against this header when
 // BILSTM_CUDA_EMULATE is defined (the module bilstm_fast._cuda_emu, and the
