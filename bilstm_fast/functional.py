@@ -1,26 +1,29 @@
 """Functional (multi-)layer LSTM: input projection GEMM + the fused recurrence op.
 
-Legend: T steps, B batch, D input features, N directions (1 or 2), H hidden,
-P = H or proj_size, L layers.
+Legend (docs/design.md §0): T steps, B batch, D input features, N directions
+(1 or 2), H hidden, P = H or proj_size, L layers.
 
-One layer is exactly two things (docs/design.md §3):
+One layer is exactly two things (docs/design.md §3), both inside the op
+``bilstm_fast::lstm_layer`` (ops/recurrence.py):
 1. ONE GEMM producing both directions' input pre-activations, both biases
    folded in: ``gx = x @ [W_ih_fwd; W_ih_bwd]^T + (b_ih + b_hh)`` -> [T, B, N, 4H];
-2. the recurrence op (ops/recurrence.py), both directions at once.
+2. the fused recurrence, both directions at once.
 
-Step 1 needs the directions' weights side by side (``LayerWeights``), which
-``pack_weights`` builds from nn.LSTM's per-direction parameters with torch
-ops, so autograd routes the gradients back to those parameters.
+Step 1 needs the directions' weights side by side (``LayerWeights``).
+``pack_weights`` builds them from nn.LSTM's per-direction parameters with
+torch ops, so autograd routes the gradients back to those parameters;
+BiLSTM can also hand over views of its flat weight buffer (module.py).
 """
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .ops import lstm_recurrence
+from .ops import recurrence
 
 MERGE_MODES = ("concat", "sum", "mean", "mul")
 
@@ -33,7 +36,8 @@ def merged_size(hidden: int, num_directions: int, merge_mode: str) -> int:
 class LayerWeights(NamedTuple):
     """One layer's weights, both directions side by side."""
     w_ih: Tensor            # [N*4H, D]  direction 0's rows, then direction 1's
-    bias: Optional[Tensor]  # [N*4H]     b_ih + b_hh, or None (bias=False)
+    b_ih: Optional[Tensor]  # [N*4H], or None (bias=False)
+    b_hh: Optional[Tensor]  # [N*4H], or None (bias=False)
     w_hh: Tensor            # [N, 4H, P]
     w_hr: Optional[Tensor]  # [N, P, H], or None (no projection)
 
@@ -50,9 +54,11 @@ def pack_weights(weights: Sequence[Sequence[Tensor]], bidirectional: bool = True
     layers = []
     for k in range(0, len(weights), N):
         dirs = weights[k:k + N]
+        side_by_side = (lambda ts: torch.cat(ts)) if N > 1 else (lambda ts: ts[0])
         layers.append(LayerWeights(
-            w_ih=torch.cat([w[0] for w in dirs]) if N > 1 else dirs[0][0],
-            bias=torch.cat([w[2] + w[3] for w in dirs]) if has_bias else None,
+            w_ih=side_by_side([w[0] for w in dirs]),
+            b_ih=side_by_side([w[2] for w in dirs]) if has_bias else None,
+            b_hh=side_by_side([w[3] for w in dirs]) if has_bias else None,
             w_hh=torch.stack([w[1] for w in dirs]),
             w_hr=torch.stack([w[-1] for w in dirs]) if has_proj else None))
     return layers
@@ -67,11 +73,8 @@ def lstm_layer(
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer of N directions. Returns y [T, B, N, P], h_n [N, B, P], c_n [N, B, H]."""
-    T, B, D = x.shape
-    N, G, _ = lw.w_hh.shape
-    x2 = x.reshape(T * B, D)
-    gx = torch.addmm(lw.bias, x2, lw.w_ih.t()) if lw.bias is not None else torch.mm(x2, lw.w_ih.t())
-    return lstm_recurrence(gx.view(T, B, N, G), lw.w_hh, h0, c0, lengths, lw.w_hr, backend=backend)
+    return recurrence.lstm_layer(x, lw.w_ih, lw.b_ih, lw.b_hh, lw.w_hh, h0, c0, lengths, lw.w_hr,
+                                 backend=backend)
 
 
 def bilstm_layers(
@@ -101,8 +104,11 @@ def bilstm_layers(
     out = x
     for layer, lw in enumerate(layers):
         sl = slice(layer * N, (layer + 1) * N)
-        # A named range per layer in torch.profiler traces (NVTX under emit_nvtx / nsys).
-        with torch.profiler.record_function(f"bilstm_fast.layer{layer}"):
+        # A named range per layer in torch.profiler traces (NVTX under
+        # emit_nvtx / nsys); not while compiling, where Dynamo would only warn
+        # that it ignores it (every compile: a drop-in compiles quietly).
+        with (contextlib.nullcontext() if torch.compiler.is_compiling()
+              else torch.profiler.record_function(f"bilstm_fast.layer{layer}")):
             y, h_n, c_n = lstm_layer(out, lw, h0[sl], c0[sl], lengths, backend)
         h_ns.append(h_n)
         c_ns.append(c_n)

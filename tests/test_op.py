@@ -137,3 +137,134 @@ def test_dtype_codes_mirror_the_native_table():
             continue
         print(name, mod.dtype_codes)
         assert dict(mod.dtype_codes) == want
+
+
+# ------------------------------------------------------------ double backward
+def test_gradgradcheck_recurrence_op():
+    """create_graph=True through lstm_recurrence (before: "no autograd formula
+    registered" from torch): the backward recomputes through the reference."""
+    a = _op_inputs(T=3, B=2, H=2, lengths=torch.tensor([3, 1]))
+    names = ["gx", "w_hh", "h0", "c0"]
+    ins = tuple(a[n].detach().requires_grad_() for n in names)
+
+    def f(*ts):
+        return lstm_recurrence(*ts, lengths=a["lengths"], backend="reference")
+
+    assert torch.autograd.gradgradcheck(f, ins)
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_gradgradcheck_layer_op(backend):
+    """create_graph=True through the layer op (x, W_ih, biases, W_hh, h0, c0)."""
+    g = torch.Generator().manual_seed(1)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=F64).requires_grad_()  # noqa: E731
+    T, B, D, H, N = 3, 2, 2, 2, 2
+    ins = (mk(T, B, D), mk(N * 4 * H, D), mk(N * 4 * H), mk(N * 4 * H), mk(N, 4 * H, H),
+           mk(N, B, H), mk(N, B, H))
+
+    def f(x, w_ih, b_ih, b_hh, w_hh, h0, c0):
+        return rec.lstm_layer(x, w_ih, b_ih, b_hh, w_hh, h0, c0, torch.tensor([3, 2]), backend=backend)
+
+    assert torch.autograd.gradgradcheck(f, ins)
+
+
+def test_gradient_penalty_matches_nn_lstm():
+    """A gradient penalty (double backward) on BiLSTM gives nn.LSTM's parameter gradients."""
+    ref, ours = lstm_pair(3, 4, num_layers=2)
+    x = torch.randn(5, 2, 3, dtype=F64)
+    grads = {}
+    for name, m in (("nn", ref), ("ours", ours)):
+        xi = x.clone().requires_grad_()
+        out, (h_n, _) = m(xi)
+        (gx,) = torch.autograd.grad(out.square().sum() + h_n.sum(), xi, create_graph=True)
+        gx.square().sum().backward()
+        grads[name] = {n: p.grad for n, p in m.named_parameters()}
+    for n in grads["nn"]:
+        assert_close(f"d/d{n} of the penalty", grads["ours"][n], grads["nn"][n], 1e-9, 1e-11)
+
+
+def test_opcheck_layer_op():
+    g = torch.Generator().manual_seed(2)
+    mk = lambda *s: torch.randn(*s, generator=g, dtype=F64).requires_grad_()  # noqa: E731
+    T, B, D, H, N = 3, 2, 4, 3, 2
+    for lengths, bias in ((None, True), (torch.tensor([3, 1]), False)):
+        b = (mk(N * 4 * H), mk(N * 4 * H)) if bias else (None, None)
+        args = (mk(T, B, D), mk(N * 4 * H, D), *b, mk(N, 4 * H, H), None, mk(N, B, H), mk(N, B, H),
+                lengths, "reference", True)
+        torch.library.opcheck(rec._lstm_layer_op, args)
+
+
+# ------------------------------------------- torch.compile on PackedSequence
+@pytest.mark.parametrize("enforce_sorted,fullgraph", [(False, True), (True, False)])
+def test_torch_compile_packed_sequence_matches_eager(enforce_sorted, fullgraph, caplog):
+    """The most common LSTM input in a tagger (before: "The tensor has a
+    non-zero number of elements, but its data is not allocated yet" from the
+    unpack step). Packed unsorted, B is a static size and the whole forward is
+    one graph; packed sorted, B is read from batch_sizes (a graph break).
+    Compiling logs nothing about the per-layer profiler ranges."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    torch._dynamo.reset()
+    ref, ours = lstm_pair(4, 6, num_layers=2, dtype=torch.float32, backend="reference")
+    lengths = torch.tensor([5, 3, 4]) if not enforce_sorted else torch.tensor([5, 4, 3])
+    x = torch.randn(5, 3, 4)
+    xc, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    compiled = torch.compile(ours, fullgraph=fullgraph)
+    with caplog.at_level("WARNING"):
+        out_c, (h_c, c_c) = compiled(pack_padded_sequence(xc, lengths, enforce_sorted=enforce_sorted))
+    assert not [r for r in caplog.records if "record_function" in r.getMessage()
+                or "Profiler" in r.getMessage()], [r.getMessage() for r in caplog.records]
+    out_r, (h_r, c_r) = ref(pack_padded_sequence(xr, lengths, enforce_sorted=enforce_sorted))
+    pc, pr = pad_packed_sequence(out_c)[0], pad_packed_sequence(out_r)[0]
+    assert_close("compiled packed output vs nn.LSTM", pc, pr, 1e-5, 1e-5)
+    assert_close("compiled h_n vs nn.LSTM", h_c, h_r, 1e-5, 1e-5)
+    assert_close("compiled c_n vs nn.LSTM", c_c, c_r, 1e-5, 1e-5)
+    (g_c,) = torch.autograd.grad(pc.sum() + h_c.sum(), xc)
+    (g_r,) = torch.autograd.grad(pr.sum() + h_r.sum(), xr)
+    assert_close("compiled packed grad", g_c, g_r, 1e-5, 1e-5)
+
+
+def test_torch_compile_replace_lstm_model_on_packed_batches():
+    """A tagger-like model made by replace_lstm, compiled, fed packed batches of
+    different lengths: equal to the nn.LSTM model it came from."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+    torch._dynamo.reset()
+
+    class Tagger(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = torch.nn.Embedding(20, 8)
+            self.lstm = torch.nn.LSTM(8, 6, num_layers=2, bidirectional=True, batch_first=True)
+            self.out = torch.nn.Linear(12, 5)
+
+        def forward(self, tokens, lengths):
+            packed = pack_padded_sequence(self.emb(tokens), lengths, batch_first=True, enforce_sorted=False)
+            y, _ = self.lstm(packed)
+            y, _ = pad_packed_sequence(y, batch_first=True, total_length=tokens.shape[1])
+            return self.out(y)
+
+    torch.manual_seed(3)
+    ref = Tagger().eval()
+    model = bilstm_fast.replace_lstm(Tagger().eval())
+    model.load_state_dict(ref.state_dict())
+    compiled = torch.compile(model)
+    for B, T in ((3, 7), (4, 5)):
+        tokens = torch.randint(0, 20, (B, T))
+        lengths = torch.randint(1, T + 1, (B,))
+        lengths[0] = T
+        with torch.no_grad():
+            assert_close(f"tagger B={B} T={T}", compiled(tokens, lengths), ref(tokens, lengths), 1e-5, 1e-5)
+
+
+# ------------------------------------------------------------------ tracing
+def test_traced_module_follows_a_later_load_state_dict():
+    """torch.jit.trace under no_grad used to bake cached packed weights into
+    the trace as constants: a later load_state_dict was ignored."""
+    ref, ours = lstm_pair(3, 4, num_layers=2, dtype=torch.float32)
+    x = torch.randn(5, 2, 3)
+    with torch.no_grad():
+        ours(x)                  # evaluated first, as a user would before tracing
+        traced = torch.jit.trace(ours, (x,), check_trace=False)
+    other = torch.nn.LSTM(3, 4, num_layers=2, bidirectional=True)
+    traced.load_state_dict(other.state_dict())
+    with torch.no_grad():
+        assert_close("traced after load_state_dict", traced(x)[0], other(x)[0], 1e-5, 1e-5)
