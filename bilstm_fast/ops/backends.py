@@ -2,9 +2,9 @@
 this machine can run, and which one ``backend="auto"`` picks.
 
 Every backend is a module that implements the op contract of docs/design.md §3
-(legend: T time steps, B batch, N directions (1 or 2), H hidden size,
-P = H, or proj_size when a projection is used; X is the input dtype and
-A the accumulation dtype: float64 for float64 input, else float32)::
+(legend, docs/design.md §0: T time steps, B batch, N directions (1 or 2),
+H hidden size, P = H, or proj_size when a projection is used; X is the input
+dtype and A the accumulation dtype: float64 for float64 input, else float32)::
 
     NAME: str
     unavailable_reason() -> str | None

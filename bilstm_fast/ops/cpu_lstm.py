@@ -1,6 +1,7 @@
 """CPU backend: the fused C++ recurrence kernels of bilstm_fast._cpu (csrc/cpu/).
 
-Legend: T steps, B batch, N directions (1 or 2), H hidden, X input dtype.
+Legend (docs/design.md §0): T steps, B batch, N directions (1 or 2), H hidden,
+X input dtype.
 
 Implements the backend contract of backends.py for CPU tensors in float32
 and float64 without projection. What it declines (``unsupported_reason``, so

@@ -1,8 +1,9 @@
 """Reference backend: the recurrence op in pure torch — the oracle every other
 backend is tested against (it is itself tested against torch.nn.LSTM).
 
-Legend: T steps, B batch, N directions (1 or 2), H hidden, P = H or proj_size,
-X input dtype, A accumulation dtype (float64 for float64, else float32).
+Legend (docs/design.md §0): T steps, B batch, N directions (1 or 2), H hidden,
+P = H or proj_size, X input dtype, A accumulation dtype (float64 for float64,
+else float32).
 
 Both directions advance together: at step s direction 0 is at time t = s and
 direction 1 at t = T-1-s, so one batched matmul per step ([N, B, P] x

@@ -1,7 +1,8 @@
 // lstm_args.h — the recurrence op's arguments as every native kernel sees them
 // (contract: bilstm_fast/ops/backends.py; design: docs/design.md §3).
 //
-// Legend: T steps, B batch, N directions (1 or 2), H hidden size, G = 4H.
+// Legend (docs/design.md §0): T steps, B batch, N directions (1 or 2), H hidden
+// size, G = 4H.
 //
 // Plain structs, no pybind11, CUDA or torch types: this header compiles in the
 // CPU kernels, in nvcc translation units and in the CUDA emulation alike.

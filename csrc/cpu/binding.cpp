@@ -6,7 +6,7 @@
 // the GIL and runs the kernels. Python (bilstm_fast/ops/cpu_lstm.py) only
 // allocates the outputs and calls.
 //
-// Legend: T steps, B batch, N directions (1 or 2), H hidden size, X the
+// Legend (docs/design.md §0): T steps, B batch, N directions (1 or 2), H hidden size, X the
 // input dtype (float32 or float64, also the workspace dtype here).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
