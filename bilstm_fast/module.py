@@ -346,7 +346,6 @@ class BiLSTM(nn.RNNBase):
                                  f"input, got {t.dtype} on {t.device}")
         return h0, c0
 
-
     # ---------------------------------------------------------- TorchScript
     # forward under torch.jit.script. It calls the op through the dispatcher
     # (torch.ops.bilstm_fast.lstm_layer, in functional.lstm_layer), so a

@@ -20,7 +20,7 @@ import onnxruntime
 import pytest
 import torch
 from torch import Tensor, nn
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import bilstm_fast
 from bilstm_fast import BiLSTM
