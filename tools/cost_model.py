@@ -307,18 +307,26 @@ class Node:
     trips: float                  # SASS iterations per iteration of the parent node
     warps: int
     unroll: int = 1
-    level: dict = field(default_factory=dict)
     children: list["Node"] = field(default_factory=list)
     t_lat: float = 0.0            # latency-chain cycles of all its trips
     t_thr: float = 0.0            # throughput-bound cycles of all its trips
     t: float = 0.0                # max of the two: its contribution to the parent
 
+    bounds: dict = field(default_factory=dict)   # throughput bound per resource, one iteration
+
     @property
     def name(self) -> str:
-        return self.spec.name if self.spec else "spin" if self.trips else "?"
+        return self.spec.name if self.spec else "grid-barrier spin" if self.trips else "?"
 
 
 class StepAnalysis:
+    """One step of one kernel variant on one GPU: the step loop of the SASS,
+    its loops with trip counts (a tree of Nodes), one warp simulated through
+    it, the throughput bounds of all warps. After run(): root.t is the SM's
+    cycles per step; counts / opcodes / bytes / waits / round_trips the
+    per-step breakdown (counts and bytes for the whole block, waits and round
+    trips along the simulated warp's path)."""
+
     def __init__(self, m: Machine, instrs: list[sass.Instr], launch: Launch):
         self.m, self.instrs, self.launch = m, instrs, launch
         self.by_addr = {i.addr: n for n, i in enumerate(instrs)}
@@ -333,9 +341,11 @@ class StepAnalysis:
         self.bytes = {"shared": 0.0, "l2": 0.0, "hbm": 0.0, "global_store": 0.0}
         self.waits: dict = {}              # what the simulated warp waited for, cycles per step
         self.round_trips = 0.0             # dependent global round trips on the simulated warp's path
+        self.barrier_cycles = 0.0          # the simulated warp's time in grid barriers, per step
         self.shared_generic = self._generic_shared()   # addresses of LD/ST that address shared memory
         self.skip = self._not_executed()
         self.root = self._build(self.step, None, 1, launch.warps)
+        self.barrier_addrs = self._grid_barriers()
 
     # ---------------------------------------------------------- structure
     def _find_step(self, roots: list[sass.Loop]) -> sass.Loop:
@@ -387,6 +397,20 @@ class StepAnalysis:
                 out.add(i.addr)
         return out
 
+    def _grid_barriers(self) -> set:
+        """Addresses of the step loop's grid barriers: from the last BAR.SYNC
+        before a global atomic (the arrival) to the first BAR.SYNC after it
+        (the spin loop between them is timed as its own node)."""
+        own = [i for i in sass.body(self.instrs, self.step, own=False)]
+        out = set()
+        for n, ins in enumerate(own):
+            if ins.cls != "atomic":
+                continue
+            lo = max((k for k in range(n) if own[k].op == "BAR"), default=n)
+            hi = min((k for k in range(n + 1, len(own)) if own[k].op == "BAR"), default=n)
+            out |= {own[k].addr for k in range(lo, hi + 1)}
+        return out
+
     def _spec_for(self, loop: sass.Loop) -> Optional[LoopSpec]:
         own = sass.body(self.instrs, loop)
         for spec in self.launch.loops:
@@ -405,11 +429,11 @@ class StepAnalysis:
         node = Node(loop, spec, trips, warps)
         groups: dict = {}
         for child in loop.children:
-            own = sass.body(self.instrs, child)
-            if any(i.op == "NANOSLEEP" for i in own):              # a grid-barrier spin loop
+            cs = self._spec_for(child)
+            if cs is None and any(i.op == "NANOSLEEP" for i in sass.body(self.instrs, child)):
+                # an undescribed loop that sleeps: a grid barrier's spin loop (Launch.spin_polls)
                 groups.setdefault(("spin", id(child)), (None, []))[1].append(child)
                 continue
-            cs = self._spec_for(child)
             if cs is None:
                 raise LookupError(
                     f"{self.launch.function}: no LoopSpec for the loop at {child.header:#x} "
@@ -490,14 +514,19 @@ class StepAnalysis:
             if ins.addr in kids:
                 child = kids[ins.addr]
                 t += child.t
+                if record and child.spec is None and child.loop.header in self.barrier_addrs:
+                    self.barrier_cycles += child.t * record
                 for b in range(len(sb)):
                     sb[b] = min(sb[b], t)
                 k = self.by_addr[stops[ins.addr]] + 1
                 continue
             if ins.addr not in self.skip:
                 seq = [ins] + (self._callee(ins) if ins.calls_subroutine else [])
+                t0 = t
                 for x in seq:
                     t = self._issue(x, t, sb, sbk, record)
+                if record and ins.addr in self.barrier_addrs:
+                    self.barrier_cycles += (t - t0) * record
             k += 1
         return t
 
@@ -945,6 +974,7 @@ def analyze(kernel: KernelModel, gpu: GpuSpec, dtype: str, H: int, B: int, N: in
         bytes_per_step_gpu={"l2": round(l2_bytes), "hbm": round(an.bytes["hbm"] * launch.blocks)},
         bounds_us={"sm": t_sm * 1e6, "l2_bandwidth": t_l2 * 1e6, "hbm_bandwidth": t_hbm * 1e6},
         serial_chain={"dependent_global_round_trips": round(an.round_trips, 1),
+                      "grid_barrier_cycles": round(an.barrier_cycles),
                       "waits_cycles": {k: round(v) for k, v in sorted(w.items(), key=lambda kv: -kv[1])},
                       "l2_hit_cycles": round(m.l2), "l2_hit_range": [round(x) for x in m.l2_range]},
         loops=an.loops(),
@@ -1053,7 +1083,8 @@ def _verbose(r: dict) -> str:
                f"HBM bandwidth {bu['hbm_bandwidth']:.3f}")
     ch = r["serial_chain"]
     out.append(f"  serial chain of the simulated warp: {ch['dependent_global_round_trips']} dependent global "
-               f"round trips (L2 hit {ch['l2_hit_cycles']} cycles, range {ch['l2_hit_range']}); waits: " +
+               f"round trips (L2 hit {ch['l2_hit_cycles']} cycles, range {ch['l2_hit_range']}); grid barrier "
+               f"{ch['grid_barrier_cycles']} cycles; waits: " +
                ", ".join(f"{k} {v}" for k, v in ch["waits_cycles"].items()))
     if r.get("gemm_tensor_fraction") is not None:
         out.append(f"  recurrent GEMM at {100 * r['gemm_tensor_fraction']:.2f}% of the dense tensor-core peak")
@@ -1075,28 +1106,31 @@ def constants_table() -> str:
     return "\n".join(lines)
 
 
-def run_rows(gpus, kernels, dtypes, shapes, jobs: int = 1) -> list[dict]:
-    todo = list(itertools.product(gpus, kernels, dtypes, shapes))
+def _row(item) -> dict:
+    g, k, d, (b, h) = item
+    try:
+        return predict(g, k, d, h, b)
+    except Exception as e:      # a row that cannot be predicted says why; the run goes on
+        return dict(gpu=gpu_specs.lookup(g).name, kernel=k, dtype=d, H=h, B=b, error=f"{type(e).__name__}: {e}")
 
-    def one(item):
-        g, k, d, (b, h) = item
-        try:
-            return predict(g, k, d, h, b)
-        except Exception as e:      # a row that cannot be predicted says why; the run goes on
-            return dict(gpu=gpu_specs.lookup(g).name, kernel=k, dtype=d, H=h, B=b,
-                        error=f"{type(e).__name__}: {e}")
-    # compile what is missing first, in parallel (nvcc / triton.compile in workers)
-    if jobs > 1:
-        from concurrent.futures import ThreadPoolExecutor
-        warm = {}
-        for g, k, d, (b, h) in todo:
-            gpu = gpu_specs.lookup(g)
-            kern = KERNELS[k]
-            key = (kern.backend, gpu.cc) if kern.backend == "cuda" else (k, gpu.cc, d, h)
-            warm.setdefault(key, (g, k, d, (b, h)))
-        with ThreadPoolExecutor(jobs) as ex:
-            list(ex.map(lambda it: _warm(*it), warm.values()))
-    return [one(it) for it in todo]
+
+def run_rows(gpus, kernels, dtypes, shapes, jobs: int = 1) -> list[dict]:
+    """Predict every (GPU, kernel, dtype, (B, H)); jobs > 1: compile the missing
+    cubins, then predict, in that many worker processes (cubins land in
+    cache_dir(); consecutive rows share a cubin, so they go to one worker)."""
+    todo = list(itertools.product(gpus, kernels, dtypes, shapes))
+    if jobs <= 1:
+        return [_row(it) for it in todo]
+    from concurrent.futures import ProcessPoolExecutor
+    warm = {}
+    for g, k, d, (b, h) in todo:
+        gpu = gpu_specs.lookup(g)
+        kern = KERNELS[k]
+        key = (kern.backend, gpu.cc) if kern.backend == "cuda" else (k, gpu.cc, d, h)
+        warm.setdefault(key, (g, k, d, (b, h)))
+    with ProcessPoolExecutor(jobs) as ex:
+        list(ex.map(_warm, *zip(*warm.values())))
+        return list(ex.map(_row, todo, chunksize=max(1, len(todo) // (4 * jobs))))
 
 
 def _warm(g, k, d, shape):

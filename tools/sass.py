@@ -209,7 +209,7 @@ _OPS = {
                    "UTMACCTL", "UTMACMDFLUSH", "UBLKPF"},
     "const": {"LDC", "ULDC"},
     "shuffle": {"SHFL", "VOTE", "VOTEU", "MATCH", "REDUX"},
-    "special": {"S2R", "S2UR", "CS2R", "B2R", "R2B"},
+    "special": {"S2R", "S2UR", "B2R", "R2B"},
     "barrier": {"BAR", "WARPSYNC", "SYNCS", "DEPBAR", "WARPGROUP", "BSSY", "BSYNC", "ARRIVES"},
     "fence": {"MEMBAR", "ERRBAR", "CGAERRBAR", "CCTL", "CCTLL", "FENCE"},
     "sleep": {"NANOSLEEP"},
@@ -224,6 +224,8 @@ def classify(opcode: str, operands: str = "") -> str:
     """Class of a SASS opcode (full mnemonic): one of CLASSES. "uniform" is the
     uniform datapath (U* ops), "alu" every other integer/logic/predicate op."""
     op = opcode.split(".")[0]
+    if op == "CS2R":            # CS2R Rx, SRZ clears a register pair; other sources are clocks
+        return "move" if "SRZ" in operands else "special"
     if op == "HFMA2" and ".MMA" in opcode and re.match(r"R\d+, -?RZ, RZ", operands):
         return "move"           # HFMA2.MMA Rx, -RZ, RZ, ... : a register clear on the FMA pipe
     if op in _OP_CLASS:

@@ -196,7 +196,7 @@ _PTX_NANOSLEEP = "PTX ISA, nanosleep: suspends the thread for approximately the 
 
 
 def _common(fp32_lanes: int, tc_fma: float, tc_src: str, l2_near: float, l2_src: str,
-            l2_sm_bytes: float, smem_lat: float, hbm_extra: float) -> dict:
+            l2_sm_bytes: float, smem_lat: float, hbm_extra: float, far: Fact) -> dict:
     """Facts shared by the three architectures, with their per-arch values."""
     return {
         "schedulers": Fact(4, "warp instr/clk/SM", _WP_SM, "read"),
@@ -210,13 +210,16 @@ def _common(fp32_lanes: int, tc_fma: float, tc_src: str, l2_near: float, l2_src:
         "smem_bytes_clk": Fact(128, "B/clk/SM", _JIA_VOLTA + "; unchanged on Ampere/Ada/Hopper "
                                                              "(32 banks of 4 B)", "recalled"),
         "tc_fma_clk": Fact(tc_fma, "dense fp16 FMA/clk/SM for mma.sync (HMMA)", tc_src, "derived"),
+        "l2_gpu_bytes_clk_per_sm": Fact(47, "B/clk per SM, all SMs reading L2",
+                                        "A100 whitepaper: L2 read bandwidth 5120 B/clk for 108 SMs (= 47); "
+                                        "the same per SM assumed for Ada and Hopper", "recalled"),
         "l2_sm_bytes_clk": Fact(l2_sm_bytes, "B/clk/SM, one SM reading L2",
                                 "recalled order of magnitude (64 B/clk SM-to-L2 port; the A100 whitepaper's "
                                 "5120 B/clk aggregate L2 read bandwidth is 47 B/clk per SM with all 108 "
                                 "SMs reading)"),
         "lat_smem": Fact(smem_lat, "cycles", _AMPERE_MB + "; " + _HOPPER_MB + " (shared-memory load: ~23-33)"),
         "lat_l2_near": Fact(l2_near, "cycles", l2_src),
-        "l2_far_factor": Fact(1.75, "x", _GTC21_L2, "read"),
+        "l2_far_factor": far,
         "lat_hbm_extra": Fact(hbm_extra, "cycles beyond an L2 hit",
                               _AMPERE_MB + "; " + _HOPPER_MB + " (global-memory miss minus L2 hit)"),
         "lat_atomic": Fact(0, "cycles beyond an L2 hit", "assumed: a global atomic is one L2 round trip", "assumed"),
@@ -240,18 +243,22 @@ def _common(fp32_lanes: int, tc_fma: float, tc_src: str, l2_near: float, l2_src:
 ARCH: dict[int, ArchFacts] = {
     80: ArchFacts(80, _common(
         64, 1024, "A100 dense FP16 312 TFLOPS / (108 SMs x 1.41 GHz) / 2 = 1024 FMA/clk/SM", 200,
-        _AMPERE_MB + " (A100 L2 hit ~ 200)", 64, 23, 270)),
+        _AMPERE_MB + " (A100 L2 hit ~ 200)", 64, 23, 270, Fact(1.75, "x", _GTC21_L2, "read"))),
     89: ArchFacts(89, _common(
         128, 512, "L4 dense FP16 121 TFLOPS / (58 SMs x 2.04 GHz) / 2 = 512 FMA/clk/SM (FP32 accumulate; "
                   "the RTX 4090's GeForce rate with FP32 accumulate is half: 165.2 / (128 x 2.52) / 2 = 256, "
-                  "see GpuSpec.fp16)", 270, _HOPPER_MB + " (RTX 4090 L2 hit ~ 270)", 64, 30, 300)),
+                  "see GpuSpec.fp16)", 270, _HOPPER_MB + " (RTX 4090 L2 hit ~ 270)", 64, 30, 300,
+        Fact(1.0, "x", "assumed: no near/far L2 partition penalty on AD10x (none reported in the "
+                       "sources above)", "assumed"))),
     90: ArchFacts(90, _common(
         128, 1024, "assumed: mma.sync (HMMA) on Hopper at the A100's per-SM-clock rate, 1024 FMA/clk/SM; "
                    "only wgmma (HGMMA) reaches the datasheet's 989.5 TFLOPS = 132 SMs x 1.83 GHz x 2048 FMA; "
                    + _HOPPER_MB + " reports mma.sync well below wgmma on H800", 260,
-        _HOPPER_MB + " (H800 L2 hit ~ 260)", 64, 30, 300)),
+        _HOPPER_MB + " (H800 L2 hit ~ 260)", 64, 30, 300,
+        Fact(1.75, "x", "assumed: the A100's far/near ratio (" + _GTC21_L2 + "); the H100's L2 is two "
+                        "partitions too (Chips and Cheese, 'Nvidia's H100: Funny L2, and Tons of Bandwidth', 2023)",
+             "assumed"))),
 }
-ARCH[86] = ArchFacts(86, dict(ARCH[89].facts))
 
 
 def arch_facts(cc: int) -> ArchFacts:
