@@ -49,7 +49,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Optional
@@ -64,7 +64,7 @@ from bilstm_fast.bench.gpu_specs import GpuSpec  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 DTYPES = ("fp32", "fp16", "bf16")
 DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
-MARKER = "cost-model:"
+MARKER = "cost-model:"   # `// cost-model: step loop` (C++) or `# cost-model: step loop` (Python)
 T_DEFAULT = 100          # sequence length assumed for cache residency (gx of all T steps in L2 or not)
 
 
@@ -73,7 +73,7 @@ def gx_level(gpu: GpuSpec, T: int, B: int, N: int, H: int, dtype: str) -> str:
     steps just before the recurrence, so they are L2 hits while they fit in
     half the L2 (the rest: the exchange buffers, weights, other traffic)."""
     size = T * B * N * 4 * H * DTYPE_BYTES[dtype]
-    return "l2" if gpu.l2_bytes and size <= gpu.l2_bytes / 2 else "hbm"   # `// cost-model: step loop` (C++) or `# cost-model: step loop` (Python)
+    return "l2" if gpu.l2_bytes and size <= gpu.l2_bytes / 2 else "hbm"
 
 
 def cache_dir() -> Path:
@@ -242,13 +242,14 @@ class Machine:
         self.tc = {d: gpu_specs.tensor_fma_per_clk(gpu, d) for d in ("fp16", "bf16", "tf32")}
         self.tc_wgmma = {d: gpu_specs.tensor_fma_per_clk(gpu, d, wgmma=True) for d in ("fp16", "bf16", "tf32")}
 
-    # SMSP cycles one warp instruction occupies its pipe; None = not a pipe-limited op
     def pipe(self, ins: sass.Instr) -> tuple[str, float]:
+        """(pipe, cycles one warp instruction holds it on its SM sub-partition);
+        ("", 0) for instructions only the issue slot and the memory bounds count."""
         a, c = self.a, ins.cls
         lanes = {"fp32": a["fp32_lanes"], "fp16": a["fp16x2_lanes"], "imad": a["imad_lanes"],
                  "alu": a["int_lanes"], "move": a["int_lanes"], "sfu": a["sfu_lanes"],
-                 "conv": a["conv_lanes"], "fp64": 2}.get(c)
-        if ins.op == "F2FP":
+                 "conv": a["conv_lanes"]}.get(c)
+        if ins.op == "F2FP":             # f32 -> f16/bf16 pack: assumed at the integer-ALU rate
             lanes = a["int_lanes"]
         if lanes:
             return c if c != "move" else "alu", 32 / (lanes / 4)
@@ -342,6 +343,7 @@ class StepAnalysis:
         self.waits: dict = {}              # what the simulated warp waited for, cycles per step
         self.round_trips = 0.0             # dependent global round trips on the simulated warp's path
         self.barrier_cycles = 0.0          # the simulated warp's time in grid barriers, per step
+        self.thr_totals: dict = {}         # throughput bound per resource, cycles per step (all loops)
         self.shared_generic = self._generic_shared()   # addresses of LD/ST that address shared memory
         self.skip = self._not_executed()
         self.root = self._build(self.step, None, 1, launch.warps)
@@ -634,6 +636,8 @@ class StepAnalysis:
         if n <= 0:
             return
         self._throughput(node, weight * n)
+        for k, v in node.bounds.items():
+            self.thr_totals[k] = self.thr_totals.get(k, 0.0) + v * weight * n
         sb, sbk = [0.0] * 8, [None] * 8
         t1 = self._sim_pass(node, 0.0, sb, sbk, 0.0)          # warm-up pass, then the counted one
         self._sim_pass(node, t1, sb, sbk, weight * n)
@@ -825,24 +829,28 @@ class CudaKernel(KernelModel):
         return path.read_bytes()
 
 
-def _triton_adapter():
+def _triton_adapter(compiler: bool = False):
     """Everything taken from the Triton backend, in one place (the backend is
     being split into triton_kernels / triton_plan / triton_lstm):
-    -> (kernel_config(H, dtype, smem, dot_prec) -> KernelConfig,
-        compile(kernel, arch, H, dtype, dot_prec) -> compiled kernel, source file)."""
+    -> (kernel_config(H, dtype, smem, dot_prec) -> KernelConfig, the kernels'
+    source file), or with compiler=True the ahead-of-time compile
+    (kernel, arch, H, dtype, dot_prec) -> Triton's compiled kernel, which
+    tools/compile_report.py does (imported only in the compiling process: it
+    clears TRITON_INTERPRET on import)."""
+    if compiler:
+        import compile_report
+
+        def compile_(kernel, arch, H, dtype, prec):
+            v = compile_report.Variant(kernel, arch, H, dtype, 2, True, kernel == "fwd", prec)
+            return compile_report.compile_triton(v)[0]
+        return compile_
     import torch
-    import compile_report
     from bilstm_fast.ops import triton_lstm as tk
 
     def config(H, dtype, smem, prec):
         tdt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
         return tk.kernel_config(H, tdt, smem, prec)
-
-    def compile_(kernel, arch, H, dtype, prec):
-        v = compile_report.Variant(kernel, arch, H, dtype, 2, True, kernel == "fwd", prec)
-        return compile_report.compile_triton(v)[0]
-
-    return config, compile_, Path(tk.__file__)
+    return config, Path(tk.__file__)
 
 
 class TritonKernel(KernelModel):
@@ -859,8 +867,6 @@ class TritonKernel(KernelModel):
             import triton  # noqa: F401
         except ImportError:
             return "triton is not installed"
-        if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
-            return "TRITON_INTERPRET is set: Triton compiles no GPU code in this process"
         return None
 
     @staticmethod
@@ -868,7 +874,7 @@ class TritonKernel(KernelModel):
         return "tf32x3" if dtype == "fp32" else "tf32"
 
     def launch(self, gpu, dtype, H, B, N=2, T=T_DEFAULT) -> Launch:
-        config, _, src = _triton_adapter()
+        config, src = _triton_adapter()
         smem = gpu.smem_per_block
         cfg = config(H, dtype, smem, self.prec(dtype))
         fwd = self.pass_ == "fwd"
@@ -903,18 +909,36 @@ class TritonKernel(KernelModel):
                       notes=[f"{programs} programs (N x ceil(B/{cfg.block_b})), {cfg.num_warps} warps"])
 
     def cubin(self, gpu, dtype, H, launch) -> bytes:
+        """Compiled in a fresh process (python tools/cost_model.py --compile-triton):
+        the kernels must be JIT functions, not the interpreter's (a test session
+        may have set TRITON_INTERPRET=1), and a compiler crash stays there."""
         import triton
-        _, compile_, src = _triton_adapter()
+        _, src = _triton_adapter()
         key = _hash_files([src, ROOT / "tools" / "compile_report.py"],
                           f"{triton.__version__}{gpu.cc}{self.pass_}{H}{dtype}{self.prec(dtype)}")
         path = cache_dir() / f"triton-{self.pass_}-sm{gpu.cc}-{dtype}-H{H}-{key}.cubin"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            k = compile_(self.pass_, gpu.cc, H, dtype, self.prec(dtype))
-            tmp = path.with_suffix(".tmp")
-            tmp.write_bytes(k.asm["cubin"])
-            os.replace(tmp, path)
+            job = json.dumps(dict(kernel=self.pass_, arch=gpu.cc, H=H, dtype=dtype, prec=self.prec(dtype),
+                                  out=str(path)))
+            env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+            r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--compile-triton", job],
+                               capture_output=True, text=True, env=env)
+            if r.returncode != 0 or not path.exists():
+                raise RuntimeError(f"triton.compile failed for {job}: "
+                                   f"{(r.stderr.strip().splitlines() or ['no output'])[-1][:300]}")
         return path.read_bytes()
+
+
+def _compile_triton_job(job: str) -> int:
+    d = json.loads(job)
+    compile_ = _triton_adapter(compiler=True)
+    k = compile_(d["kernel"], d["arch"], d["H"], d["dtype"], d["prec"])
+    out = Path(d["out"])
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_bytes(k.asm["cubin"])
+    os.replace(tmp, out)
+    return 0
 
 
 KERNELS: dict[str, KernelModel] = {k.name: k for k in (CudaKernel("fwd"), CudaKernel("bwd"),
@@ -973,6 +997,7 @@ def analyze(kernel: KernelModel, gpu: GpuSpec, dtype: str, H: int, B: int, N: in
         bytes_per_step_per_block={k: round(v) for k, v in an.bytes.items()},
         bytes_per_step_gpu={"l2": round(l2_bytes), "hbm": round(an.bytes["hbm"] * launch.blocks)},
         bounds_us={"sm": t_sm * 1e6, "l2_bandwidth": t_l2 * 1e6, "hbm_bandwidth": t_hbm * 1e6},
+        throughput_bounds_cycles={k: round(v) for k, v in sorted(an.thr_totals.items(), key=lambda kv: -kv[1])},
         serial_chain={"dependent_global_round_trips": round(an.round_trips, 1),
                       "grid_barrier_cycles": round(an.barrier_cycles),
                       "waits_cycles": {k: round(v) for k, v in sorted(w.items(), key=lambda kv: -kv[1])},
@@ -1081,6 +1106,8 @@ def _verbose(r: dict) -> str:
     bu = r["bounds_us"]
     out.append(f"  bounds (us/step): SM {bu['sm']:.2f}, L2 bandwidth {bu['l2_bandwidth']:.3f}, "
                f"HBM bandwidth {bu['hbm_bandwidth']:.3f}")
+    out.append("  SM throughput bounds per step if nothing waited (cycles, summed over the loops): " +
+               ", ".join(f"{k} {v}" for k, v in r["throughput_bounds_cycles"].items()))
     ch = r["serial_chain"]
     out.append(f"  serial chain of the simulated warp: {ch['dependent_global_round_trips']} dependent global "
                f"round trips (L2 hit {ch['l2_hit_cycles']} cycles, range {ch['l2_hit_range']}); grid barrier "
@@ -1157,8 +1184,12 @@ def main(argv=None) -> int:
     ap.add_argument("--report-only", action="store_true",
                     help="exit 0 even when a target of issue 12 is missed (CI while kernels are in flux)")
     ap.add_argument("--constants", action="store_true", help="print every constant with its source and exit")
-    ap.add_argument("--jobs", type=int, default=2, help="parallel compiles of missing cubins")
+    ap.add_argument("--jobs", type=int, default=2, help="worker processes (compiles and rows)")
+    ap.add_argument("--compile-triton", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.compile_triton:
+        os.environ.pop("TRITON_INTERPRET", None)
+        return _compile_triton_job(args.compile_triton)
     if args.constants:
         print(constants_table())
         return 0

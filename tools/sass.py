@@ -241,10 +241,7 @@ def access_bytes(opcode: str) -> int:
     """Bytes per thread of a load/store/atomic (LDSM/STSM: per thread of the
     warp's 8x8 b16 matrices)."""
     parts = opcode.split(".")
-    if parts[0] in ("LDSM", "STSM"):
-        for p in parts:
-            if p in ("M88", "MT88"):
-                pass
+    if parts[0] in ("LDSM", "STSM"):     # LDSM.16.M88.4: four 8x8 b16 matrices, 4 B each per thread
         n = next((int(p) for p in reversed(parts) if p in ("1", "2", "4")), 1)
         return 4 * n
     for p in parts[1:]:
