@@ -35,7 +35,7 @@ The interface a kernel variant provides is `KernelModel` (below): `launch()`
 returns a `Launch` (the plan, grid, warps, the step loop's `Site`, one
 `LoopSpec` per loop inside it, `MemHint`s for loads served by HBM), and
 `cubin()` the compiled code. Today's kernels: `CudaKernel` (csrc/cuda/lstm.cu)
-and `TritonKernel` (bilstm_fast/ops/triton_lstm.py).
+and `TritonKernel` (bilstm_fast/ops/triton_kernels.py, planned by triton_plan.py).
 """
 from __future__ import annotations
 
@@ -687,7 +687,6 @@ class CudaKernel(KernelModel):
     backend = "cuda"
     SRC = ROOT / "csrc" / "cuda" / "lstm.cu"
     _TYPE = {"fp32": "If", "fp16": "I6__half", "bf16": "I13__nv_bfloat16"}
-    _CODE = {"fp32": 0, "fp16": 1, "bf16": 2}
 
     def __init__(self, pass_: str):
         self.pass_ = pass_
@@ -705,6 +704,12 @@ class CudaKernel(KernelModel):
         return None
 
     @staticmethod
+    def _dtype_code(dtype: str) -> int:
+        import torch
+        from bilstm_fast.ops import native
+        return native.DTYPE_CODES[{"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]]
+
+    @staticmethod
     def _plan_module():
         """The host-side plan logic (make_plan in lstm.cu) through the compiled module."""
         from bilstm_fast.ops import native
@@ -716,7 +721,7 @@ class CudaKernel(KernelModel):
 
     def launch(self, gpu, dtype, H, B, N=2, T=T_DEFAULT) -> Launch:
         fwd = self.pass_ == "fwd"
-        pl = self._plan_module().plan(0 if fwd else 1, N, B, H, self._CODE[dtype], gpu.sms, gpu.smem_per_block)
+        pl = self._plan_module().plan(0 if fwd else 1, N, B, H, self._dtype_code(dtype), gpu.sms, gpu.smem_per_block)
         onchip = pl["path"] == "onchip"
         blocks, hs, nth, tile = pl["blocks"], pl["slice"], pl["threads"], pl["batch_tile"]
         staged = tile > 0
@@ -787,7 +792,7 @@ class CudaKernel(KernelModel):
         # gx: L2 or HBM (gx_level); the backward's saved gates / cell states and dy
         # were written long before (the rest of the network ran in between): HBM
         mem = [MemHint(Site(r"to_f\(gxp\["), gx_level(gpu, T, B, N, H, dtype)),
-               MemHint(Site(r"to_f\(dy\[|p\.gates \+ tbn|p\.cs\[tbn|p\.cs\[\(\(\(size_t\)t_prev"), "hbm")]
+               MemHint(Site(r"to_f\(dy\[|gates_out \+ tbn|cells_out\[tbn|cells_out\[\(\(\(size_t\)t_prev"), "hbm")]
         gemm = 2.0 * N * B * 4 * H * H
         return Launch(variant=pl["path"], function=rf"{kname}{self._TYPE[dtype]}Lb{int(onchip)}E",
                       source=self.SRC, blocks=N * blocks, warps=warps, step=step, loops=loops, mem=mem,
@@ -830,8 +835,7 @@ class CudaKernel(KernelModel):
 
 
 def _triton_adapter(compiler: bool = False):
-    """Everything taken from the Triton backend, in one place (the backend is
-    being split into triton_kernels / triton_plan / triton_lstm):
+    """Everything taken from the Triton backend, in one place:
     -> (kernel_config(H, dtype, smem, dot_prec) -> KernelConfig, the kernels'
     source file), or with compiler=True the ahead-of-time compile
     (kernel, arch, H, dtype, dot_prec) -> Triton's compiled kernel, which
@@ -845,17 +849,17 @@ def _triton_adapter(compiler: bool = False):
             return compile_report.compile_triton(v)[0]
         return compile_
     import torch
-    from bilstm_fast.ops import triton_lstm as tk
+    from bilstm_fast.ops import triton_kernels, triton_plan
 
     def config(H, dtype, smem, prec):
         tdt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-        return tk.kernel_config(H, tdt, smem, prec)
-    return config, Path(tk.__file__)
+        return triton_plan.kernel_config(H, tdt, smem, prec)
+    return config, Path(triton_kernels.__file__)
 
 
 class TritonKernel(KernelModel):
-    """bilstm_fast/ops/triton_lstm.py: _lstm_fwd_kernel / _lstm_bwd_kernel,
-    config from kernel_config. fp32 uses tf32x3 (torch's default: TF32 off)."""
+    """bilstm_fast/ops/triton_kernels.py: _lstm_fwd_kernel / _lstm_bwd_kernel,
+    config from triton_plan.kernel_config. fp32 uses tf32x3 (torch's default: TF32 off)."""
     backend = "triton"
 
     def __init__(self, pass_: str):
@@ -897,8 +901,7 @@ class TritonKernel(KernelModel):
         # HBM; loads masked to the first or the last step (h0, c0, dh_n, dc_n)
         # are off in the steady state
         mem = [MemHint(Site(r"tl\.load\(gx \+"), gx_level(gpu, T, B, N, H, dtype)),
-               MemHint(Site(r"i = tl\.load\(gates|f = tl\.load\(gates|g = tl\.load\(gates|"
-                            r"o = tl\.load\(gates|c_t = tl\.load\(cs|c_prev = tl\.load\(cs|tl\.load\(dy \+"), "hbm"),
+               MemHint(Site(r"tl\.load\((gates|cells|dy) \+"), "hbm"),
                MemHint(Site(r"tl\.load\((h0|c0|dh_n|dc_n) \+"), "off")]
         return Launch(variant=("resident" if cfg.resident else "streamed") + f" BH={cfg.block_h}",
                       function=r"_lstm_(fwd|bwd)_kernel", source=src, blocks=programs, warps=cfg.num_warps,
