@@ -819,7 +819,9 @@ class CudaKernel(KernelModel):
         arch = f"sm_{gpu.cc}"
         nvcc = _nvcc()
         version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
-        srcs = sorted(p for p in self.SRC.parent.iterdir() if p.suffix in (".cu", ".h", ".cuh"))
+        # lstm.cu and every header it can include (csrc/cuda, csrc/common): the cache key
+        srcs = sorted(p for d in (self.SRC.parent, self.SRC.parent.parent / "common") if d.is_dir()
+                      for p in d.iterdir() if p.suffix in (".cu", ".h", ".cuh"))
         path = cache_dir() / f"lstm-{arch}-{_hash_files(srcs, version + arch)}.cubin"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
