@@ -80,8 +80,10 @@ def _bin(name: str) -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
-def compile_triton_variant(v: Variant) -> dict:
-    """Compile one variant for its arch; -> resource dict (worker process)."""
+def compile_triton(v: Variant):
+    """Compile one variant ahead of time for its arch -> (Triton's compiled
+    kernel: .asm["cubin"], .asm["ptx"], .metadata; the KernelConfig used).
+    Also used by tools/cost_model.py."""
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -116,9 +118,15 @@ def compile_triton_variant(v: Variant) -> dict:
                        target=GPUTarget("cuda", v.arch, 32),
                        options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages,
                                     **tp.maxnreg_kwargs(cfg)))
+    return k, cfg
+
+
+def compile_triton_variant(v: Variant) -> dict:
+    """Compile one variant for its arch; -> resource dict (worker process)."""
+    k, cfg = compile_triton(v)
     regs, stack = _cubin_usage(k.asm["cubin"])
     spill_st, spill_ld = _ptxas_spills(k.asm["ptx"], v.arch)
-    return dict(backend="triton", kernel=fn.__name__, arch=v.arch, H=v.H, dtype=v.dtype,
+    return dict(backend="triton", kernel=k.metadata.name, arch=v.arch, H=v.H, dtype=v.dtype,
                 registers=regs, spills=spill_st + spill_ld, stack=stack,
                 smem_bytes=k.metadata.shared, threads=32 * k.metadata.num_warps,
                 note=f"{'resident' if cfg.resident else 'streamed'} BH={cfg.block_h}"
