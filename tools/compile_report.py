@@ -15,9 +15,11 @@ and one launch per step). The kernels are the compiled kind
 those flag variants: registers from Triton's bundled ``cuobjdump
 --dump-resource-usage`` on the cubin, spill bytes from its bundled
 ``ptxas -v`` on the PTX, shared memory from the kernel metadata.
-``--quick`` (CI, < 2 minutes): H in {64, 128, 512}, fp32 and bf16, both
-arches, only the flag set used in training (N=2, lengths, workspace, TF32,
-SPLIT's grid barrier).
+``--quick`` (CI): H in {64, 128, 512}, fp32 and bf16, both arches, only
+the flag set used in training (N=2, lengths, workspace), both fp32 dot
+precisions, SPLIT's grid barrier. ``--training``: that flag set for every
+H and dtype asked, with both SPLIT launch modes (the table in
+docs/triton.md; the full flag matrix is ~750 compiles).
 
 CUDA C++ rows come from ``cuda_resources.rows(archs, hs, dtypes)`` (tools/cuda_resources.py),
 and are checked the same way. A developer tool: it needs the source tree, so it
@@ -70,12 +72,16 @@ def _config(v: "Variant"):
     return tp.kernel_config(v.H, tdtype, tp.SMEM_BYTES[v.arch], v.dot_prec)
 
 
-def triton_variants(archs, hs, dtypes, quick: bool) -> list[Variant]:
+def triton_variants(archs, hs, dtypes, quick: bool, training: bool = False) -> list[Variant]:
+    """quick: the training flags (N=2, lengths, workspace), both fp32 dot
+    precisions, SPLIT's grid barrier only; training: the same flags with both
+    SPLIT launch modes; else every flag combination the launchers can pass."""
     out = []
+    precs = {"fp32": ("tf32", "tf32x3")}
     for arch, H, dtype in itertools.product(archs, hs, dtypes):
         for kernel in ("fwd", "bwd"):
-            if quick:
-                flags = [(2, True, True, "tf32")]
+            if quick or training:
+                flags = [(2, True, True, p) for p in precs.get(dtype, ("tf32",))]
             else:
                 flags = itertools.product((1, 2), (False, True),
                                           (False, True) if kernel == "fwd" else (True,),
@@ -284,6 +290,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", nargs="+", choices=DTYPES, help=f"dtypes (default: {DTYPES})")
     ap.add_argument("--quick", action="store_true",
                     help=f"CI subset: H {QUICK_HS}, {QUICK_DTYPES}, training flags only")
+    ap.add_argument("--training", action="store_true",
+                    help="training flags only (both fp32 precisions, both SPLIT launch modes)")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -294,7 +302,7 @@ def main(argv=None) -> int:
     hs = tuple(args.H or (QUICK_HS if args.quick else HS))
     dtypes = tuple(args.dtype or (QUICK_DTYPES if args.quick else DTYPES))
 
-    variants = triton_variants(archs, hs, dtypes, args.quick)
+    variants = triton_variants(archs, hs, dtypes, args.quick, args.training)
     print(f"compiling {len(variants)} Triton kernel variants for "
           f"{', '.join(f'sm_{a}' for a in archs)} ...", file=sys.stderr, flush=True)
     raw = compile_all(variants, args.jobs)

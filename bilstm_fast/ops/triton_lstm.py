@@ -312,7 +312,8 @@ def _launch_split(kernel, args, T: int, iters: int, B: int, N: int, H: int, cfg:
 
 def _capacity(kernel, args, T, B, flags, device) -> int:
     """Programs of the compiled SYNC kernel the device holds at once."""
-    ck = kernel.warmup(*args, torch.zeros(32, dtype=torch.int32, device=device), T, B, 0, 1,
+    # an empty counter stands in: no memset (this also runs inside CUDA-graph capture)
+    ck = kernel.warmup(*args, torch.empty(32, dtype=torch.int32, device=device), T, B, 0, 1,
                        SYNC=True, launch_cooperative_grid=True, grid=(1,), **flags)
     ck._init_handles()
     return _capacity_of(device.index if device.index is not None else torch.cuda.current_device(),

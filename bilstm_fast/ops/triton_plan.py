@@ -111,7 +111,8 @@ def kernel_config(H: int, dtype: torch.dtype, smem_bytes: int = _DEFAULT_SMEM,
       fp16/bf16 H <= 64.
     * SPLIT when HP <= 1024 and a 16-unit W slice fits
       (split_smem_bytes(HP, 16) <= smem): BH = 16, S = cdiv(H, 16) programs
-      per direction, 4 warps, sync "auto" (grid barrier when co-resident,
+      per direction, 4 warps (8 for tf32x3: with 4 its backward spills
+      112 B at HP = 256), sync "auto" (grid barrier when co-resident,
       else one launch per step). sm_80 / sm_90: fp16/bf16 H <= 1024, fp32
       <= 512 (TF32) / <= 256 (tf32x3); sm_86/89: fp16/bf16 <= 512, fp32
       <= 256 / <= 128.
@@ -134,7 +135,7 @@ def kernel_config(H: int, dtype: torch.dtype, smem_bytes: int = _DEFAULT_SMEM,
         warps = 8 if hp == 128 or (hp == 64 and dtype == torch.float32) else 4
         return KernelConfig("resident", hp, _BLOCK_B, warps, 1)
     if hp <= _SPLIT_MAX_HP and split_smem_bytes(hp, _SPLIT_BLOCK_H, size) <= smem_bytes:
-        return KernelConfig("split", _SPLIT_BLOCK_H, _BLOCK_B, 4, 1)
+        return KernelConfig("split", _SPLIT_BLOCK_H, _BLOCK_B, 8 if size == 8 else 4, 1)
     return KernelConfig("streamed", 32, _BLOCK_B, 4, 1, maxnreg=192)
 
 
