@@ -252,8 +252,9 @@ def test_triton_today():
     r = cm.predict("H100", "triton.fwd", "fp16", 128, 16)
     print(f"resident H=128: {r['us_per_step']:.2f} us/step")
     assert r["variant"].startswith("resident") and r["us_per_step"] < 2.0
+    streamed = "path=streamed,block_h=32,num_warps=4,maxnreg=192"   # the dispatcher picks SPLIT here now
     for H, lo in ((256, 13), (768, 100)):
-        r = cm.predict("H100", "triton.fwd", "fp16", H, 16)
+        r = cm.predict("H100", "triton.fwd", "fp16", H, 16, plan=streamed)
         tiles = (H // 32) ** 2
         print(f"streamed H={H}: {r['us_per_step']:.2f} us/step {r['us_per_step_range']}, "
               f"{r['serial_chain']['dependent_global_round_trips']} dependent round trips, {tiles} tiles")

@@ -63,11 +63,14 @@ class Variant:
     keep_for_backward: bool    # forward only
     dot_prec: str
     sync: bool = True          # SPLIT only: the spinning grid barrier (else one launch per step)
+    plan: str = ""             # a forced config (triton_plan.parse_plan text); "" = the dispatcher's
 
 
 def _config(v: "Variant"):
     import torch
     from bilstm_fast.ops import triton_plan as tp
+    if v.plan:
+        return tp.parse_plan(v.plan)
     tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[v.dtype]
     return tp.kernel_config(v.H, tdtype, tp.SMEM_BYTES[v.arch], v.dot_prec)
 
