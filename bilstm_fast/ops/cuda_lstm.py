@@ -35,7 +35,7 @@ from typing import Optional
 
 import torch
 
-from . import native
+from . import cuda_compat, native
 
 NAME = "cuda"
 EMULATE_ENV = "BILSTM_FAST_CUDA_EMULATE"
@@ -97,6 +97,10 @@ def _module():
 
 
 def unavailable_reason() -> Optional[str]:
+    """None when this machine can run the backend: the module loads and, for
+    the real build, the driver runs its CUDA runtime and at least one visible
+    device can run its kernels (cuda_compat.py has the rules; the reason names
+    the driver and runtime versions when they do not match). Cached."""
     name = _module_name()
     if name not in _status_cache:
         mod = native.load(name)
@@ -108,20 +112,42 @@ def unavailable_reason() -> Optional[str]:
         elif name == "_cuda_emu":
             why = None
         else:
-            st = mod.device_status()
-            if st["code"] != 0:
-                why = (f"no CUDA device: {st['name']} ({st['code']}): {st['message']} "
-                       f"(set {EMULATE_ENV}=1 to run the CUDA kernels emulated on CPU tensors)")
-            elif st["count"] == 0:
-                why = "no CUDA device: cudaGetDeviceCount found none"
-            else:
-                why = None
+            why = _native_reason(mod)
         _status_cache[name] = why
     return _status_cache[name]
 
 
+def _native_reason(mod) -> Optional[str]:
+    """unavailable_reason of the real build ``mod`` (bilstm_fast._cuda)."""
+    st, info = mod.device_status(), mod.info()
+    if st["code"] != 0 or st["count"] == 0:
+        why = cuda_compat.no_device_reason(st, info.get("cuda_version"), cuda_compat.driver_facts(),
+                                           cuda_compat.torch_cuda_version())
+        return f"{why} (set {EMULATE_ENV}=1 to run the CUDA kernels emulated on CPU tensors)"
+    reasons = []
+    for i in range(st["count"]):
+        dev = cuda_compat.device_facts(i)
+        reasons.append(f"device {i}: no facts from the driver API" if dev is None
+                       else cuda_compat.cuda_arch_reason(dev, info["archs"]))
+    if all(reasons):
+        return "no CUDA device can run the cuda backend: " + "; ".join(reasons)
+    return None
+
+
+def device_reason(index: int) -> Optional[str]:
+    """Why CUDA device ``index`` cannot run the real build's kernels
+    (compute capability, cooperative launch), or None."""
+    dev = cuda_compat.device_facts(index)
+    if dev is None:
+        return f"no facts about CUDA device {index} from the driver API"
+    return cuda_compat.cuda_arch_reason(dev, _module().info()["archs"])
+
+
 def unsupported_reason(spec) -> Optional[str]:
-    """``spec`` is a backends.CallSpec (device, dtype, N, H, P, proj, lengths)."""
+    """``spec`` is a backends.CallSpec (device, dtype, N, H, P, proj, lengths).
+    On CUDA tensors it also checks the current device (compute capability,
+    cooperative launch), so that backend="auto" passes such a device on to
+    the next backend instead of failing at the launch."""
     device, dtype, N, H, proj = spec.device, spec.dtype, spec.N, spec.H, spec.proj
     if proj:
         return ("proj_size (w_hr) is not supported by the cuda backend; "
@@ -140,6 +166,10 @@ def unsupported_reason(spec) -> Optional[str]:
         return f"N must be 1 or 2 directions, got {N}"
     if unavailable_reason() is not None:
         return None  # nothing more to ask a module that cannot run; resolve_backend reports it
+    if device == "cuda":
+        why = device_reason(torch.cuda.current_device())
+        if why is not None:
+            return why
     for kind in (0, 1):
         try:
             plan_for(kind, N, 1, H, dtype, "cuda" if device == "cuda" else "cpu")

@@ -17,6 +17,7 @@ from typing import Optional
 import torch
 import triton
 
+from . import cuda_compat
 from .backends import CallSpec
 from .triton_kernels import INTERPRET, _lstm_bwd_kernel, _lstm_fwd_kernel
 from .triton_plan import (KernelConfig, dot_precision, kernel_config, maxnreg_kwargs, parse_plan,
@@ -37,13 +38,24 @@ def unavailable_reason() -> Optional[str]:
     interpreter enabled before this module was imported). Cached: cheap."""
     global _unavailable, _unavailable_known
     if not _unavailable_known:
-        if INTERPRET or torch.cuda.is_available():
+        if INTERPRET:
             _unavailable = None
+        elif torch.cuda.is_available():
+            # a GPU older than sm_80 cannot run the kernels (cuda_compat.triton_arch_reason)
+            reasons = [_device_reason(i) for i in range(torch.cuda.device_count())]
+            _unavailable = ("no CUDA device can run the Triton kernels: " + "; ".join(reasons)
+                            if reasons and all(reasons) else None)
         else:
             _unavailable = ("the Triton backend needs a CUDA GPU, or TRITON_INTERPRET=1 set "
                             "before bilstm_fast.ops.triton_lstm is imported (CPU interpreter)")
         _unavailable_known = True
     return _unavailable
+
+
+def _device_reason(index: int) -> Optional[str]:
+    """Why CUDA device ``index`` cannot run the Triton kernels, or None."""
+    dev = cuda_compat.device_facts(index)
+    return None if dev is None else cuda_compat.triton_arch_reason(dev)
 
 
 def unsupported_reason(spec) -> Optional[str]:
@@ -59,7 +71,8 @@ def unsupported_reason(spec) -> Optional[str]:
     if N not in (1, 2) or H < 1:
         return f"expected N in (1, 2) directions and H >= 1, got N={N}, H={H}"
     if device == "cuda":
-        return None
+        # the current device: on one older than sm_80, backend="auto" passes to the next backend
+        return None if INTERPRET else _device_reason(torch.cuda.current_device())
     if device == "cpu" and INTERPRET:
         return None
     return (f"the Triton backend runs on CUDA tensors (it needs a CUDA GPU), or on CPU "
