@@ -190,6 +190,48 @@ def plan_for(kind: int, N: int, B: int, H: int, dtype: torch.dtype, device,
     return mod.plan(kind, N, B, H, native.DTYPE_CODES[dtype], sms, smem, **(plan or Plan()).options())
 
 
+# Batch sizes plans() looks at: make_plan's on-chip test depends on B only
+# below 8 (the minimum tile is min(B, 8)), so 1..8 and one large B cover
+# every choice it can make.
+_PLAN_BATCHES = (1, 2, 3, 4, 5, 6, 7, 8, 256)
+_PLAN_TEXTS = ("path=onchip", "path=stream", "path=stream,batch_tile=-1")
+
+
+def _plan_text(chosen: dict) -> str:
+    """A plan_for() result -> the text that forces its path and tile mode."""
+    if chosen["path"] == "onchip":
+        return "path=onchip"
+    return "path=stream" if chosen["batch_tile"] > 0 else "path=stream,batch_tile=-1"
+
+
+def plans(spec) -> list:
+    """Every distinct plan text the dispatcher can choose for a call like
+    ``spec`` (a backends.CallSpec) on the current device, over any B and both
+    forward and backward: "path=onchip", "path=stream" (h / dG staged in
+    shared memory) and "path=stream,batch_tile=-1" (unstaged, h / dG from L2;
+    only for very large H). A text is listed only when it can be forced for
+    every B and both kinds: a path the dispatcher takes only for one of them
+    is exercised by the automatic plan (no text). [] when the backend cannot
+    run the call. (Today's kernels; the kernel owner keeps this in step with
+    make_plan.)"""
+    if unavailable_reason() is not None or unsupported_reason(spec) is not None:
+        return []
+    device = "cuda" if spec.device == "cuda" else "cpu"
+    chosen = {_plan_text(plan_for(kind, spec.N, B, spec.H, spec.dtype, device))
+              for kind in (0, 1) for B in _PLAN_BATCHES}
+
+    def forceable(text: str) -> bool:
+        forced = parse_plan(text)
+        try:
+            for kind in (0, 1):
+                for B in _PLAN_BATCHES:
+                    plan_for(kind, spec.N, B, spec.H, spec.dtype, device, forced)
+        except RuntimeError:
+            return False
+        return True
+    return [t for t in _PLAN_TEXTS if t in chosen and forceable(t)]
+
+
 def _stream(device: torch.device) -> int:
     """The caller's current stream on ``device`` (0 in emulation)."""
     return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0

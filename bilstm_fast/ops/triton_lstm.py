@@ -25,7 +25,7 @@ from .triton_plan import (KernelConfig, dot_precision, kernel_config, maxnreg_kw
 
 NAME = "triton"
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-__all__ = ["NAME", "unavailable_reason", "unsupported_reason", "parse_plan", "forward", "backward",
+__all__ = ["NAME", "unavailable_reason", "unsupported_reason", "parse_plan", "plans", "forward", "backward",
            "lstm_fwd_triton", "lstm_bwd_triton", "KernelConfig", "kernel_config"]
 
 
@@ -78,6 +78,27 @@ def unsupported_reason(spec) -> Optional[str]:
     return (f"the Triton backend runs on CUDA tensors (it needs a CUDA GPU), or on CPU "
             f"tensors under TRITON_INTERPRET=1 set before bilstm_fast.ops.triton_lstm is "
             f"imported (got {device} tensors, interpreter {'on' if INTERPRET else 'off'})")
+
+
+def _plan_text(cfg: KernelConfig) -> str:
+    """A KernelConfig -> the parse_plan text that forces exactly it."""
+    text = (f"path={'resident' if cfg.resident else 'streamed'},block_h={cfg.block_h},"
+            f"block_b={cfg.block_b},num_warps={cfg.num_warps},num_stages={cfg.num_stages}")
+    return text + (f",maxnreg={cfg.maxnreg}" if cfg.maxnreg is not None else "")
+
+
+def plans(spec) -> list:
+    """Every distinct plan text the dispatcher can choose for a call like
+    ``spec`` (a backends.CallSpec) on the current device under the current
+    TF32 setting: the one kernel_config() picks (resident or streamed; T and
+    B never change it), as a text parse_plan turns back into that config.
+    [] when the backend cannot run the call. (Today's dispatcher; the kernel
+    owner keeps this in step with triton_plan.kernel_config.)"""
+    if unavailable_reason() is not None or unsupported_reason(spec) is not None:
+        return []
+    device = torch.device("cuda" if spec.device == "cuda" else "cpu")
+    cfg = kernel_config(spec.H, spec.dtype, smem_bytes_of(device), dot_precision(spec.dtype))
+    return [_plan_text(cfg)]
 
 
 def _check_inputs(gx, w_hh, w_hr, h0, c0, lengths) -> None:
