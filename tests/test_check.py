@@ -287,7 +287,7 @@ DOC_TOP = {"schema", "created_utc", "command", "duration_s", "verdict", "environ
 DOC_STAGE = {"name", "stage", "backend", "verdict", "seconds", "timeout_s", "expected_s", "worst", "worst_err",
              "bound", "detail", "notes", "log"}
 DOC_SETTINGS = {"emulate", "full", "device", "backends", "dtypes", "seed", "jobs", "budget_s", "stages",
-                "timeout_scale", "logs"}
+                "timeout_scale", "logs", "memory_method"}
 DOC_CASE = {"label", "ok", "plan", "worst", "err", "bound", "detail", "seconds", "errs"}
 
 
@@ -339,3 +339,29 @@ def test_result_file_schema(emulated_run):
     assert run["results"] == [] and run["peak"] is None      # no timing under --emulate
     assert path.with_suffix(".csv").exists()
     assert Path(run["settings"]["logs"]).is_dir()
+
+
+def test_timing_stage_on_cpu(monkeypatch, capsys):
+    """The timing stage's body (GPU-only in a run) on the CPU with the cpu
+    backend at the quick shape: padded rows from bilstm-bench's runner,
+    packed rows, the peak, and the verdict table with the timing table."""
+    from bilstm_fast.bench.shapes import MODES, QUICK
+    monkeypatch.setattr(check_stages, "timing_shapes", lambda: [(QUICK, MODES)])
+    ctx = check.Context(device="cpu", backends=["cpu"], dtypes=["fp32"]).for_stage(None, budget_s=600)
+    out = check_stages.timing(ctx, lambda **kw: None)
+    print(out["detail"])
+    rows = out["rows"]
+    assert out["verdict"] == "pass" and out["settings"]["left_out"] == 0
+    assert {(r["shape"], r["mode"], r["backend"]) for r in rows} == {
+        (QUICK.label + p, m, b) for p in ("", " packed") for m in MODES for b in ("torch", "cpu")}
+    assert all(r["status"] == "ok" and r["ms_median"] > 0 and r["repeats"] == 10 for r in rows)
+    run = {"environment": {"device_name": "CPU", "torch": torch.__version__, "commit": "x"}, "peak": out["peak"],
+           "settings": {"memory_method": out["settings"]["memory_method"]}, "results": rows, "verdict": "pass",
+           "duration_s": 1.0, "stages": [dict(name="timing", verdict="pass", seconds=1.0, detail=out["detail"],
+                                              worst_err=None, bound=None, notes=[])]}
+    check.print_run(run)
+    printed = capsys.readouterr().out
+    assert "timing" in printed and "packed" in printed and "BiLSTM[cpu]" in printed and "PASS" in printed
+    # a budget of 0 s leaves every case out, and says so
+    out = check_stages.timing(dict(ctx, budget_s=1e-9), lambda **kw: None)
+    assert out["settings"]["left_out"] == 4 and "4 left out" in out["detail"]

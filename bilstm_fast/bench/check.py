@@ -224,9 +224,11 @@ def _gpu_answers(env: dict, device: str) -> bool:
 
 def _host_environment(device: str) -> dict:
     """What the run can say without the environment stage (no CUDA in this process)."""
+    import torch
+
     from .device import git_commit, load_average
     return {"device_type": device.split(":")[0], "device_name": "unknown (no environment stage result)",
-            "sm_count": None, "hostname": platform.node(), "os": platform.platform(),
+            "sm_count": None, "torch": torch.__version__, "hostname": platform.node(), "os": platform.platform(),
             "python": platform.python_version(), "cpu_count": os.cpu_count(), "load_avg_1min": load_average(),
             **git_commit()}
 
@@ -247,7 +249,7 @@ def run_check(ctx: Context, out: Path, wanted: Optional[list] = None, timeout_sc
     workdir = out / f"check_{stamp}_logs"
     env = stage_env(ctx.emulate)
     records: list[dict] = []
-    environment, peak, rows, skipped = None, None, [], {}
+    environment, peak, rows, skipped, memory_method = None, None, [], {}, None
     gpu_ok = True
     for sd in stages:
         for backend in (ctx.backends if sd.per_backend else [None]):
@@ -281,6 +283,7 @@ def run_check(ctx: Context, out: Path, wanted: Optional[list] = None, timeout_sc
                         skipped[b] = why
             if sd.name == "timing":
                 rows, peak = rec.pop("rows", []) or [], rec.pop("peak", None)
+                memory_method = (rec.get("settings") or {}).get("memory_method")
             if rec["verdict"] == "hang" and not ctx.emulate:
                 gpu_ok = _gpu_answers(env, ctx.device)
                 rec["notes"].append("after the hang the GPU " + ("still answered" if gpu_ok else
@@ -296,7 +299,7 @@ def run_check(ctx: Context, out: Path, wanted: Optional[list] = None, timeout_sc
         "environment": environment or _host_environment(ctx.device),
         "peak": peak,
         "settings": {**{k: v for k, v in ctx.__dict__.items()}, "stages": [r["name"] for r in records],
-                     "timeout_scale": timeout_scale, "logs": str(workdir)},
+                     "timeout_scale": timeout_scale, "logs": str(workdir), "memory_method": memory_method},
         "skipped_backends": skipped,
         "stages": records,
         "results": rows,

@@ -21,7 +21,7 @@ import torch
 
 from .workload import DTYPES, TOLERANCE, scaled_errors
 
-ATOL = {"fp32": 5e-5, "fp16": TOLERANCE["fp16"], "bf16": TOLERANCE["bf16"]}
+ATOL = {"fp32": 2e-5, "fp16": TOLERANCE["fp16"], "bf16": TOLERANCE["bf16"]}
 OP_OUTPUTS = ("y", "h_n", "c_n", "d_gx", "d_w_hh", "d_h0", "d_c0")
 
 

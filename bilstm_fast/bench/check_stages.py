@@ -42,7 +42,7 @@ def _setup(ctx) -> None:
     from .device import set_tf32
     set_tf32(False)                      # fp32 is fp32, in our kernels and in cuBLAS / cuDNN
     torch.manual_seed(ctx.get("seed", 0))
-    if _device(ctx).type == "cuda":
+    if _device(ctx).type == "cuda" and _device(ctx).index is not None:
         torch.cuda.set_device(_device(ctx))
 
 
@@ -699,13 +699,14 @@ def timing(ctx, events) -> dict:
 
     from . import runner
     from .device import device_peak
+    from .timing import MEMORY_METHOD
 
-    if ctx["emulate"] or _device(ctx).type != "cuda":
+    if ctx["emulate"]:
         return dict(verdict="skip", detail="no timing under --emulate", worst="", worst_err=None, bound=None)
     _setup(ctx)
     device = _device(ctx)
     status = backends.backend_status()
-    bks = [b for b in ctx["backends"] if b in GPU_BACKENDS and status.get(b) is None]
+    bks = [b for b in ctx["backends"] if status.get(b) is None]
     full = ctx["full"]
     settings = runner.Settings(device, bks, warmup=1 if full else 2, repeats=None if full else 10, memory=True)
     cases = runner.cases_of(timing_shapes(), ctx["dtypes"])
@@ -737,6 +738,7 @@ def timing(ctx, events) -> dict:
         detail = f"mismatch: {bad[0].impl} {bad[0].shape} {bad[0].dtype} {bad[0].mode}: {bad[0].detail} | {detail}"
     return dict(verdict="fail" if bad else "pass", detail=detail, rows=[asdict(r) for r in rows],
                 peak=peak.as_dict(), settings={"warmup": settings.warmup, "repeats": settings.repeats,
-                                               "left_out": left, "backends": bks},
+                                               "left_out": left, "backends": bks,
+                                               "memory_method": MEMORY_METHOD[device.type]},
                 worst="", worst_err=None, bound=None,
                 notes=[f"{r.impl} {r.shape} {r.dtype} {r.mode}: {r.detail}" for r in errors[:10]])
