@@ -365,3 +365,14 @@ def test_timing_stage_on_cpu(monkeypatch, capsys):
     # a budget of 0 s leaves every case out, and says so
     out = check_stages.timing(dict(ctx, budget_s=1e-9), lambda **kw: None)
     assert out["settings"]["left_out"] == 4 and "4 left out" in out["detail"]
+
+
+def test_cli_rejects_bad_arguments(capsys):
+    from bilstm_fast.bench import cli
+    for argv, text in ((["check", "--stages", "corect"], "unknown corect"),
+                       (["check", "--backends", "cpu"], "cpu is not one of cuda, triton"),
+                       (["check", "--emulate", "--device", "cuda"], "--emulate runs on the CPU"),
+                       (["check", "--device", "cpu"], "cuda or cuda:N")):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2 and text in capsys.readouterr().err, argv

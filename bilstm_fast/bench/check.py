@@ -379,7 +379,8 @@ def parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_BUDGET_S}; 0: none)")
     p.add_argument("--jobs", type=int, default=None,
                    help="parallel Triton compile workers (default: half the CPUs, at most 8)")
-    p.add_argument("--timeout-scale", type=float, default=1.0, help="multiply every stage's timeout")
+    p.add_argument("--timeout-scale", type=float, default=1.0,
+                   help="multiply every stage's timeout (--full multiplies them by 3 more)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     return p
 
@@ -400,11 +401,16 @@ def main(argv: Optional[list] = None) -> int:
     jobs = args.jobs or (2 if args.emulate else max(1, min(8, (os.cpu_count() or 2) // 2)))
     ctx = Context(emulate=args.emulate, full=args.full, device=device, backends=backends, jobs=jobs,
                   budget_s=None if args.full or not args.budget else args.budget)
-    wanted = [w.strip() for w in args.stages.split(",")] if args.stages else None
+    wanted = [w.strip() for w in args.stages.split(",") if w.strip()] if args.stages else None
+    known = {s.name for s in STAGES} | {f"{s.name}:{b}" for s in STAGES if s.per_backend for b in GPU_BACKENDS}
+    if wanted and set(wanted) - known:
+        parser().error(f"argument --stages: unknown {', '.join(sorted(set(wanted) - known))}; "
+                       f"expected some of {', '.join(s.name for s in STAGES)} (or NAME:cuda, NAME:triton)")
 
     from rich.console import Console
     err = Console(stderr=True)
-    run = run_check(ctx, args.out, wanted, args.timeout_scale,
+    scale = args.timeout_scale * (3 if args.full else 1)   # --full's cases are far larger
+    run = run_check(ctx, args.out, wanted, scale,
                     progress=lambda text: err.print(text, highlight=False, markup=False))
     run["command"] = " ".join(["bilstm-bench", "check", *(sys.argv[1:] if argv is None else argv)])
     paths = write(run, args.out)
