@@ -376,3 +376,21 @@ def test_cli_rejects_bad_arguments(capsys):
         with pytest.raises(SystemExit) as e:
             cli.main(argv)
         assert e.value.code == 2 and text in capsys.readouterr().err, argv
+
+
+def test_no_gpu_run_stops_after_the_environment(tmp_path):
+    """`bilstm-bench check` (not --emulate) on a machine where torch sees no
+    GPU: the environment stage fails saying so, every later stage is skipped
+    with that reason, the run fails."""
+    if torch.cuda.is_available():
+        pytest.skip("torch sees a CUDA device here")
+    from bilstm_fast.bench import cli
+    rc = cli.main(["check", "--out", str(tmp_path)])
+    (path,) = tmp_path.glob("check_*.json")
+    run = json.loads(path.read_text())
+    for r in run["stages"]:
+        print(r["name"], r["verdict"], r["detail"][:120])
+    env, *rest = run["stages"]
+    assert rc == 1 and run["verdict"] == "fail"
+    assert env["verdict"] == "fail" and "sees no CUDA device" in env["detail"]
+    assert rest and all(r["verdict"] == "skip" and r["detail"].startswith("no device to check") for r in rest)

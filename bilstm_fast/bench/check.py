@@ -250,15 +250,15 @@ def run_check(ctx: Context, out: Path, wanted: Optional[list] = None, timeout_sc
     env = stage_env(ctx.emulate)
     records: list[dict] = []
     environment, peak, rows, skipped, memory_method = None, None, [], {}, None
-    gpu_ok = True
+    stop = None     # why every later stage is skipped (no device, or it stopped answering)
     for sd in stages:
         for backend in (ctx.backends if sd.per_backend else [None]):
             name = f"{sd.name}:{backend}" if backend else sd.name
             if not selected(sd.name, backend, wanted):
                 continue
             rec = None
-            if not gpu_ok:
-                rec = {"verdict": "skip", "detail": "the GPU stopped answering after an earlier hang"}
+            if stop is not None:
+                rec = {"verdict": "skip", "detail": stop}
             elif backend is not None and backend in skipped:
                 rec = {"verdict": "skip", "detail": f"{backend} unavailable: {skipped[backend]}"}
             budget = None
@@ -278,6 +278,8 @@ def run_check(ctx: Context, out: Path, wanted: Optional[list] = None, timeout_sc
                      f"{rec.get('detail', '')[:160]}")
             if sd.name == "environment":
                 environment = rec.pop("environment", None)
+                if rec.get("device_ok") is False:
+                    stop = f"no device to check: {rec.get('detail', '')}"
                 for b, why in (rec.get("backends") or {}).items():
                     if why is not None and b in ctx.backends:
                         skipped[b] = why
@@ -285,9 +287,11 @@ def run_check(ctx: Context, out: Path, wanted: Optional[list] = None, timeout_sc
                 rows, peak = rec.pop("rows", []) or [], rec.pop("peak", None)
                 memory_method = (rec.get("settings") or {}).get("memory_method")
             if rec["verdict"] == "hang" and not ctx.emulate:
-                gpu_ok = _gpu_answers(env, ctx.device)
-                rec["notes"].append("after the hang the GPU " + ("still answered" if gpu_ok else
+                answers = _gpu_answers(env, ctx.device)
+                rec["notes"].append("after the hang the GPU " + ("still answered" if answers else
                                                                  "did not answer: later stages skipped"))
+                if not answers:
+                    stop = f"the GPU stopped answering after the hang of {name}"
             records.append(rec)
     bad = [r for r in records if r["verdict"] in ("fail", "hang")]
     return {

@@ -3,7 +3,7 @@ they judge it: the correctness cases, their inputs, one forward + backward
 through the op or through BiLSTM, and the error bounds -- one implementation,
 so the acceptance run and the tests cannot drift apart.
 
-Legend: T steps, B batch, N directions, H hidden size, D input features,
+Legend (docs/design.md §0): T steps, B batch, N directions, H hidden size, D input features,
 X the dtype under test. Errors are scaled, ``max|got - want| / max|want|``
 per tensor (bilstm_fast.bench.workload.scaled_errors), against the
 reference backend run in float64 on the same (X-rounded) inputs. The bound

@@ -10,7 +10,7 @@ in its own subprocess with a timeout; a stage is ``fn(ctx, events) -> dict``:
              "worst_err": float | None, "bound": float | None, "cases": [...],
              "notes": [...], ...stage-specific keys}
 
-Legend: T steps, B batch, N directions, H hidden size, X the dtype.
+Legend (docs/design.md §0): T steps, B batch, N directions, H hidden size, X the dtype.
 Under --emulate the device is the CPU: the cuda backend runs its kernels
 compiled against csrc/cuda/emu.h (BILSTM_FAST_CUDA_EMULATE=1), the triton
 backend in Triton's interpreter (TRITON_INTERPRET=1); both set by check.py
@@ -99,7 +99,7 @@ def environment(ctx, events) -> dict:
 
     device = _device(ctx)
     if device.type == "cuda" and not torch.cuda.is_available():
-        return dict(verdict="fail", environment=env_of(torch.device("cpu")), backends={},
+        return dict(verdict="fail", environment=env_of(torch.device("cpu")), backends={}, device_ok=False,
                     detail=f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA device; "
                            f"driver: {cuda_compat.driver_facts().describe()}")
     _setup(ctx)
