@@ -31,6 +31,7 @@ from typing import Optional
 import torch
 import triton
 
+from . import cuda_compat
 from .backends import CallSpec
 from .triton_plan import (SMEM_BYTES, KernelConfig, co_resident_programs, device_facts,
                           dot_precision, kernel_config, maxnreg_kwargs, parse_plan, plan_text,
@@ -118,6 +119,12 @@ def unavailable_reason() -> Optional[str]:
     return None
 
 
+def _device_reason(index: int) -> Optional[str]:
+    """Why CUDA device ``index`` cannot run the Triton kernels, or None."""
+    dev = cuda_compat.device_facts(index)
+    return None if dev is None else cuda_compat.triton_arch_reason(dev)
+
+
 def unsupported_reason(spec) -> Optional[str]:
     """``spec`` is a backends.CallSpec (device, dtype, N, H, P, proj, lengths):
     static facts only, never T or B. Tensor-level checks are in `_check_inputs`."""
@@ -131,7 +138,8 @@ def unsupported_reason(spec) -> Optional[str]:
     if N not in (1, 2) or H < 1:
         return f"expected N in (1, 2) directions and H >= 1, got N={N}, H={H}"
     if device == "cuda":
-        return None
+        # the current device: on one older than sm_80, backend="auto" passes to the next backend
+        return _device_reason(torch.cuda.current_device())
     if device == "cpu":
         return None   # Triton's interpreter (slow: for tests; auto never picks it)
     return f"the Triton backend runs on CUDA tensors (compiled) or CPU tensors (interpreter), got {device}"
