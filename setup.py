@@ -3,6 +3,13 @@
 One CMake project builds every module into the package directory:
 ``_cpu`` always, ``_cuda`` when nvcc is found, ``_cuda_emu`` (the CUDA kernels
 compiled as plain C++ for CPU emulation) always. Nothing links torch.
+
+Which nvcc builds ``_cuda`` (it links cudart statically, so its CUDA version
+decides which drivers can load it): CUDACXX when set; otherwise the rule of
+bilstm_fast/ops/cuda_compat.py (choose_nvcc): the CUDA major version torch
+was built with, so that ``_cuda`` loads wherever torch's own CUDA build
+runs; without a CUDA build of torch, the newest nvcc this machine's driver
+runs; else the first nvcc found. The choice is printed and passed to CMake.
 """
 import os
 import subprocess
@@ -13,6 +20,36 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
+
+
+def _cuda_compat():
+    """bilstm_fast/ops/cuda_compat.py loaded by path (stdlib only: no torch and
+    no package import at build time)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_bilstm_cuda_compat", ROOT / "bilstm_fast/ops/cuda_compat.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _nvcc_choice() -> list:
+    """CMake arguments naming the nvcc for _cuda (see the module docstring)."""
+    if os.environ.get("CUDACXX"):
+        print(f"bilstm_fast: nvcc from CUDACXX: {os.environ['CUDACXX']}", flush=True)
+        return []
+    cc = _cuda_compat()
+    candidates = cc.nvcc_candidates()
+    torch_cuda = cc.torch_cuda_version()  # None under build isolation (torch not importable)
+    path, why = cc.choose_nvcc(candidates, torch_cuda, cc.driver_facts().cuda)
+    print(f"bilstm_fast: {why}", flush=True)
+    if path is None:
+        return ["-DBILSTM_BUILD_CUDA=OFF"]
+    args = [f"-DCMAKE_CUDA_COMPILER={path}"]
+    if torch_cuda is not None:
+        args.append(f"-DBILSTM_TORCH_CUDA={cc.version_text(torch_cuda)}")
+    return args
 
 
 class CMakeBuild(build_ext):
@@ -30,6 +67,7 @@ class CMakeBuild(build_ext):
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
         ]
+        configure += _nvcc_choice()
         jobs = str(os.cpu_count() or 2)
         for cmd in (configure, ["cmake", "--build", ".", "--parallel", jobs]):
             if subprocess.run(cmd, cwd=build_dir).returncode != 0:

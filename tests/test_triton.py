@@ -1,32 +1,34 @@
 """The Triton backend (bilstm_fast/ops/triton_lstm.py) against the reference
-backend, run on CPU tensors in Triton's interpreter (TRITON_INTERPRET=1), plus
-the no-recompile property (T and B are not specialized) checked with the JIT's
-own cache-key function for a CUDA target.
+backend: on CPU tensors the kernels run in Triton's interpreter, on CUDA
+tensors (tests marked `gpu`, skipped without a GPU) the compiled kernels --
+the same process runs both (triton_lstm.kernels(interpret) loads each kind).
+Plus the no-recompile property (T and B are not specialized) checked with
+the JIT's own cache-key function for a CUDA target, NaN/Inf and bad lengths,
+the SPLIT barrier bookkeeping and launch-mode rule, and plans().
 
-Legend: T steps, B batch, N directions, H hidden. Shapes stay tiny: the
-interpreter runs programs one after another (~10 ms per program-step).
-Both kernel paths run: RESIDENT (the dispatcher's choice at these H) and
-STREAMED, forced at tiny H with 16-unit tiles so the hidden-unit tile loops,
-the global h/c exchange and the barriers all execute.
+Legend: T steps, B batch, N directions, H hidden. Shapes stay tiny on CPU:
+the interpreter runs programs one after another (~10 ms per program-step).
+All three kernel paths run: RESIDENT (the dispatcher's choice at these H),
+SPLIT (16 units per program, so H = 17..48 runs 2..3 programs per direction
+exchanging h and dG through L2) and STREAMED (16-unit tiles, so the tile
+loops, the global h/c exchange and the barriers all execute).
 """
 from __future__ import annotations
 
-import os
+import math
+from types import SimpleNamespace
 
-# Must be set before bilstm_fast.ops.triton_lstm is imported: triton.jit
-# decides at decoration time whether a kernel is interpreted. The module is
-# imported lazily in the `kt` fixture (and reloaded if something imported it
-# earlier without the interpreter), so this holds in a whole-suite run too.
-os.environ["TRITON_INTERPRET"] = "1"
+import pytest
+import torch
 
-import importlib  # noqa: E402
-import sys  # noqa: E402
+from bilstm_fast.ops import backends, lstm_recurrence, reference
+from bilstm_fast.ops import triton_lstm
+from bilstm_fast.ops import triton_plan as tp
+from conftest import make_inputs, maxerr, valid_mask
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from bilstm_fast.ops import backends, lstm_recurrence, reference  # noqa: E402
-from conftest import make_inputs, maxerr, valid_mask  # noqa: E402
+CUDA = torch.cuda.is_available()
+gpu = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU: the compiled Triton kernels run on "
+                                          "CUDA tensors only (CPU tensors run the interpreter)")
 
 FP32_RTOL, FP32_ATOL = 1e-5, 1e-5
 
@@ -41,21 +43,14 @@ def rounding_atol(dtype, want):
 
 @pytest.fixture(scope="module")
 def kt():
-    """bilstm_fast.ops.triton_lstm with interpreted kernels."""
-    kernels = importlib.import_module("bilstm_fast.ops.triton_kernels")
-    mod = importlib.import_module("bilstm_fast.ops.triton_lstm")
-    if not kernels.INTERPRET and not torch.cuda.is_available():
-        # imported earlier in this process without the interpreter: reload in
-        # place, kernels first (the backend registry holds the same module objects)
-        importlib.reload(kernels)
-        mod = importlib.reload(mod)
-    assert mod.INTERPRET, "TRITON_INTERPRET=1 did not reach triton_lstm"
-    assert mod.unavailable_reason() is None
-    return mod
+    """bilstm_fast.ops.triton_lstm: no environment variable needed."""
+    assert triton_lstm.unavailable_reason() is None
+    return triton_lstm
 
 
 def forced(path):
-    """("streamed", bh) / ("resident", hp) -> the plan text of a forced kernel config, or None."""
+    """("streamed", bh) / ("split", bh) / ("resident", hp) -> the plan text of
+    a forced kernel config, or None (the dispatcher chooses)."""
     return None if path is None else f"path={path[0]},block_h={path[1]}"
 
 
@@ -73,7 +68,8 @@ OUTPUTS = ("y", "h_n", "c_n", "gates", "cells", "dgx", "dh0", "dc0")
 
 # (T, B, N, H, lengths, forced path or None = dispatcher). Together: H in
 # {1, 17, 32, 48}, B in {1, 3, 17} (17 = two batch tiles, the second 1/16
-# full), T in {1, 2, 7}, N in {1, 2}, lengths unsorted with length 1, both paths.
+# full), T in {1, 2, 7}, N in {1, 2}, lengths unsorted with length 1, all
+# three paths (SPLIT at H = 17: the second program holds 1 real unit, 15 padded).
 CASES = {
     "T1_B1_H1": (1, 1, 2, 1, None, None),
     "H17_B3_T7_unsorted_len1": (7, 3, 2, 17, [7, 1, 4], None),
@@ -84,6 +80,9 @@ CASES = {
     "streamed_H48_B17_T2_N1_lengths": (2, 17, 1, 48, [2, 1] * 8 + [2], ("streamed", 16)),
     "streamed_H32_B1_T1": (1, 1, 2, 32, None, ("streamed", 16)),
     "resident_forced_H48_B3": (2, 3, 2, 48, [1, 2, 2], ("resident", 64)),
+    "split_H17_B3_T7_unsorted_len1": (7, 3, 2, 17, [7, 1, 4], ("split", 16)),
+    "split_H48_B17_T2_N1_lengths": (2, 17, 1, 48, [2, 1] * 8 + [2], ("split", 16)),
+    "split_H32_B1_T1": (1, 1, 2, 32, None, ("split", 16)),
 }
 
 
@@ -114,7 +113,8 @@ def test_fp32_forward_backward_vs_reference(kt, case):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
-@pytest.mark.parametrize("path", [None, ("streamed", 16)], ids=["dispatch", "streamed"])
+@pytest.mark.parametrize("path", [None, ("split", 16), ("streamed", 16)],
+                         ids=["dispatch", "split", "streamed"])
 def test_low_precision_three_way_bound(kt, dtype, path):
     """err(kernel, ref_fp32) <= 2 * err(reference fed dtype, ref_fp32) + atol.
 
@@ -157,7 +157,8 @@ def _op_grads(x, lengths, backend, gx_offset_buffer=False):
     return dict(y=y, h_n=hn, c_n=cn, **{f"d_{n}": t.grad for n, t in leaves.items()})
 
 
-@pytest.mark.parametrize("path", [None, ("streamed", 16)], ids=["dispatch", "streamed"])
+@pytest.mark.parametrize("path", [None, ("split", 16), ("streamed", 16)],
+                         ids=["dispatch", "split", "streamed"])
 def test_op_gradients_vs_reference(kt, path):
     """Through the custom op (autograd, dw_hh GEMM): dgx, dw_hh, dh0, dc0; a
     forced path travels in the backend name ("triton:path=streamed,block_h=16")."""
@@ -174,16 +175,28 @@ def test_op_gradients_vs_reference(kt, path):
 
 # ------------------------------------------------------------ no recompile
 class _Recorder:
-    """Stands in for a kernel: records each launch, then runs the kernel."""
+    """Stands in for a kernel: records each launch (grid, args, kwargs), then runs it."""
 
     def __init__(self, kernel):
         self.kernel, self.launches = kernel, []
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
-            self.launches.append((args, kwargs))
+            self.launches.append((grid, args, kwargs))
             return self.kernel[grid](*args, **kwargs)
         return launch
+
+
+_KERNELS = ("_lstm_fwd_kernel", "_lstm_bwd_kernel", "_lstm_fwd_split_kernel", "_lstm_bwd_split_kernel")
+
+
+def record_launches(kt, monkeypatch, interpret=True):
+    """Replace the launchers' kernel module by recorders of its kernels -> {name: _Recorder}."""
+    real = kt.kernels(interpret)
+    rec = {n: _Recorder(getattr(real, n)) for n in _KERNELS}
+    fake = SimpleNamespace(**rec)
+    monkeypatch.setattr(kt, "kernels", lambda i: fake if i == interpret else kt.kernels(i))
+    return rec
 
 
 def _jit_cache_key(kernel, args, kwargs, do_not_specialize=None):
@@ -200,31 +213,37 @@ def _jit_cache_key(kernel, args, kwargs, do_not_specialize=None):
     return compute_cache_key({}, specialization, options)
 
 
-def test_new_T_and_B_do_not_recompile(kt, monkeypatch):
-    rec = {n: _Recorder(getattr(kt, n)) for n in ("_lstm_fwd_kernel", "_lstm_bwd_kernel")}
-    for n, r in rec.items():
-        monkeypatch.setattr(kt, n, r)
+@pytest.mark.parametrize("plan", [None, "path=split,block_h=16"], ids=["dispatch", "split"])
+def test_new_T_and_B_do_not_recompile(kt, monkeypatch, plan):
+    rec = record_launches(kt, monkeypatch)
+    used = ("_lstm_fwd_kernel", "_lstm_bwd_kernel") if plan is None else \
+        ("_lstm_fwd_split_kernel", "_lstm_bwd_split_kernel")
     H = 17
-    for T, B, lengths in ((2, 3, [2, 1, 2]), (7, 17, [7] * 16 + [1]), (16, 16, [16] * 16)):
+    shapes = ((2, 3, [2, 1, 2]), (7, 17, [7] * 16 + [1]), (16, 16, [16] * 16))
+    for T, B, lengths in shapes:
         x = make_inputs(T, B, 2, H, seed=T)
-        run_backend(kt, x, torch.tensor(lengths))
-    for n, r in rec.items():
-        keys = {_jit_cache_key(r.kernel, a, kw) for a, kw in r.launches}
+        run_backend(kt, x, torch.tensor(lengths), plan)
+    for n in used:
+        r = rec[n]
+        keys = {_jit_cache_key(r.kernel, a, kw) for _, a, kw in r.launches}
         print(f"{n}: {len(r.launches)} launches (T, B) in (2, 3), (7, 17), (16, 16) -> {len(keys)} cache key(s)")
-        assert len(r.launches) == 3
+        # SPLIT in the interpreter: one launch per step (+1 backward), step range runtime
+        want = 3 if plan is None else sum(T + (n.startswith("_lstm_bwd")) for T, _, _ in shapes)
+        assert len(r.launches) == want
         assert len(keys) == 1, f"{n}: a new T or B would recompile"
         # the check can fail: without do_not_specialize, T=16/B=16 (divisible
         # by 16) would be a different specialization than T=7/B=17
-        plain = {_jit_cache_key(r.kernel, a, kw, do_not_specialize=[]) for a, kw in r.launches}
+        plain = {_jit_cache_key(r.kernel, a, kw, do_not_specialize=[]) for _, a, kw in r.launches}
         assert len(plain) > 1
     # and a new H (a constexpr) is a new kernel, as documented
-    a, kw = rec["_lstm_fwd_kernel"].launches[0]
-    assert _jit_cache_key(rec["_lstm_fwd_kernel"].kernel, a, dict(kw, H=H + 1)) not in keys
+    _, a, kw = rec[used[0]].launches[0]
+    assert _jit_cache_key(rec[used[0]].kernel, a, dict(kw, H=H + 1)) not in keys
 
 
 # --------------------------------------------------------- what it refuses
-def test_unsupported_and_unavailable_reasons(kt, monkeypatch):
+def test_unsupported_and_unavailable_reasons(kt):
     spec = backends.CallSpec
+    assert kt.unavailable_reason() is None            # no environment variable needed
     assert kt.unsupported_reason(spec("cpu", torch.float32, 2, 8, 8, False, True)) is None
     assert kt.unsupported_reason(spec("cuda", torch.bfloat16, 1, 8, 8, False, False)) is None
     why = kt.unsupported_reason(spec("cpu", torch.float64, 2, 8, 8, False, False))
@@ -233,17 +252,11 @@ def test_unsupported_and_unavailable_reasons(kt, monkeypatch):
     why = kt.unsupported_reason(spec("cpu", torch.float32, 2, 8, 4, True, False))
     print(why)
     assert "proj_size" in why and "reference" in why
-    monkeypatch.setattr(kt, "INTERPRET", False)
-    why = kt.unsupported_reason(spec("cpu", torch.float32, 2, 8, 8, False, False))
+    why = kt.unsupported_reason(spec("mps", torch.float32, 2, 8, 8, False, False))
     print(why)
-    assert "CUDA GPU" in why and "TRITON_INTERPRET=1" in why
-    monkeypatch.setattr(kt, "_unavailable_known", False)   # (both restored by undo)
-    monkeypatch.setattr(kt, "_unavailable", None)
-    why = kt.unavailable_reason()
-    print(why)
-    assert "CUDA GPU" in why and "TRITON_INTERPRET=1" in why
-    monkeypatch.undo()
-    assert kt.unavailable_reason() is None
+    assert "CUDA tensors" in why and "interpreter" in why
+    # auto never picks the interpreter for CPU tensors
+    assert backends.resolve_backend("auto", "cpu", torch.float32, 2, 8, 8, False, False) != "triton"
     # through the op: an explicit backend that cannot serve the call is an error
     x = make_inputs(2, 2, 2, 4, dtype=torch.float64)
     with pytest.raises(ValueError, match="float64"):
@@ -251,6 +264,18 @@ def test_unsupported_and_unavailable_reasons(kt, monkeypatch):
     x = make_inputs(2, 2, 2, 4)
     with pytest.raises(ValueError, match="h0"):
         kt.forward(x["gx"], x["w_hh"], None, x["h0"][:, :1], x["c0"], None, False)
+
+
+def test_interpreted_and_compiled_kernels_in_one_process(kt):
+    """The interpreter is a per-call choice: both kinds of every kernel and of
+    the nested @triton.jit helpers exist side by side, whatever TRITON_INTERPRET is."""
+    from triton.runtime.interpreter import InterpretedFunction
+    from triton.runtime.jit import JITFunction
+    for interpret, kind in ((True, InterpretedFunction), (False, JITFunction)):
+        mod = kt.kernels(interpret)
+        for name in _KERNELS + ("_cell_and_store", "_dot", "_arrive_and_wait", "_row_lengths"):
+            assert isinstance(getattr(mod, name), kind), (interpret, name)
+    assert kt.kernels(True) is not kt.kernels(False)
 
 
 def test_no_workspace_without_grad(kt):
@@ -261,3 +286,300 @@ def test_no_workspace_without_grad(kt):
     for n, a, b in zip(("y", "h_n", "c_n"), (y, hn, cn), r[:3]):
         print(f"{n}: max abs err {maxerr(a, b):.2e}")
         torch.testing.assert_close(a, b, rtol=FP32_RTOL, atol=FP32_ATOL)
+
+
+# ----------------------------------------------------------- NaN and Inf
+# docs/design.md §5: NaN and Inf propagate exactly as in nn.LSTM. Here at the
+# op level against the reference backend, which tests/test_nonfinite.py checks
+# against nn.LSTM. H = 20 puts padded lanes beside real ones on every path
+# (RESIDENT HP = 32; SPLIT's second program 4 real units of 16; STREAMED's
+# second tile likewise): an Inf must never meet a padded zero in a dot.
+NF_T, NF_B, NF_H = 5, 3, 20
+NF_VALUES = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+NF_STEPS = {"first": 0, "middle": NF_T // 2, "last": NF_T - 1}
+NF_PATHS = {"resident": None, "split": ("split", 16), "streamed": ("streamed", 16)}
+
+
+def _nf_cases():
+    for where in ("gx", "h0", "c0", "w_hh"):
+        for step in (("first",) if where in ("h0", "c0") else NF_STEPS):   # h0/c0: no time axis
+            for value in NF_VALUES:
+                yield f"{where}-{step}-{value}"
+
+
+def _place_nonfinite(x, where, step, value):
+    t = NF_STEPS[step]
+    if where == "gx":
+        x["gx"][t, 1, 0, 3] = value                 # direction 0, batch row 1, gate i unit 3
+        x["gx"][NF_T - 1 - t, 2, 1, 2 * NF_H + 17] = value  # direction 1 at its own step t, gate g, padded tile
+    elif where == "h0":
+        x["h0"][1, 1, 3] = value                    # direction 1, batch row 1
+    elif where == "c0":
+        x["c0"][0, 2, 17] = value                   # direction 0, batch row 2, unit in the last tile
+    else:                                           # a weight: which element depends on `step`
+        w = x["w_hh"].view(-1)
+        w[(w.numel() - 1) * t // (NF_T - 1)] = value
+
+
+def assert_same_nonfinite(name, got, want, rtol=2e-5, atol=2e-5):
+    """NaN where want is NaN, the same Inf where want is Inf, close elsewhere."""
+    print(f"{name}: NaN {int(got.isnan().sum())} (reference {int(want.isnan().sum())}), "
+          f"Inf {int(got.isinf().sum())} (reference {int(want.isinf().sum())})")
+    assert torch.equal(got.isnan(), want.isnan()), f"{name}: NaN in different places"
+    assert torch.equal(got.isinf(), want.isinf()), f"{name}: Inf in different places"
+    torch.testing.assert_close(got, want, rtol=rtol, atol=atol, equal_nan=True, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("path", list(NF_PATHS))
+@pytest.mark.parametrize("case", list(_nf_cases()))
+def test_nonfinite_matches_reference(kt, case, path):
+    where, step, value = case.split("-", 2)
+    x = make_inputs(NF_T, NF_B, 2, NF_H, seed=3)
+    _place_nonfinite(x, where, step, NF_VALUES[value])
+    k = run_backend(kt, x, None, forced(NF_PATHS[path]))
+    r = run_backend(reference, x, None)
+    for n in ("y", "h_n", "c_n", "dgx", "dh0", "dc0"):
+        assert_same_nonfinite(f"{case} {path} {n}", k[n], r[n])
+
+
+# -------------------------------------------------- lengths outside 1..T
+@pytest.mark.parametrize("path", list(NF_PATHS))
+def test_lengths_out_of_range_are_clamped_in_the_kernel(kt, path):
+    """The kernels clamp every length into 1..T themselves (docs/design.md §5:
+    the op raises for CPU tensors and clamps GPU ones; the kernels must stay
+    in bounds and write every output whoever calls them): 0 and -3 run as 1,
+    T+5 and 2**32+2 (not 2: clamped before the int32 cast) as T. Before the
+    clamp, L <= 0 left h_n/c_n unwritten and L > T read and wrote past y."""
+    T, N, H = 4, 2, 20
+    bad = torch.tensor([0, -3, T + 5, 2 ** 32 + 2, 2])
+    x = make_inputs(T, len(bad), N, H, seed=4)
+    k = run_backend(kt, x, bad, forced(NF_PATHS[path]))
+    clamped = bad.clamp(1, T)
+    r = run_backend(reference, x, clamped)
+    m = valid_mask(T, len(bad), clamped)
+    for n in OUTPUTS:
+        got, want = k[n], r[n]
+        if n in ("gates", "cells"):
+            got, want = torch.where(m, got, 0.0), torch.where(m, want, 0.0)
+        print(f"{path} {n}: max abs err {maxerr(got, want):.2e}")
+        assert torch.isfinite(got).all(), f"{n}: not every element written"
+        torch.testing.assert_close(got, want, rtol=FP32_RTOL, atol=FP32_ATOL, msg=lambda s: f"{path} {n}: {s}")
+
+
+# ------------------------------------------------ SPLIT: barrier and launches
+@pytest.mark.parametrize("N,H,B", [(2, 40, 17), (1, 17, 3)])
+def test_split_barrier_bookkeeping(kt, monkeypatch, N, H, B):
+    """The interpreter runs SPLIT one launch per step (no spin), with the same
+    per-step code and the same arrivals as the grid-barrier launch: every one
+    of the S programs of a group arrives once per step, so each group's
+    counter ends at S*T forward and S*(T+1) backward (its T+1 iterations),
+    the rest of its 128-byte line untouched; the grid is (N, batch tiles, S)
+    and launch r runs exactly iteration r."""
+    rec = record_launches(kt, monkeypatch)
+    T = 3
+    S, tiles = math.ceil(H / 16), math.ceil(B / 16)
+    x = make_inputs(T, B, N, H, seed=5)
+    lengths = torch.tensor(([3, 1, 2] * B)[:B])
+    k = run_backend(kt, x, lengths, "path=split,block_h=16")
+    r = run_backend(reference, x, lengths)
+    for n in ("y", "h_n", "c_n", "dgx", "dh0", "dc0"):
+        torch.testing.assert_close(k[n], r[n], rtol=FP32_RTOL, atol=FP32_ATOL)
+    for name, iters in (("_lstm_fwd_split_kernel", T), ("_lstm_bwd_split_kernel", T + 1)):
+        launches = rec[name].launches
+        assert len(launches) == iters
+        bars = {id(a[11 if name.startswith("_lstm_fwd") else 13]) for _, a, _ in launches}
+        assert len(bars) == 1, "one counter buffer per call"
+        for i, (grid, args, kw) in enumerate(launches):
+            assert grid == (N, tiles, S)
+            assert kw["SYNC"] is False
+            assert args[-2:] == (i, i + 1), "launch i runs iteration i only"
+        bar = launches[0][1][11 if name.startswith("_lstm_fwd") else 13]
+        print(f"{name}: counters {bar[..., 0].tolist()} (S={S}, iterations {iters})")
+        assert bar.shape == (N, tiles, 32)
+        assert (bar[..., 0] == S * iters).all()
+        assert (bar[..., 1:] == 0).all()
+
+
+class _NoCall:
+    def __call__(self):
+        raise AssertionError("the co-residency check must not run here")
+
+
+def test_split_launch_mode_rule():
+    """When SPLIT may spin: never in the interpreter; "step" never asks the
+    device; "auto" spins when one barrier group per direction fits, else one
+    launch per step; a forced "grid" that cannot run is an error."""
+    rule = tp.split_launch_groups
+    assert rule("auto", True, 2, 3, 4, _NoCall()) == 0
+    assert rule("step", True, 2, 3, 4, _NoCall()) == 0
+    assert rule("step", False, 2, 3, 4, _NoCall()) == 0
+    with pytest.raises(ValueError, match="interpreter"):
+        rule("grid", True, 2, 3, 4, _NoCall())
+    # H = 1024: S = 64 per direction; 132 co-resident programs (an H100/H200 at
+    # one program per SM) hold both directions once; 108 (an A100) do not
+    assert rule("auto", False, 2, 64, 4, lambda: 132) == 1
+    assert rule("auto", False, 2, 64, 4, lambda: 108) == 0
+    assert rule("auto", False, 1, 64, 4, lambda: 108) == 1
+    with pytest.raises(RuntimeError, match="do not fit"):
+        rule("grid", False, 2, 64, 1, lambda: 108)
+    # batch tiles become more groups while they fit, never more than there are tiles
+    assert rule("grid", False, 2, 16, 8, lambda: 132) == 4
+    assert rule("grid", False, 2, 16, 3, lambda: 528) == 3
+
+
+def test_co_resident_programs():
+    """The occupancy arithmetic with injected device facts (H100/H200 SXM:
+    132 SMs, 228 KB shared memory, 64 K registers, 2048 threads per SM)."""
+    h100 = tp.DeviceFacts(sms=132, smem_per_sm=228 * 1024, regs_per_sm=65536, threads_per_sm=2048)
+    # 139264 B of shared memory (RESIDENT fp16 H = 128): one block per SM
+    assert tp.co_resident_programs(h100, 151, 139264, 8) == 132
+    # small smem, 4 warps at 128 registers: registers allow 4 blocks per SM
+    assert tp.co_resident_programs(h100, 128, 40000, 4) == 132 * 4
+    # shared memory binds: 5 x (40 KB + 1 KB reserved) <= 228 KB < 6 x
+    assert tp.co_resident_programs(h100, 32, 40 * 1024, 4) == 132 * 5
+    # a kernel that does not fit at all
+    assert tp.co_resident_programs(h100, 64, 240 * 1024, 4) == 0
+
+
+# ------------------------------------------------------------------ plans
+def test_plans_cover_the_dispatcher_and_round_trip(kt):
+    spec = backends.CallSpec
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        for H in (17, 64, 128, 256, 768, 1024, 2048):
+            texts = kt.plans(spec("cuda", dtype, 2, H, H, False, True))
+            print(dtype, H, texts)
+            assert texts and len(texts) == len(set(texts))
+            for text in texts:
+                cfg = kt.parse_plan(text)
+                assert tp.plan_text(cfg) == text and (cfg.path != "split" or cfg.sync != "auto")
+            for smem in tp.SMEM_BYTES.values():
+                for prec in ("tf32", "tf32x3"):
+                    for cfg in tp.resolved_configs(kt.kernel_config(H, dtype, smem, prec), True):
+                        assert tp.plan_text(cfg) in texts
+    fp16 = kt.plans(spec("cuda", torch.float16, 2, 256, 256, False, False))
+    assert "path=split,block_h=16,num_warps=4,sync=grid" in fp16
+    assert "path=split,block_h=16,num_warps=4,sync=step" in fp16
+    # CPU tensors: the interpreter, which never spins
+    cpu = kt.plans(spec("cpu", torch.float16, 2, 256, 256, False, False))
+    assert cpu == ["path=split,block_h=16,num_warps=4,sync=step"]
+    assert kt.plans(spec("cpu", torch.float64, 2, 8, 8, False, False)) == []
+    with pytest.raises(ValueError, match="sync= applies to path=split"):
+        kt.parse_plan("path=resident,block_h=16,sync=grid")
+    with pytest.raises(ValueError, match="sync must be"):
+        kt.parse_plan("path=split,block_h=16,sync=spin")
+
+
+def test_dispatch_rule_ranges(kt):
+    """The H ranges docs/triton.md states, per arch shared memory and dtype."""
+    def path(H, dtype, arch, prec="tf32"):
+        return kt.kernel_config(H, dtype, tp.SMEM_BYTES[arch], prec).path
+    f16, f32 = torch.float16, torch.float32
+    for arch in (80, 90):
+        assert path(128, f16, arch) == "resident" and path(129, f16, arch) == "split"
+        assert path(64, f32, arch) == "resident" and path(65, f32, arch) == "split"
+    assert path(1024, f16, 90) == "split" and path(1025, f16, 90) == "streamed"
+    assert path(1024, f16, 80) == "split" and path(1025, f16, 80) == "streamed"
+    assert path(512, f16, 86) == "split" and path(513, f16, 86) == "streamed"
+    assert path(512, f32, 90) == "split" and path(513, f32, 90) == "streamed"
+    assert path(256, f32, 90, "tf32x3") == "split" and path(257, f32, 90, "tf32x3") == "streamed"
+
+
+# ------------------------------------------------ GPU: the compiled kernels
+def _cuda(x):
+    return {k: v.cuda() for k, v in x.items()}
+
+
+GPU_SHAPES = [(17, 3, [3, 1, 2]), (64, 17, None), (256, 5, [5, 2, 1, 4, 3]), (768, 16, None)]
+
+
+@gpu
+@pytest.mark.parametrize("H,B,lengths", GPU_SHAPES, ids=[f"H{s[0]}" for s in GPU_SHAPES])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+def test_gpu_every_plan_vs_reference(kt, H, B, lengths, dtype, monkeypatch):
+    """Every plan the dispatcher can choose for this call, forced, on CUDA
+    tensors: fp32 (TF32 off: tf32x3) to 1e-4 of the reference, fp16 by the
+    three-way bound; bitwise the same on a second run (a race shows here)."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    T, N = 6, 2
+    lengths = None if lengths is None else torch.tensor(lengths, device="cuda")
+    x32 = _cuda(make_inputs(T, B, N, H, seed=H))
+    x = {k: v.to(dtype) for k, v in x32.items()}
+    ref32 = run_backend(reference, x32, lengths)
+    ref_lo = run_backend(reference, x, lengths)
+    for text in kt.plans(backends.CallSpec("cuda", dtype, N, H, H, False, lengths is not None)):
+        got = run_backend(kt, x, lengths, text)
+        again = run_backend(kt, x, lengths, text)
+        m = valid_mask(T, B, None if lengths is None else lengths.cpu()).cuda()
+        for n in OUTPUTS:
+            mask = m if n in ("gates", "cells") else None
+            e_k = maxerr(got[n], ref32[n], mask)
+            bound = (1e-4 * max(1.0, ref32[n].abs().max().item()) if dtype == torch.float32 else
+                     2 * maxerr(ref_lo[n], ref32[n], mask)
+                     + rounding_atol(dtype, ref32[n] if mask is None else torch.where(mask, ref32[n], 0.0)))
+            print(f"{text} {n}: err {e_k:.2e} bound {bound:.2e}")
+            assert e_k <= bound, f"{text} {n}: {e_k} > {bound}"
+            a, b = (got[n], again[n]) if mask is None else (torch.where(mask, got[n], 0.0),
+                                                            torch.where(mask, again[n], 0.0))
+            assert torch.equal(a, b), f"{text} {n}: not deterministic (a race?)"
+
+
+@gpu
+@pytest.mark.parametrize("H", [48, 256])
+def test_gpu_op_gradients_every_plan(kt, H, monkeypatch):
+    """Through the op on CUDA tensors, every plan forced by name; fp32 with
+    TF32 off (tf32x3 dots, about fp32 accuracy)."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    T, B, N = 5, 3, 2
+    lengths = torch.tensor([5, 1, 3], device="cuda")
+    x = _cuda(make_inputs(T, B, N, H, seed=7))
+    want = _op_grads(x, lengths, "reference")
+    for text in kt.plans(backends.CallSpec("cuda", torch.float32, N, H, H, False, True)):
+        got = _op_grads(x, lengths, f"triton:{text}")
+        for n in want:
+            print(f"{text} {n}: max abs err {maxerr(got[n], want[n]):.2e}")
+            torch.testing.assert_close(got[n], want[n], rtol=1e-4, atol=1e-4, msg=lambda s: f"{text} {n}: {s}")
+
+
+@gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_gpu_low_precision_three_way_bound(kt, dtype):
+    T, B, N, H = 7, 3, 2, 300
+    lengths = torch.tensor([7, 1, 4], device="cuda")
+    x32 = _cuda(make_inputs(T, B, N, H, seed=1))
+    xlo = {n: t.to(dtype) for n, t in x32.items()}
+    ref32, ref_lo = run_backend(reference, x32, lengths), run_backend(reference, xlo, lengths)
+    ker = run_backend(kt, xlo, lengths)
+    m = valid_mask(T, B, lengths.cpu()).cuda()
+    for n in OUTPUTS:
+        mask = m if n in ("gates", "cells") else None
+        atol = rounding_atol(dtype, ref32[n] if mask is None else torch.where(mask, ref32[n], 0.0))
+        e_k, e_t = maxerr(ker[n], ref32[n], mask), maxerr(ref_lo[n], ref32[n], mask)
+        print(f"{n}: kernel {e_k:.2e} reference-{dtype} {e_t:.2e} bound {2 * e_t + atol:.2e}")
+        assert e_k <= 2 * e_t + atol, n
+
+
+@gpu
+@pytest.mark.parametrize("H", [64, 256])
+def test_gpu_cuda_graph_capture_and_replay(kt, H):
+    """Forward of every plan captured in a CUDA graph (the SPLIT counters are a
+    memset node; sync=step is T kernel nodes) and replayed on new inputs."""
+    T, B, N = 5, 4, 2
+    lengths = torch.tensor([5, 2, 4, 1], device="cuda")
+    for text in kt.plans(backends.CallSpec("cuda", torch.float16, N, H, H, False, True)):
+        cfg = kt.parse_plan(text)
+        static = _cuda(make_inputs(T, B, N, H, dtype=torch.float16, seed=1))
+        args = lambda: (static["gx"], static["w_hh"], None, static["h0"], static["c0"], lengths, False, cfg)  # noqa: E731
+        kt.forward(*args())                       # compile and the co-residency check, outside capture
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            out = kt.forward(*args())
+        fresh = _cuda(make_inputs(T, B, N, H, dtype=torch.float16, seed=2))
+        for k in ("gx", "h0", "c0"):
+            static[k].copy_(fresh[k])
+        g.replay()
+        torch.cuda.synchronize()
+        want = kt.forward(*args())
+        for n, a, b in zip(("y", "h_n", "c_n"), out[:3], want[:3]):
+            print(f"{text} {n}: replay vs eager max abs err {maxerr(a, b):.2e}")
+            assert torch.equal(a, b), f"{text} {n}"

@@ -8,13 +8,18 @@ Triton rows: for each (arch, H, dtype) the Triton dispatcher's choice
 (triton_plan.kernel_config with the arch's shared memory) is compiled with
 ``triton.compile(ASTSource(...), target=GPUTarget("cuda", cc, 32))`` for the
 forward and the backward kernel, over every flag combination the launchers
-can pass (N in {1, 2}, with/without lengths, with/without workspace, and for
-fp32 TF32 on/off). One row per kernel/arch/H/dtype shows the worst case over
+can pass (N in {1, 2}, with/without lengths, with/without workspace, for
+fp32 TF32 on/off, and for SPLIT both launch modes: the spinning grid barrier
+and one launch per step). The kernels are the compiled kind
+(``triton_lstm.kernels(interpret=False)``) whatever TRITON_INTERPRET says. One row per kernel/arch/H/dtype shows the worst case over
 those flag variants: registers from Triton's bundled ``cuobjdump
 --dump-resource-usage`` on the cubin, spill bytes from its bundled
 ``ptxas -v`` on the PTX, shared memory from the kernel metadata.
-``--quick`` (CI, < 2 minutes): H in {64, 128, 512}, fp32 and bf16, both
-arches, only the flag set used in training (N=2, lengths, workspace, TF32).
+``--quick`` (CI): H in {64, 128, 512}, fp32 and bf16, both arches, only
+the flag set used in training (N=2, lengths, workspace), both fp32 dot
+precisions, SPLIT's grid barrier. ``--training``: that flag set for every
+H and dtype asked, with both SPLIT launch modes (the table in
+docs/triton.md; the full flag matrix is ~750 compiles).
 
 CUDA C++ rows come from ``cuda_resources.rows(archs, hs, dtypes)`` (tools/cuda_resources.py),
 and are checked the same way. A developer tool: it needs the source tree, so it
@@ -36,9 +41,7 @@ import tempfile
 import threading
 from dataclasses import asdict, astuple, dataclass
 
-# The kernels must be real JIT functions (not the interpreter's), and the FP
-# fusion default is pinned to Triton 3.9's current default (silences a warning).
-os.environ.pop("TRITON_INTERPRET", None)
+# The FP fusion default is pinned to Triton 3.9's current default (silences a warning).
 os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
 
 ARCHS = (80, 90)
@@ -59,19 +62,38 @@ class Variant:
     has_lengths: bool
     keep_for_backward: bool    # forward only
     dot_prec: str
+    sync: bool = True          # SPLIT only: the spinning grid barrier (else one launch per step)
+    plan: str = ""             # a forced config (triton_plan.parse_plan text); "" = the dispatcher's
 
 
-def triton_variants(archs, hs, dtypes, quick: bool) -> list[Variant]:
+def _config(v: "Variant"):
+    import torch
+    from bilstm_fast.ops import triton_plan as tp
+    if v.plan:
+        return tp.parse_plan(v.plan)
+    tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[v.dtype]
+    return tp.kernel_config(v.H, tdtype, tp.SMEM_BYTES[v.arch], v.dot_prec)
+
+
+def triton_variants(archs, hs, dtypes, quick: bool, training: bool = False) -> list[Variant]:
+    """quick: the training flags (N=2, lengths, workspace), both fp32 dot
+    precisions, SPLIT's grid barrier only; training: the same flags with both
+    SPLIT launch modes; else every flag combination the launchers can pass."""
     out = []
+    precs = {"fp32": ("tf32", "tf32x3")}
     for arch, H, dtype in itertools.product(archs, hs, dtypes):
         for kernel in ("fwd", "bwd"):
-            if quick:
-                flags = [(2, True, True, "tf32")]
+            if quick or training:
+                flags = [(2, True, True, p) for p in precs.get(dtype, ("tf32",))]
             else:
                 flags = itertools.product((1, 2), (False, True),
                                           (False, True) if kernel == "fwd" else (True,),
                                           ("tf32", "tf32x3") if dtype == "fp32" else ("tf32",))
-            out += [Variant(kernel, arch, H, dtype, *f) for f in flags]
+            for f in flags:
+                v = Variant(kernel, arch, H, dtype, *f)
+                split = _config(v).path == "split"
+                out += [Variant(kernel, arch, H, dtype, *f, sync=sync)
+                        for sync in ((True,) if quick or not split else (True, False))]
     return out
 
 
@@ -80,48 +102,63 @@ def _bin(name: str) -> str:
     return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
 
 
-def compile_triton_variant(v: Variant) -> dict:
-    """Compile one variant for its arch; -> resource dict (worker process)."""
-    import torch
+def compile_triton(v: Variant):
+    """Compile one variant ahead of time for its arch -> (Triton's compiled
+    kernel: .asm["cubin"], .asm["ptx"], .metadata; the KernelConfig used).
+    Also used by tools/cost_model.py."""
     import triton
     from triton.backends.compiler import GPUTarget
-    from bilstm_fast.ops import triton_kernels as tk
+    from bilstm_fast.ops import triton_lstm
     from bilstm_fast.ops import triton_plan as tp
 
-    if tk.INTERPRET:
-        raise RuntimeError("bilstm_fast.ops.triton_kernels was imported under TRITON_INTERPRET=1; "
-                           "run the compile report in a fresh process")
-    tdtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[v.dtype]
-    cfg = tp.kernel_config(v.H, tdtype, tp.SMEM_BYTES[v.arch], v.dot_prec)
+    tk = triton_lstm.kernels(interpret=False)
+    cfg = _config(v)
+    split = cfg.path == "split"
     X = v.dtype
     if v.kernel == "fwd":
-        fn = tk._lstm_fwd_kernel
+        fn = tk._lstm_fwd_split_kernel if split else tk._lstm_fwd_kernel
         ptrs = dict(gx=X, w_hh=X, h0=X, c0=X, lengths="i64", y=X, h_n=X, c_n=X,
                     gates="fp32", cells="fp32", c_scr="fp32")
         flags = dict(HAS_LENGTHS=v.has_lengths, KEEP_FOR_BACKWARD=v.keep_for_backward, DOT_PREC=v.dot_prec)
     else:
-        fn = tk._lstm_bwd_kernel
+        fn = tk._lstm_bwd_split_kernel if split else tk._lstm_bwd_kernel
         ptrs = dict(dy=X, dh_n=X, dc_n=X, w_hh=X, c0=X, lengths="i64", gates="fp32", cells="fp32",
                     dgx=X, dh0=X, dc0=X, dh_scr="fp32", dc_scr="fp32")
         flags = dict(HAS_LENGTHS=v.has_lengths, DOT_PREC=v.dot_prec)
+    if split:
+        ptrs["bar"] = "i32"
+        path_flags = dict(BLOCK_K=tp.split_block_k(v.H), SYNC=v.sync)
+        scalars = dict(T="i32", B="i32", S_BEGIN="i32", S_END="i32")
+    else:
+        path_flags = dict(RESIDENT=cfg.resident)
+        scalars = dict(T="i32", B="i32", **({"H_LOOP": "i32"} if v.kernel == "fwd" else {}))
     constexprs = dict(H=v.H, N=v.N, BLOCK_B=cfg.block_b, BLOCK_H=cfg.block_h,
-                      RESIDENT=cfg.resident, **flags, F32_DOT=False)  # F32_DOT: interpreter only
-    # T and B stay plain i32 (the launcher marks them do_not_specialize);
-    # pointers carry the 16-byte alignment the JIT sees for torch allocations.
+                      **path_flags, **flags, F32_DOT=False)  # F32_DOT: interpreter only
+    # T, B (and the step range) stay plain i32 (the launcher marks them
+    # do_not_specialize); pointers carry the 16-byte alignment the JIT sees
+    # for torch allocations.
     signature = {k: "*" + t for k, t in ptrs.items()}
-    signature.update(T="i32", B="i32", **({"H_LOOP": "i32"} if v.kernel == "fwd" else {}),
-                     **{k: "constexpr" for k in constexprs})
+    signature.update(**scalars, **{k: "constexpr" for k in constexprs})
     attrs = {(i,): [["tt.divisibility", 16]] for i in range(len(ptrs))}
+    options = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages, **tp.maxnreg_kwargs(cfg))
+    if split and v.sync:
+        options["launch_cooperative_grid"] = True
     k = triton.compile(triton.compiler.ASTSource(fn, signature, constexprs, attrs),
-                       target=GPUTarget("cuda", v.arch, 32),
-                       options=dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                                    **tp.maxnreg_kwargs(cfg)))
+                       target=GPUTarget("cuda", v.arch, 32), options=options)
+    return k, cfg
+
+
+def compile_triton_variant(v: Variant) -> dict:
+    """Compile one variant for its arch; -> resource dict (worker process)."""
+    k, cfg = compile_triton(v)
+    split = cfg.path == "split"
     regs, stack = _cubin_usage(k.asm["cubin"])
     spill_st, spill_ld = _ptxas_spills(k.asm["ptx"], v.arch)
-    return dict(backend="triton", kernel=fn.__name__, arch=v.arch, H=v.H, dtype=v.dtype,
+    return dict(backend="triton", kernel=k.metadata.name, arch=v.arch, H=v.H, dtype=v.dtype,
                 registers=regs, spills=spill_st + spill_ld, stack=stack,
                 smem_bytes=k.metadata.shared, threads=32 * k.metadata.num_warps,
-                note=f"{'resident' if cfg.resident else 'streamed'} BH={cfg.block_h}"
+                note=f"{cfg.path} BH={cfg.block_h}"
+                     + (f" S={-(-v.H // cfg.block_h)}/dir" if split else "")
                      + (f" maxnreg={cfg.maxnreg}" if cfg.maxnreg else ""))
 
 
@@ -248,7 +285,7 @@ def _crash_row(v: Variant, why: str) -> dict:
     return dict(backend="triton", kernel=f"_lstm_{v.kernel}_kernel", arch=v.arch, H=v.H, dtype=v.dtype,
                 registers=-1, spills=0, stack=0, smem_bytes=0, threads=0, variant=list(astuple(v)),
                 note="", error=f"compiler crashed on N={v.N} lengths={v.has_lengths} "
-                               f"ws={v.keep_for_backward} {v.dot_prec}: {why}")
+                               f"ws={v.keep_for_backward} {v.dot_prec} sync={v.sync}: {why}")
 
 
 def _worker() -> int:
@@ -265,6 +302,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dtype", nargs="+", choices=DTYPES, help=f"dtypes (default: {DTYPES})")
     ap.add_argument("--quick", action="store_true",
                     help=f"CI subset: H {QUICK_HS}, {QUICK_DTYPES}, training flags only")
+    ap.add_argument("--training", action="store_true",
+                    help="training flags only (both fp32 precisions, both SPLIT launch modes)")
     ap.add_argument("--markdown", action="store_true", help="print a markdown table")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="parallel compiles")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -275,7 +314,7 @@ def main(argv=None) -> int:
     hs = tuple(args.H or (QUICK_HS if args.quick else HS))
     dtypes = tuple(args.dtype or (QUICK_DTYPES if args.quick else DTYPES))
 
-    variants = triton_variants(archs, hs, dtypes, args.quick)
+    variants = triton_variants(archs, hs, dtypes, args.quick, args.training)
     print(f"compiling {len(variants)} Triton kernel variants for "
           f"{', '.join(f'sm_{a}' for a in archs)} ...", file=sys.stderr, flush=True)
     raw = compile_all(variants, args.jobs)

@@ -3,6 +3,7 @@
     bilstm-bench [run] [options]      sweep shapes x dtypes x modes, every backend vs nn.LSTM
     bilstm-bench profile [options]    one shape under torch.profiler: Chrome trace, top ops
     bilstm-bench compare A.json B.json ...   merge result files from different machines
+    bilstm-bench check [--emulate] [--full]  the GPU acceptance run (check.py, docs/gpu.md)
 
 Every subcommand's --help lists its options; docs/bench.md explains the
 columns and the result-file schema.
@@ -19,7 +20,7 @@ from .shapes import GRID, MODES, QUICK, default_sweep, grid, parse_shape
 from .timing import BUDGET_S, MAX_REPEATS, MIN_REPEATS
 from .workload import DTYPES
 
-SUBCOMMANDS = ("run", "profile", "compare")
+SUBCOMMANDS = ("run", "profile", "compare", "check")
 
 # Backends timed by default on each device (docs/design.md §3). "reference" is the
 # oracle, a Python loop per step: timing it says nothing about our kernels.
@@ -365,4 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         return profile_main(argv)
     if command == "compare":
         return compare_main(argv)
+    if command == "check":
+        from .check import main as check_main
+        return check_main(argv)
     return run_main(argv)

@@ -2,14 +2,13 @@
 
 ``environment()`` is what a result file records about the device and the
 software; ``device_peak()`` gives the FLOP/s per dtype used for the "% peak"
-column: a datasheet figure for known GPUs (PEAKS below), else measured with a
+column: a datasheet figure for known GPUs (gpu_specs.GPUS), else measured with a
 large torch.matmul on the device (always on a CPU), and says which.
 """
 from __future__ import annotations
 
 import os
 import platform
-import re
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from .gpu_specs import GPUS, GpuSpec
+from .gpu_specs import lookup as lookup_gpu
 from .workload import DTYPES
 
 
@@ -124,61 +125,16 @@ def environment(device: torch.device) -> dict:
 
 
 # ----------------------------------------------------------------- peak table
-@dataclass(frozen=True)
-class GpuPeak:
-    """Dense (no structured sparsity) peak throughput, TFLOP/s, and memory
-    bandwidth, GB/s. fp16/bf16 are tensor-core figures with FP32 accumulate
-    (what our kernels do); tf32 is the tensor-core TF32 figure; fp32 is the
-    CUDA-core (non-tensor) figure. None = the GPU has no such unit."""
-    name: str
-    pattern: str  # regex on torch.cuda.get_device_name(); first match in PEAKS wins
-    fp32: float
-    tf32: float | None
-    fp16: float
-    bf16: float | None
-    bandwidth_gbs: float
-    source: str
+# The datasheet figures live in one table with their sources, shared with the
+# cost model (tools/cost_model.py): gpu_specs.GPUS. GpuPeak / PEAKS keep their
+# old names for callers of this module.
+GpuPeak = GpuSpec
+PEAKS = GPUS
 
 
-_A100 = "NVIDIA A100 Tensor Core GPU datasheet (2021); TF32/FP16/BF16 dense figures"
-_H100 = "NVIDIA H100 Tensor Core GPU datasheet; its tensor figures are 'with sparsity', halved here"
-PEAKS = [
-    GpuPeak("A100 SXM4 80GB", r"A100.*SXM.*80GB", 19.5, 156, 312, 312, 2039, _A100),
-    GpuPeak("A100 SXM4 40GB", r"A100.*SXM", 19.5, 156, 312, 312, 1555, _A100),
-    GpuPeak("A100 PCIe 80GB", r"A100.*(80GB.*PCI|PCI.*80GB)", 19.5, 156, 312, 312, 1935, _A100),
-    GpuPeak("A100 PCIe 40GB", r"A100.*PCI", 19.5, 156, 312, 312, 1555, _A100),
-    GpuPeak("H100 NVL", r"H100 NVL", 60, 417.5, 835.5, 835.5, 3900, _H100),
-    GpuPeak("H100 PCIe", r"H100.*PCI", 51, 378, 756.5, 756.5, 2000, _H100),
-    GpuPeak("H100 SXM5", r"H100", 67, 494.5, 989.5, 989.5, 3350, _H100),
-    GpuPeak("H200 SXM", r"H200", 67, 494.5, 989.5, 989.5, 4800,
-            "NVIDIA H200 Tensor Core GPU datasheet; tensor figures 'with sparsity', halved here"),
-    GpuPeak("L40S", r"L40S", 91.6, 183, 362, 362, 864,
-            "NVIDIA L40S GPU datasheet; tensor figures 'with sparsity', halved here"),
-    GpuPeak("L4", r"\bL4\b", 30.3, 60, 121, 121, 300,
-            "NVIDIA L4 Tensor Core GPU datasheet; tensor figures 'with sparsity', halved here"),
-    GpuPeak("A10", r"A10(?![0-9G])", 31.2, 62.5, 125, 125, 600,
-            "NVIDIA A10 Tensor Core GPU datasheet; tensor figures 'with sparsity', halved here"),
-    GpuPeak("T4", r"\bT4\b", 8.1, None, 65, None, 320,
-            "NVIDIA T4 Tensor Core GPU datasheet (FP16/FP32 mixed precision 65 TFLOPS)"),
-    GpuPeak("V100 SXM2", r"V100.*SXM", 15.7, None, 125, None, 900,
-            "NVIDIA Tesla V100 GPU datasheet (tensor performance 125 TFLOPS)"),
-    GpuPeak("V100S PCIe", r"V100S", 16.4, None, 130, None, 1134, "NVIDIA V100S datasheet"),
-    GpuPeak("V100 PCIe", r"V100", 14, None, 112, None, 900,
-            "NVIDIA Tesla V100 GPU datasheet (tensor performance 112 TFLOPS)"),
-    GpuPeak("RTX A6000", r"RTX A6000", 38.7, 77.4, 154.8, 154.8, 768,
-            "NVIDIA Ampere GA102 GPU architecture whitepaper (RTX A6000, FP32 accumulate, dense)"),
-    GpuPeak("GeForce RTX 3090", r"RTX 3090", 35.6, 35.6, 71, 71, 936,
-            "NVIDIA Ampere GA102 GPU architecture whitepaper (RTX 3090, FP32 accumulate, dense)"),
-    GpuPeak("GeForce RTX 4090", r"RTX 4090", 82.6, 82.6, 165.2, 165.2, 1008,
-            "NVIDIA Ada GPU architecture whitepaper (RTX 4090, FP32 accumulate, dense)"),
-]
-
-
-def lookup_peak(device_name: str) -> GpuPeak | None:
-    for peak in PEAKS:
-        if re.search(peak.pattern, device_name, flags=re.IGNORECASE):
-            return peak
-    return None
+def lookup_peak(device_name: str) -> GpuSpec | None:
+    """The gpu_specs.GPUS row for a device name (first pattern match), or None."""
+    return lookup_gpu(device_name)
 
 
 @dataclass
@@ -223,7 +179,7 @@ def measured_matmul_flops(device: torch.device, dtype: str) -> tuple[float, int]
 def device_peak(device: torch.device, dtypes: list[str], tf32: bool = False,
                 earlier: Peak | None = None) -> Peak:
     """Peak FLOP/s per dtype for the "% peak" column: the datasheet figure of a
-    GPU in PEAKS, else measured. ``tf32``: fp32 GEMMs run on TF32 tensor cores
+    GPU in gpu_specs.GPUS, else measured. ``tf32``: fp32 GEMMs run on TF32 tensor cores
     (--tf32), so fp32 is compared with the TF32 figure. ``earlier``: a measured
     peak from before the sweep; the result is the better of the two (one
     measurement on a busy machine can be low)."""
@@ -232,7 +188,7 @@ def device_peak(device: torch.device, dtypes: list[str], tf32: bool = False,
         if row is not None:
             flops = {"fp32": (row.tf32 if tf32 and row.tf32 else row.fp32) * 1e12,
                      "fp16": row.fp16 * 1e12, "bf16": row.bf16 * 1e12 if row.bf16 else None}
-            return Peak("datasheet", f"{row.name}: {row.source}", flops, row.bandwidth_gbs)
+            return Peak("datasheet", f"{row.name}: {row.source} ({row.checked})", flops, row.hbm_gbs)
     measured = {dt: measured_matmul_flops(device, dt) for dt in dtypes}
     flops = {dt: f for dt, (f, _) in measured.items()}
     if earlier is not None:  # the better of two moments: one on a busy machine can be low

@@ -3,7 +3,7 @@
 recurrence.py  the op: validation, torch.library registration, autograd, dispatch
 backends.py    the backend contract and registry (which backend runs a call)
 reference.py   pure torch, the oracle
-triton_lstm.py Triton kernels (GPU; CPU under TRITON_INTERPRET=1)
+triton_lstm.py Triton kernels (GPU; CPU tensors in Triton's interpreter)
 cpu_lstm.py    the C++ CPU kernels (bilstm_fast._cpu)
 cuda_lstm.py   the CUDA C++ kernels (bilstm_fast._cuda, or its CPU emulation)
 """

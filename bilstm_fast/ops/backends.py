@@ -122,7 +122,7 @@ def resolve_backend(backend: str, *spec_fields) -> str:
 
     A constant for torch.compile (Dynamo runs it once while tracing, never
     traces into it). Not cached: availability can depend on environment
-    variables (TRITON_INTERPRET, BILSTM_FAST_CUDA_EMULATE) that may change.
+    variables (BILSTM_FAST_CUDA_EMULATE) that may change.
 
     ``backend="auto"`` takes the first backend in the device's preference
     order that is available and supports the call; "reference" supports

@@ -35,7 +35,7 @@ from typing import Optional
 
 import torch
 
-from . import native
+from . import cuda_compat, native
 
 NAME = "cuda"
 EMULATE_ENV = "BILSTM_FAST_CUDA_EMULATE"
@@ -97,6 +97,10 @@ def _module():
 
 
 def unavailable_reason() -> Optional[str]:
+    """None when this machine can run the backend: the module loads and, for
+    the real build, the driver runs its CUDA runtime and at least one visible
+    device can run its kernels (cuda_compat.py has the rules; the reason names
+    the driver and runtime versions when they do not match). Cached."""
     name = _module_name()
     if name not in _status_cache:
         mod = native.load(name)
@@ -108,20 +112,42 @@ def unavailable_reason() -> Optional[str]:
         elif name == "_cuda_emu":
             why = None
         else:
-            st = mod.device_status()
-            if st["code"] != 0:
-                why = (f"no CUDA device: {st['name']} ({st['code']}): {st['message']} "
-                       f"(set {EMULATE_ENV}=1 to run the CUDA kernels emulated on CPU tensors)")
-            elif st["count"] == 0:
-                why = "no CUDA device: cudaGetDeviceCount found none"
-            else:
-                why = None
+            why = _native_reason(mod)
         _status_cache[name] = why
     return _status_cache[name]
 
 
+def _native_reason(mod) -> Optional[str]:
+    """unavailable_reason of the real build ``mod`` (bilstm_fast._cuda)."""
+    st, info = mod.device_status(), mod.info()
+    if st["code"] != 0 or st["count"] == 0:
+        why = cuda_compat.no_device_reason(st, info.get("cuda_version"), cuda_compat.driver_facts(),
+                                           cuda_compat.torch_cuda_version())
+        return f"{why} (set {EMULATE_ENV}=1 to run the CUDA kernels emulated on CPU tensors)"
+    reasons = []
+    for i in range(st["count"]):
+        dev = cuda_compat.device_facts(i)
+        reasons.append(f"device {i}: no facts from the driver API" if dev is None
+                       else cuda_compat.cuda_arch_reason(dev, info["archs"]))
+    if all(reasons):
+        return "no CUDA device can run the cuda backend: " + "; ".join(reasons)
+    return None
+
+
+def device_reason(index: int) -> Optional[str]:
+    """Why CUDA device ``index`` cannot run the real build's kernels
+    (compute capability, cooperative launch), or None."""
+    dev = cuda_compat.device_facts(index)
+    if dev is None:
+        return f"no facts about CUDA device {index} from the driver API"
+    return cuda_compat.cuda_arch_reason(dev, _module().info()["archs"])
+
+
 def unsupported_reason(spec) -> Optional[str]:
-    """``spec`` is a backends.CallSpec (device, dtype, N, H, P, proj, lengths)."""
+    """``spec`` is a backends.CallSpec (device, dtype, N, H, P, proj, lengths).
+    On CUDA tensors it also checks the current device (compute capability,
+    cooperative launch), so that backend="auto" passes such a device on to
+    the next backend instead of failing at the launch."""
     device, dtype, N, H, proj = spec.device, spec.dtype, spec.N, spec.H, spec.proj
     if proj:
         return ("proj_size (w_hr) is not supported by the cuda backend; "
@@ -140,6 +166,10 @@ def unsupported_reason(spec) -> Optional[str]:
         return f"N must be 1 or 2 directions, got {N}"
     if unavailable_reason() is not None:
         return None  # nothing more to ask a module that cannot run; resolve_backend reports it
+    if device == "cuda":
+        why = device_reason(torch.cuda.current_device())
+        if why is not None:
+            return why
     for kind in (0, 1):
         try:
             plan_for(kind, N, 1, H, dtype, "cuda" if device == "cuda" else "cpu")
@@ -158,6 +188,48 @@ def plan_for(kind: int, N: int, B: int, H: int, dtype: torch.dtype, device,
         if device.type == "cuda" else 0
     sms, smem = mod.device_limits(index)
     return mod.plan(kind, N, B, H, native.DTYPE_CODES[dtype], sms, smem, **(plan or Plan()).options())
+
+
+# Batch sizes plans() looks at: make_plan's on-chip test depends on B only
+# below 8 (the minimum tile is min(B, 8)), so 1..8 and one large B cover
+# every choice it can make.
+_PLAN_BATCHES = (1, 2, 3, 4, 5, 6, 7, 8, 256)
+_PLAN_TEXTS = ("path=onchip", "path=stream", "path=stream,batch_tile=-1")
+
+
+def _plan_text(chosen: dict) -> str:
+    """A plan_for() result -> the text that forces its path and tile mode."""
+    if chosen["path"] == "onchip":
+        return "path=onchip"
+    return "path=stream" if chosen["batch_tile"] > 0 else "path=stream,batch_tile=-1"
+
+
+def plans(spec) -> list:
+    """Every distinct plan text the dispatcher can choose for a call like
+    ``spec`` (a backends.CallSpec) on the current device, over any B and both
+    forward and backward: "path=onchip", "path=stream" (h / dG staged in
+    shared memory) and "path=stream,batch_tile=-1" (unstaged, h / dG from L2;
+    only for very large H). A text is listed only when it can be forced for
+    every B and both kinds: a path the dispatcher takes only for one of them
+    is exercised by the automatic plan (no text). [] when the backend cannot
+    run the call. (Today's kernels; the kernel owner keeps this in step with
+    make_plan.)"""
+    if unavailable_reason() is not None or unsupported_reason(spec) is not None:
+        return []
+    device = "cuda" if spec.device == "cuda" else "cpu"
+    chosen = {_plan_text(plan_for(kind, spec.N, B, spec.H, spec.dtype, device))
+              for kind in (0, 1) for B in _PLAN_BATCHES}
+
+    def forceable(text: str) -> bool:
+        forced = parse_plan(text)
+        try:
+            for kind in (0, 1):
+                for B in _PLAN_BATCHES:
+                    plan_for(kind, spec.N, B, spec.H, spec.dtype, device, forced)
+        except RuntimeError:
+            return False
+        return True
+    return [t for t in _PLAN_TEXTS if t in chosen and forceable(t)]
 
 
 def _stream(device: torch.device) -> int:

@@ -1,0 +1,281 @@
+"""tools/cost_model.py and tools/sass.py: the per-step cost model read from
+compiled SASS (docs/cost_model.md).
+
+* A synthetic SASS listing (nvdisasm -c -gi -hex format) is parsed, classified,
+  its loops found and one warp simulated through them.
+* Real cubins of csrc/cuda/lstm.cu for sm_80 and sm_90 parse (skipped without nvcc).
+* Today's kernels land where issue 12's close read put them (skipped without
+  nvcc / triton). Every figure here is a PREDICTION, never a measurement.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+import cost_model as cm  # noqa: E402
+import sass  # noqa: E402
+from bilstm_fast.bench import gpu_specs  # noqa: E402
+
+
+# ------------------------------------------------------------- synthetic
+def _hi(stall=1, wbar=7, rbar=7, wait=0, yld=1):
+    return (stall << 41) | (yld << 45) | (wbar << 46) | (rbar << 49) | (wait << 52)
+
+
+SRC = """\
+// synthetic kernel for the cost-model tests
+for (int s = 0; s < T; ++s) {
+  for (int i = tid; i < n; i += nth) sh[i] = g[i];
+  acc += sh[k];
+  atomicAdd(ctr, 1);
+}
+inline float f(float x) { return x * x; }
+for (int k = 0; k < K; ++k) acc += f(w[k]) * sh[k];
+"""
+
+
+def _listing(src: Path) -> str:
+    """An nvdisasm -c -gi -hex listing of two functions: `kern` (a step loop
+    holding a staging loop of LDG -> dependent STS) and `unrolled` (a loop
+    unrolled four times, with an inlined callee)."""
+    f = str(src)
+
+    def ins(addr, text, hi, line=None, inlined=None):
+        out = []
+        if line is not None:
+            if inlined is not None:
+                out.append(f'\t//## File "{f}", line {line} inlined at "{f}", line {inlined}')
+                out.append(f'\t//## File "{f}", line {inlined}')
+            else:
+                out.append(f'\t//## File "{f}", line {line}')
+        out.append(f"        /*{addr:04x}*/                   {text} ;  /* 0x{0:016x} */")
+        out.append(f"                                                   /* 0x{hi:016x} */")
+        return out
+
+    L = ['\t.section\t.text.kern,"ax",@progbits', ".text.kern:"]
+    L += ins(0x00, "S2R R0, SR_TID.X", _hi(wbar=0), 2)
+    L += [".L_x_0:"]
+    L += ins(0x10, "MOV R2, RZ", _hi(wait=1), 3)
+    L += [".L_x_1:"]
+    L += ins(0x20, "LDG.E R4, desc[UR4][R2.64]", _hi(wbar=0), 3)
+    L += ins(0x30, "STS [R0], R4", _hi(stall=2, wait=1), 3)
+    L += ins(0x40, "IADD3 R2, R2, 0x80, RZ", _hi())
+    L += ins(0x50, "ISETP.GE.AND P0, PT, R2, R3, PT", _hi(stall=4))
+    L += ins(0x60, "@!P0 BRA `(.L_x_1)", _hi(stall=5))
+    L += ins(0x70, "BAR.SYNC.DEFER_BLOCKING 0x0", _hi(), 4)
+    L += ins(0x80, "LDS R5, [R0]", _hi(wbar=1))
+    L += ins(0x90, "FADD R6, R6, R5", _hi(stall=4, wait=2))
+    L += ins(0xa0, "ATOMG.E.ADD.STRONG.GPU PT, RZ, desc[UR4][R8.64], R9", _hi(wbar=2), 5)
+    L += ins(0xb0, "@P1 BRA `(.L_x_0)", _hi(stall=5), 2)
+    L += ins(0xc0, "EXIT", _hi(stall=5))
+    L += ['\t.section\t.text.unrolled,"ax",@progbits', ".text.unrolled:"]
+    L += [".L_x_2:"]
+    a = 0
+    for _ in range(4):
+        L += ins(a, "LDG.E.128 R8, desc[UR4][R2.64]", _hi(wbar=0), 7, 8)
+        L += ins(a + 0x10, "FMUL R9, R8, R8", _hi(stall=4, wait=1), 7, 8)
+        L += ins(a + 0x20, "LDS.U16 R10, [R4]", _hi(wbar=1), 8)
+        L += ins(a + 0x30, "FFMA R6, R9, R10, R6", _hi(stall=4, wait=2), 8)
+        a += 0x40
+    L += ins(a, "@P0 BRA `(.L_x_2)", _hi(stall=5), 8)
+    L += ins(a + 0x10, "HFMA2.MMA R2, -RZ, RZ, 0, 0", _hi())
+    L += ins(a + 0x20, "HMMA.16816.F32 R4, R8, R12, R4", _hi(stall=8))
+    L += ins(a + 0x30, "EXIT", _hi())
+    return "\n".join(L) + "\n"
+
+
+@pytest.fixture()
+def synthetic(tmp_path):
+    src = tmp_path / "k.cu"
+    src.write_text(SRC)
+    return src, sass.parse_nvdisasm(_listing(src))
+
+
+def test_synthetic_listing_parsed_and_classified(synthetic):
+    src, funcs = synthetic
+    assert sorted(funcs) == ["kern", "unrolled"]
+    k = funcs["kern"]
+    assert [i.addr for i in k] == list(range(0, 0xd0, 0x10))
+    ldg, sts = k[2], k[3]
+    assert (ldg.opcode, ldg.ctrl.wbar, ldg.ctrl.stall) == ("LDG.E", 0, 1)
+    assert (sts.ctrl.wait, sts.ctrl.stall, sts.ctrl.rbar) == (1, 2, 7)
+    assert ldg.chain == ((str(src), 3),) and k[4].chain == ldg.chain   # line info carries over
+    assert k[6].target == 0x20 and k[11].target == 0x10
+    u = funcs["unrolled"]
+    assert u[0].chain == ((str(src), 7), (str(src), 8))                 # inlined callee, then its call site
+    want = {"LDG.E": "global_ld", "STS": "shared_st", "LDS": "shared_ld", "FADD": "fp32", "S2R": "special",
+            "BAR.SYNC.DEFER_BLOCKING": "barrier", "ATOMG.E.ADD.STRONG.GPU": "atomic", "BRA": "control",
+            "IADD3": "alu", "ISETP.GE.AND": "alu", "MOV": "move", "LDG.E.128": "global_ld",
+            "LDS.U16": "shared_ld", "FFMA": "fp32", "FMUL": "fp32", "HMMA.16816.F32": "mma"}
+    for i in k + u:
+        if i.opcode in want:
+            assert i.cls == want[i.opcode], (i.opcode, i.cls)
+    assert u[-3].cls == "move"                                          # HFMA2.MMA clearing a register
+    for op, cls, width in (("LDSM.16.M88.4", "shared_ld", 16), ("STG.E.64", "global_st", 8),
+                           ("LDG.E.U16", "global_ld", 2), ("RED.E.ADD.STRONG.GPU", "atomic", 4),
+                           ("MEMBAR.SC.GPU", "fence", 4), ("NANOSLEEP", "sleep", 4), ("MUFU.EX2", "sfu", 4),
+                           ("ULDC.64", "const", 8), ("UIADD3", "uniform", 4), ("IMAD.WIDE", "imad", 4),
+                           ("HGMMA.64x128x16.F32", "mma", 4), ("LDGSTS.E.128", "async_copy", 16),
+                           ("F2F.F16.F32", "conv", 4), ("SHFL.BFLY", "shuffle", 4)):
+        assert sass.classify(op) == cls, op
+        assert sass.access_bytes(op) == width, op
+    assert sass.mma_shape("HMMA.16816.F32") == (16, 8, 16)
+    assert sass.mma_shape("HGMMA.64x128x16.F32") == (64, 128, 16)
+
+
+def test_synthetic_loops_unroll_and_latency_chain(synthetic):
+    src, funcs = synthetic
+    roots = sass.loop_tree(funcs["kern"])
+    assert len(roots) == 1 and (roots[0].header, roots[0].end) == (0x10, 0xb0)
+    inner = roots[0].children
+    assert len(inner) == 1 and (inner[0].header, inner[0].end) == (0x20, 0x60)
+    ul = sass.loop_tree(funcs["unrolled"])[0]
+    assert sass.unroll_factor(funcs["unrolled"], ul) == 4
+
+    # one warp through the step: 10 staging iterations, each an LDG whose
+    # result the STS waits for -> ten dependent L2 round trips
+    gpu = gpu_specs.lookup("H100")
+    launch = cm.Launch(variant="synthetic", function="kern", source=src, blocks=1, warps=8,
+                       step=cm.Site(r"for \(int s = 0"),
+                       loops=[cm.LoopSpec("staging", (cm.Site(r"sh\[i\] = g\[i\]"),), 10)])
+    m = cm.Machine(gpu)
+    an = cm.StepAnalysis(m, funcs["kern"], launch).run()
+    stage = an.root.children[0]
+    assert stage.trips == 10 and stage.unroll == 1
+    print(f"staging: {stage.t_lat:.0f} cycles for 10 trips, L2 hit {m.l2:.0f}")
+    assert 10 * m.l2 <= stage.t_lat <= 10 * (m.l2 + 20)
+    assert an.round_trips == pytest.approx(10)
+    assert an.counts["global_ld"] == 80 and an.counts["atomic"] == 8          # 8 warps
+    assert an.root.t >= stage.t + m.a["lat_bar"]
+
+    # a loop inside the step loop that the description does not cover is an error
+    bare = cm.Launch(variant="synthetic", function="kern", source=src, blocks=1, warps=8,
+                     step=cm.Site(r"for \(int s = 0"), loops=[])
+    with pytest.raises(LookupError, match="no LoopSpec"):
+        cm.StepAnalysis(m, funcs["kern"], bare)
+
+
+def test_site_marker(tmp_path):
+    src = tmp_path / "k.cu"
+    src.write_text("int a;\n// cost-model: step loop\nfor (int s = 0; s < T; ++s) {\n"
+                   "for (int t = 0; t < T; ++t) {  // cost-model: step loop\n")
+    assert cm.resolve(cm.Site(marker="step loop"), src) == {("k.cu", 3), ("k.cu", 4)}
+    assert cm.resolve(cm.Site(r"for \(int s"), src) == {("k.cu", 3)}
+
+
+def test_gpu_facts_have_sources():
+    for short, name in gpu_specs.COST_MODEL_GPUS.items():
+        g = gpu_specs.lookup(short)
+        assert g.name == name and g.cc in gpu_specs.ARCH
+        assert g.sms and g.boost_mhz and g.fp16 and g.hbm_gbs and g.l2_bytes and g.smem_per_block
+        assert g.source and g.checked in ("read", "derived", "recalled")
+        # the clock is the one the datasheet's FP32 peak implies (lanes x 2 FLOP)
+        lanes = gpu_specs.ARCH[g.cc]["fp32_lanes"]
+        assert g.fp32 * 1e12 == pytest.approx(g.sms * lanes * 2 * g.clock_hz, rel=0.02), name
+    for cc, a in gpu_specs.ARCH.items():
+        for k, f in a.facts.items():
+            assert f.source and f.checked in ("read", "derived", "recalled", "assumed"), (cc, k)
+    assert gpu_specs.tensor_fma_per_clk(gpu_specs.lookup("A100"), "fp16") == pytest.approx(1024, rel=0.01)
+    assert gpu_specs.tensor_fma_per_clk(gpu_specs.lookup("H100"), "fp16", wgmma=True) == pytest.approx(2048, rel=0.01)
+    from bilstm_fast.bench.device import lookup_peak
+    assert lookup_peak("NVIDIA H200").name == "H200 SXM" and lookup_peak("NVIDIA A10G") is None
+
+
+# --------------------------------------------------------- real kernels
+def _need(kernel: str):
+    why = cm.KERNELS[kernel].unavailable_reason()
+    if why:
+        pytest.skip(f"{kernel}: {why}")
+
+
+@pytest.mark.parametrize("gpu", ["A100", "H100"])          # sm_80, sm_90
+def test_cuda_cubins_parse(gpu):
+    _need("cuda.fwd")
+    g = gpu_specs.lookup(gpu)
+    k = cm.KERNELS["cuda.fwd"]
+    funcs = sass.disassemble(k.cubin(g, "fp16", 768, k.launch(g, "fp16", 768, 16)))
+    assert len([n for n in funcs if "lstm_fwd_kernel" in n]) == 6
+    assert len([n for n in funcs if "lstm_bwd_kernel" in n]) == 6
+    for name, instrs in funcs.items():
+        if "lstm_" not in name:
+            continue
+        assert all(i.ctrl is not None for i in instrs), name            # every control code decoded
+        assert sum(1 for i in instrs if i.chain) > 0.9 * len(instrs)    # -lineinfo
+        assert {i.cls for i in instrs} >= {"shared_ld", "global_ld", "fp32", "barrier", "atomic", "fence"}
+    for kernel in ("cuda.fwd", "cuda.bwd"):
+        kk = cm.KERNELS[kernel]
+        for dtype in cm.DTYPES:
+            for H in (64, 1024):                                         # on-chip and streaming plans
+                launch = kk.launch(g, dtype, H, 16)
+                fname = cm._function(funcs, launch.function)
+                an = cm.StepAnalysis(cm.Machine(g), funcs[fname], launch)
+                assert any(i.cls == "atomic" for i in sass.body(funcs[fname], an.step)), fname
+
+
+def test_cuda_today_in_issue_12_ranges():
+    """Issue 12's close read of today's CUDA kernels at B=16, H=768 on an H100:
+    forward 27-38 us/step (5 shared loads per 4 FMAs, ~48 serial L2 round trips
+    staging h), backward 75-115 (192 round trips). Predictions, not timings."""
+    _need("cuda.fwd")
+    for gpu in ("H100", "H200"):
+        f = cm.predict(gpu, "cuda.fwd", "fp16", 768, 16)
+        b = cm.predict(gpu, "cuda.bwd", "fp16", 768, 16)
+        print(f"{gpu}: forward {f['us_per_step']:.2f} us/step {f['us_per_step_range']}, "
+              f"backward {b['us_per_step']:.2f} {b['us_per_step_range']}")
+        assert f["prediction"] and 27 <= f["us_per_step"] <= 38
+        assert 75 <= b["us_per_step"] <= 115
+        stage = {l["name"]: l for l in f["loops"]}["stage h/dG tile from L2"]
+        assert stage["trips"] == 48 and stage["bound"] == "latency chain"
+        assert f["serial_chain"]["dependent_global_round_trips"] >= 48
+        assert b["serial_chain"]["dependent_global_round_trips"] >= 192
+        ops = f["memory_opcodes"]          # per step per block: 4 shared weight loads per h load
+        assert ops["LDS.U16"] == pytest.approx(4 * ops["LD.E"], rel=0.1)
+        assert f["step_instructions"]["fp32"] >= 4 * 768 * 6              # 4 FMAs per k, 6 warps
+
+
+def test_triton_today():
+    """Triton: the resident path (H <= 128) under cuDNN's ~2 us/step; the
+    streamed path bound by (H/32)^2 serial tile round trips per step.
+    Issue 12's close read put the streamed path at ~13-30 us/step (H=256) and
+    ~100-260 (H=768) counting one L2 round trip per tile. The SASS shows more:
+    per k-tile the h load and the W loads are separated by the layout
+    conversion's barrier (two dependent round trips), and per j-tile the four
+    gx loads convert one after another, so the model lands above that range
+    (docs/cost_model.md §5); asserted here: never below the close read's lower
+    bound, and the round-trip count behind it."""
+    _need("triton.fwd")
+    r = cm.predict("H100", "triton.fwd", "fp16", 128, 16)
+    print(f"resident H=128: {r['us_per_step']:.2f} us/step")
+    assert r["variant"].startswith("resident") and r["us_per_step"] < 2.0
+    streamed = "path=streamed,block_h=32,num_warps=4,maxnreg=192"   # the dispatcher picks SPLIT here now
+    for H, lo in ((256, 13), (768, 100)):
+        r = cm.predict("H100", "triton.fwd", "fp16", H, 16, plan=streamed)
+        tiles = (H // 32) ** 2
+        print(f"streamed H={H}: {r['us_per_step']:.2f} us/step {r['us_per_step_range']}, "
+              f"{r['serial_chain']['dependent_global_round_trips']} dependent round trips, {tiles} tiles")
+        assert r["variant"].startswith("streamed") and r["blocks"] == 2
+        assert r["us_per_step_range"][0] >= lo
+        assert r["serial_chain"]["dependent_global_round_trips"] >= 2 * tiles
+
+
+def test_cli_rows_json_and_exit_status(capsys):
+    _need("cuda.fwd")
+    args = ["--gpu", "H100", "--kernel", "cuda.fwd", "--dtype", "fp16", "--H", "768", "--B", "16"]
+    assert cm.main(args) == 1                                   # the 2.0 us/step target is missed
+    out = capsys.readouterr()
+    line = out.out.strip().splitlines()[0]
+    assert "H100 SXM5" in line and "cuda.fwd" in line and "fp16" in line and "H=768" in line and "B=16" in line
+    us = float(line.split(" us/step")[0].split()[-1])           # "N.NN us/step", readable by scripts
+    assert 27 <= us <= 38
+    assert "target(s) of issue 12 missed" in out.err
+    assert cm.main(args + ["--report-only"]) == 0
+    capsys.readouterr()
+    assert cm.main(args + ["--report-only", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    assert row["prediction"] is True and math.isclose(row["us_per_step"], us, abs_tol=0.01)
+    assert {"loops", "step_instructions", "bytes_per_step_per_block", "serial_chain", "bounds_us"} <= set(row)
