@@ -203,28 +203,25 @@ def test_no_cooperative_launch_passes_cuda_by(gpu_facts):
 
 
 def test_triton_refuses_old_gpu(monkeypatch):
-    """The Triton backend's reasons on an sm_75 device (injected facts; the
-    interpreter flag forced off, as on a GPU machine)."""
+    """The Triton backend's reason for CUDA tensors on an sm_75 device
+    (injected facts): backend="auto" passes to the next backend. (The backend
+    itself stays available: CPU tensors run its interpreter.)"""
     from bilstm_fast.ops import triton_lstm
-    monkeypatch.setattr(triton_lstm, "INTERPRET", False)
-    monkeypatch.setattr(triton_lstm, "_unavailable", None)      # restored after the test
-    monkeypatch.setattr(triton_lstm, "_unavailable_known", False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    t4 = {0: (7, 5), 1: (7, 5)}
+    current = {"index": 0}
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: current["index"])
+    facts = {0: (7, 5), 1: (8, 0)}
+    names = {0: "Tesla T4", 1: "A100"}
     monkeypatch.setattr(cuda_compat, "device_facts",
-                        lambda i: DeviceFacts(i, "Tesla T4", t4[i], 40, 64 * 1024, True))
-    why = triton_lstm.unavailable_reason()
-    print(why)
-    assert why.startswith("no CUDA device can run the Triton kernels") and "sm_75" in why and "Tesla T4" in why
-    spec = backends.CallSpec("cuda", torch.float16, 2, 256, 256, False, True)
-    assert "older than sm_80" in triton_lstm.unsupported_reason(spec)
-    # one capable device among the visible ones: available; the current (old) one still refused
-    t4[1] = (8, 0)
-    monkeypatch.setattr(triton_lstm, "_unavailable_known", False)
+                        lambda i: DeviceFacts(i, names[i], facts[i], 40, 64 * 1024, True))
     assert triton_lstm.unavailable_reason() is None
-    assert "older than sm_80" in triton_lstm.unsupported_reason(spec)
+    spec = backends.CallSpec("cuda", torch.float16, 2, 256, 256, False, True)
+    why = triton_lstm.unsupported_reason(spec)
+    print(why)
+    assert "older than sm_80" in why and "sm_75" in why and "Tesla T4" in why
+    current["index"] = 1                     # the sm_80 device is current: supported
+    assert triton_lstm.unsupported_reason(spec) is None
 
 
 def test_python_m_bilstm_fast_without_gpu():

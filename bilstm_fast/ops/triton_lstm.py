@@ -139,7 +139,8 @@ def unsupported_reason(spec) -> Optional[str]:
         return f"expected N in (1, 2) directions and H >= 1, got N={N}, H={H}"
     if device == "cuda":
         # the current device: on one older than sm_80, backend="auto" passes to the next backend
-        return _device_reason(torch.cuda.current_device())
+        # (no device facts to read where torch has no CUDA: then there are no CUDA tensors either)
+        return _device_reason(torch.cuda.current_device()) if torch.cuda.is_available() else None
     if device == "cpu":
         return None   # Triton's interpreter (slow: for tests; auto never picks it)
     return f"the Triton backend runs on CUDA tensors (compiled) or CPU tensors (interpreter), got {device}"
