@@ -1,21 +1,22 @@
-// Runs the recurrence kernels on the thread pool: ISA selection, the split of
-// (direction, batch rows, hidden units) between threads, per-call scratch.
+// Runs the CPU kernels on the thread pool: ISA selection, the split of the
+// work between threads, per-call scratch.
 #pragma once
 #include <string>
 #include <vector>
 
-#include "lstm_cpu.h"
+#include "cpu_kernels.h"
 
 namespace bilstm_cpu {
 
 enum class DType { f32 = 0, f64 = 1 };
 
 // The kernel build this CPU runs ("avx512", "avx2" or "baseline").
-const KernelSet& active_kernels();
+const KernelTable& active_kernels();
 std::vector<std::string> supported_isas();      // the builds this CPU can run, fastest first
 void set_isa(const std::string& name);          // throws std::invalid_argument if unsupported
 
-// Both block until done. num_threads >= 1.
+// All block until done. num_threads >= 1.
+void run_linear(const LinearParams& p, DType dt, int num_threads);
 void run_forward(const FwdParams& p, DType dt, int num_threads);
 void run_backward(const BwdParams& p, DType dt, int num_threads);
 
