@@ -158,6 +158,29 @@ void backward(const std::string& dtype, py::object dy, py::object dh_n, py::obje
   run_backward(p, dt, nt);
 }
 
+void linear(const std::string& dtype, py::object x, py::object w, py::object bias, py::object out,
+            int num_threads) {
+  int64_t es;
+  const DType dt = parse_dtype(dtype, &es);
+  const Arg ax = parse("x", x), aw = parse("w", w);
+  if (ax.shape.size() != 2 || ax.shape[0] < 1 || ax.shape[1] < 1)
+    throw py::value_error("x: expected shape [M>=1, K>=1], got " + fmt(ax.shape));
+  if (aw.shape.size() != 2 || aw.shape[0] < 1)
+    throw py::value_error("w: expected shape [N>=1, K], got " + fmt(aw.shape));
+  LinearParams p;
+  p.M = ax.shape[0], p.K = ax.shape[1], p.N = aw.shape[0];
+  p.x = check("x", ax, {p.M, p.K}, {"M", "K"}, es);
+  p.w = check("w", aw, {p.N, p.K}, {"N", "K"}, es);
+  if (!bias.is_none()) {
+    const Arg ab = parse("bias", bias);
+    p.bias = check("bias", ab, {p.N}, {"N"}, es).ptr;
+  }
+  p.out = check("out", parse("out", out), {p.M, p.N}, {"M", "N"}, es);
+  const int nt = check_threads(num_threads);
+  py::gil_scoped_release nogil;
+  run_linear(p, dt, nt);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cpu, m) {
@@ -175,6 +198,11 @@ PYBIND11_MODULE(_cpu, m) {
         py::arg("dtype"), py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("w_hh"),
         py::arg("c0"), py::arg("lengths"), py::arg("gates"), py::arg("cs"), py::arg("dgx"),
         py::arg("dh0"), py::arg("dc0"), py::arg("num_threads"));
+  m.def("linear", &linear,
+        "out [M,N] = x [M,K] @ w [N,K]^T + bias [N] (bias may be None): the input projection.\n"
+        "Tensors are (data_ptr, shape, strides) tuples; bias contiguous.",
+        py::arg("dtype"), py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("out"),
+        py::arg("num_threads"));
   m.def("isa", [] { return std::string(active_kernels().isa); },
         "The kernel build in use: 'avx512', 'avx2' or 'baseline' (SSE2).");
   m.def("supported_isas", &supported_isas, "Kernel builds this CPU can run, fastest first.");
