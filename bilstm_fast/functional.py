@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .ops import lstm_recurrence
+from .ops.backends import resolve_backend
+from .ops.projection import input_projection
 
 MERGE_MODES = ("concat", "sum", "mean", "mul")
 
@@ -68,9 +70,11 @@ def lstm_layer(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer of N directions. Returns y [T, B, N, P], h_n [N, B, P], c_n [N, B, H]."""
     T, B, D = x.shape
-    N, G, _ = lw.w_hh.shape
-    x2 = x.reshape(T * B, D)
-    gx = torch.addmm(lw.bias, x2, lw.w_ih.t()) if lw.bias is not None else torch.mm(x2, lw.w_ih.t())
+    N, G, P = lw.w_hh.shape
+    # Resolved once here: the backend may also do the projection (ops/projection.py).
+    backend = resolve_backend(backend, x.device.type, x.dtype, N, G // 4, P, lw.w_hr is not None,
+                              lengths is not None)
+    gx = input_projection(x.reshape(T * B, D), lw.w_ih, lw.bias, backend)
     return lstm_recurrence(gx.view(T, B, N, G), lw.w_hh, h0, c0, lengths, lw.w_hr, backend=backend)
 
 
