@@ -16,22 +16,43 @@ namespace bilstm_cpu {
 
 class Barrier;  // thread_pool.h
 
-// out = x W^T + bias: the input projection of one layer (both directions'
-// W_ih stacked), done by our micro-GEMM instead of torch's addmm (docs/cpu.md
-// says why: this CPU's sgemm through torch is slower than ours at these shapes).
-struct LinearParams {
-  int64_t M = 0, K = 0, N = 0;
-  View x;                    // [M, K]
-  View w;                    // [N, K]
-  const void* bias = nullptr;  // [N] contiguous, or nullptr
-  View out;                  // [M, N]
+// C = A B (+ bias): the GEMMs outside the recurrence -- the input projection
+// (x W_ih^T + b), and in training dx = dG W_ih, dW_ih = dG^T x and
+// dW_hh = dG^T h_{t-1} -- all on the recurrence's micro-GEMM (docs/cpu.md
+// says why: this CPU's sgemm through torch is slower than ours at these
+// shapes). A is read in place through two strides, so A^T needs no copy; B
+// is packed into panels by each thread for its own columns.
+enum class BKind {
+  w_rows,       // B[k][n] = b[n*ldb + k]: a row-major [N][K] weight used as W^T (x W^T)
+  k_rows,       // B[k][n] = b[k*ldb + n]: a row-major [K][N] matrix
+  prev_hidden,  // B[k = t*batch + b][n] = h_{t-1}[b][n] of direction `dir` (dW_hh), from y and h0
 };
 
-// One thread's share of a linear call: output columns [n0, n1) (n0 a multiple
-// of NR), its weight rows packed into `wpack` ([ceil((n1-n0)/NR)][K][NR]).
-struct LinearJob {
+struct GemmParams {
+  int64_t M = 0, N = 0, K = 0;
+  const void* a = nullptr;
+  int64_t lda = 0, ldk = 1;      // A[m][k] = a[m*lda + k*ldk]
+  BKind bkind = BKind::w_rows;
+  const void* b = nullptr;
+  int64_t ldb = 0;
+  // prev_hidden only: y [T, batch, N, H] and h0 [N, batch, H] views, lengths [batch] or nullptr.
+  // Direction 0 at time t saw y[t-1] (h0 at t = 0); direction 1 saw y[t+1]
+  // (h0 at t = L_b - 1; zero past it, where dG is zero anyway).
+  View y, h0;
+  const int64_t* lengths = nullptr;
+  int64_t T = 0, batch = 0, dir = 0;
+  const void* bias = nullptr;    // [N] contiguous, or nullptr
+  void* c = nullptr;
+  int64_t ldc = 0;               // C[m][n] = c[m*ldc + n]
+};
+
+// One thread's share of a GEMM: output columns [n0, n1) (n0 a multiple of
+// NR), B's columns packed into `bpack` ([ceil((n1-n0)/NR)][K][NR]).
+struct GemmJob {
+  const GemmParams* p = nullptr;
   int64_t n0 = 0, n1 = 0;
-  void* wpack = nullptr;
+  void* bpack = nullptr;
+  const void* zero_row = nullptr;  // >= N zeros (prev_hidden: rows past a sequence's end)
 };
 
 // Rows of one direction that share state buffers: `rows[i]` is the batch row
@@ -61,7 +82,7 @@ struct RecJob {
   void* wpack = nullptr;       // this job's packed W_hh slice (lstm_kernel.cpp: pack_*)
 };
 
-using LinearFn = void (*)(const LinearParams&, const LinearJob&);
+using GemmFn = void (*)(const GemmJob&);
 using RecFwdFn = void (*)(const FwdParams&, const RecJob&, int64_t Hp);
 using RecBwdFn = void (*)(const BwdParams&, const RecJob&, int64_t Hp);
 
@@ -69,7 +90,7 @@ using RecBwdFn = void (*)(const BwdParams&, const RecJob&, int64_t Hp);
 struct KernelTable {
   const char* isa;
   int vec_bytes;       // SIMD register width the kernels use; NR = 2 * vec_bytes / sizeof(T)
-  LinearFn linear[2];
+  GemmFn gemm[2];
   RecFwdFn forward[2];
   RecBwdFn backward[2];
 };

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstring>
 #include <atomic>
 #include <memory>
 #include <mutex>
@@ -57,27 +58,42 @@ class Arena {
   char* base_ = nullptr;
 };
 
-// ------------------------------------------------------------------ linear
-// P threads split the output columns in whole panels; each packs only its
-// own rows of W and runs the GEMM over all M rows: no synchronization. With
-// a bidirectional layer and 2 threads, thread n computes direction n's gates.
-void run_linear_impl(const LinearParams& p, DType dt, int P) {
+// -------------------------------------------------------------------- GEMM
+// The threads are shared out between the problems, and each problem's
+// output columns split in whole panels between its threads; every job packs
+// only its own columns of B and runs over all M rows: no synchronization.
+// (A bidirectional input projection on 2 threads: thread n computes
+// direction n's gates.)
+void run_gemm_impl(const std::vector<GemmParams>& problems, DType dt, int P) {
   const KernelTable& ks = *g_active.load();
   const int64_t esize = dt == DType::f64 ? 8 : 4, NR = 2 * ks.vec_bytes / esize;
-  const int64_t npanels = (p.N + NR - 1) / NR;
-  const int nthreads = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(P, npanels)));
-  std::vector<LinearJob> jobs(nthreads);
-  Arena arena;
-  for (int c = 0; c < nthreads; ++c) {
-    jobs[c].n0 = npanels * c / nthreads * NR;
-    jobs[c].n1 = std::min(p.N, npanels * (c + 1) / nthreads * NR);
-    arena.add(esize * round_up(jobs[c].n1 - jobs[c].n0, NR) * p.K);
+  const int64_t np = static_cast<int64_t>(problems.size());
+  std::vector<GemmJob> jobs;
+  int64_t max_n = 0;
+  for (int64_t i = 0; i < np; ++i) {
+    const GemmParams& p = problems[i];
+    if (p.M < 1 || p.N < 1) continue;
+    const int64_t panels = (p.N + NR - 1) / NR;
+    const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(panels, (P + np - 1 - i) / np));
+    for (int64_t c = 0; c < parts; ++c)
+      jobs.push_back(GemmJob{&p, panels * c / parts * NR, std::min(p.N, panels * (c + 1) / parts * NR)});
+    max_n = std::max(max_n, p.N);
   }
+  if (jobs.empty()) return;
+  Arena arena;
+  for (const GemmJob& j : jobs) arena.add(esize * round_up(j.n1 - j.n0, NR) * j.p->K);
+  arena.add(esize * max_n);
   std::lock_guard<std::mutex> lock(ThreadPool::call_mutex());
   arena.start(0);
-  for (LinearJob& j : jobs) j.wpack = arena.take(esize * round_up(j.n1 - j.n0, NR) * p.K);
-  const LinearFn kernel = ks.linear[static_cast<int>(dt)];
-  ThreadPool::instance().run(nthreads, [&](int tid) { kernel(p, jobs[tid]); }, /*independent=*/true);
+  for (GemmJob& j : jobs) j.bpack = arena.take(esize * round_up(j.n1 - j.n0, NR) * j.p->K);
+  void* zero = arena.take(esize * max_n);
+  std::memset(zero, 0, static_cast<size_t>(esize * max_n));
+  for (GemmJob& j : jobs) j.zero_row = zero;
+  const GemmFn kernel = ks.gemm[static_cast<int>(dt)];
+  const int nthreads = static_cast<int>(std::min<int64_t>(P, static_cast<int64_t>(jobs.size())));
+  ThreadPool::instance().run(nthreads, [&](int tid) {
+    for (size_t j = tid; j < jobs.size(); j += nthreads) kernel(jobs[j]);
+  }, /*independent=*/true);
 }
 
 // -------------------------------------------------------------- recurrence
@@ -213,8 +229,8 @@ void set_isa(const std::string& name) {
   throw std::invalid_argument("isa: '" + name + "' is not built or not supported by this CPU");
 }
 
-void run_linear(const LinearParams& p, DType dt, int num_threads) {
-  run_linear_impl(p, dt, num_threads < 1 ? 1 : num_threads);
+void run_gemm(const std::vector<GemmParams>& problems, DType dt, int num_threads) {
+  run_gemm_impl(problems, dt, num_threads < 1 ? 1 : num_threads);
 }
 
 void run_forward(const FwdParams& p, DType dt, int num_threads) { run_recurrence(p, dt, num_threads); }

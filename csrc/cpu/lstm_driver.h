@@ -15,8 +15,9 @@ const KernelTable& active_kernels();
 std::vector<std::string> supported_isas();      // the builds this CPU can run, fastest first
 void set_isa(const std::string& name);          // throws std::invalid_argument if unsupported
 
-// All block until done. num_threads >= 1.
-void run_linear(const LinearParams& p, DType dt, int num_threads);
+// All block until done. num_threads >= 1. run_gemm runs independent GEMMs
+// (e.g. dW_hh of each direction) together, the threads split among them.
+void run_gemm(const std::vector<GemmParams>& problems, DType dt, int num_threads);
 void run_forward(const FwdParams& p, DType dt, int num_threads);
 void run_backward(const BwdParams& p, DType dt, int num_threads);
 

@@ -116,9 +116,11 @@ inline Vec<double> vtanh(Vec<double> x) {
 }
 
 // ------------------------------------------------------------ the micro-GEMM
-// Every product here -- the input projection, the forward step's h W_hh^T and
-// the backward step's dG W_hh -- is C = A Wp over a packed weight panel:
-//   A   [M][K] rows with stride lda (x, h_{t-1}, dG_t), read in place
+// Every product here -- the input projection, the forward step's h W_hh^T,
+// the backward step's dG W_hh and the weight gradients -- is C = A Wp over
+// a packed weight panel:
+//   A   [M][K], A[m][k] at A + m*lda + k*ldk (x, h_{t-1}, dG_t; dG^T for the
+//       weight gradients: ldk = the row stride, lda = 1), read in place
 //   Wp  one panel [K][NR]: NR consecutive output columns, 64-byte aligned
 //   C   [M][NR] rows with stride ldc; the first nc <= NR columns are stored
 // Register tile: MR = 6 rows x 2 vectors = 12 accumulators + 2 weight
@@ -134,8 +136,8 @@ constexpr int MR = 6;
 enum class Init { zero, bias, accumulate };  // C = A Wp | C = bias + A Wp | C += A Wp
 
 template <class T, int M, int KU>
-inline void micro_gemm(const T* A, int64_t lda, const T* Wp, int64_t K, T* C, int64_t ldc, int nc,
-                       Init init, const T* bias) {
+inline void micro_gemm(const T* A, int64_t lda, int64_t ldk, const T* Wp, int64_t K, T* C, int64_t ldc,
+                       int nc, Init init, const T* bias) {
   constexpr int L = lanes<T>(), NR = panel_cols<T>();
   using V = Vec<T>;
   V acc[KU][M][2];
@@ -146,7 +148,7 @@ inline void micro_gemm(const T* A, int64_t lda, const T* Wp, int64_t K, T* C, in
     for (int u = 0; u < KU; ++u) {
       const V w0 = load_a(Wp + (k + u) * NR), w1 = load_a(Wp + (k + u) * NR + L);
       for (int m = 0; m < M; ++m) {
-        const T a = A[m * lda + k + u];
+        const T a = A[m * lda + (k + u) * ldk];
         acc[u][m][0] += a * w0;
         acc[u][m][1] += a * w1;
       }
@@ -155,7 +157,7 @@ inline void micro_gemm(const T* A, int64_t lda, const T* Wp, int64_t K, T* C, in
   for (; k < K; ++k) {
     const V w0 = load_a(Wp + k * NR), w1 = load_a(Wp + k * NR + L);
     for (int m = 0; m < M; ++m) {
-      const T a = A[m * lda + k];
+      const T a = A[m * lda + k * ldk];
       acc[0][m][0] += a * w0;
       acc[0][m][1] += a * w1;
     }
@@ -189,52 +191,55 @@ inline void micro_gemm(const T* A, int64_t lda, const T* Wp, int64_t K, T* C, in
 }
 
 template <class T>
-inline void micro_gemm_rows(int m, const T* A, int64_t lda, const T* Wp, int64_t K, T* C, int64_t ldc,
-                            int nc, Init init, const T* bias) {
+inline void micro_gemm_rows(int m, const T* A, int64_t lda, int64_t ldk, const T* Wp, int64_t K, T* C,
+                            int64_t ldc, int nc, Init init, const T* bias) {
   switch (m) {
-    case 1: micro_gemm<T, 1, 4>(A, lda, Wp, K, C, ldc, nc, init, bias); break;
-    case 2: micro_gemm<T, 2, 2>(A, lda, Wp, K, C, ldc, nc, init, bias); break;
-    case 3: micro_gemm<T, 3, 2>(A, lda, Wp, K, C, ldc, nc, init, bias); break;
-    case 4: micro_gemm<T, 4, 1>(A, lda, Wp, K, C, ldc, nc, init, bias); break;
-    case 5: micro_gemm<T, 5, 1>(A, lda, Wp, K, C, ldc, nc, init, bias); break;
-    case 6: micro_gemm<T, 6, 1>(A, lda, Wp, K, C, ldc, nc, init, bias); break;
+    case 1: micro_gemm<T, 1, 4>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+    case 2: micro_gemm<T, 2, 2>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+    case 3: micro_gemm<T, 3, 2>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+    case 4: micro_gemm<T, 4, 1>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+    case 5: micro_gemm<T, 5, 1>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+    case 6: micro_gemm<T, 6, 1>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
     default: break;
   }
 }
 
-// Tuning knobs: rows of A per block (MC) and the K chunk (KC, 0 = all of
-// K): the block's A chunk stays in L1/L2 while every weight panel's chunk
-// ([KC][NR], from L2/L3) passes over it, reused from L1 by all of the
-// block's row tiles; partial sums go through C between chunks.
+// Tuning knobs: rows of A per block (MC) and the K chunk (KC; K up to
+// KC_MAX is one chunk). The block's A chunk ([MC][KC]) stays in L2 while
+// every weight panel's chunk ([KC][NR], L1-resident) passes over it, reused
+// by all of the block's row tiles; partial sums go through C between chunks.
 #ifndef BILSTM_MC_ROWS
 #define BILSTM_MC_ROWS 192
 #endif
 #ifndef BILSTM_KC
-#define BILSTM_KC 0
+#define BILSTM_KC 256
+#endif
+#ifndef BILSTM_KC_MAX
+#define BILSTM_KC_MAX 640
 #endif
 
 // C[0:M][0:ncols] (init) A[0:M][0:K] x Wp, Wp = ceil(ncols/NR) panels
 // [K][NR] one after the other. Rows are cut into balanced tiles of <= MR
 // (8 rows: 4 + 4, not 6 + 2).
 template <class T>
-void gemm(int64_t M, int64_t K, const T* A, int64_t lda, const T* Wp, int64_t ncols, T* C, int64_t ldc,
-          Init init, const T* bias) {
+void gemm(int64_t M, int64_t K, const T* A, int64_t lda, int64_t ldk, const T* Wp, int64_t ncols, T* C,
+          int64_t ldc, Init init, const T* bias) {
   constexpr int NR = panel_cols<T>();
   const int64_t npanels = (ncols + NR - 1) / NR;
-  const int64_t KC = BILSTM_KC > 0 ? BILSTM_KC : K;
-  for (int64_t m0 = 0; m0 < M; m0 += BILSTM_MC_ROWS) {
-    const int64_t mb = imin(BILSTM_MC_ROWS, M - m0);
-    const int64_t tiles = (mb + MR - 1) / MR;
-    for (int64_t k0 = 0; k0 < K; k0 += KC) {
-      const int64_t kc = imin(KC, K - k0);
-      const Init in = k0 == 0 ? init : Init::accumulate;
+  const int64_t KC = K <= BILSTM_KC_MAX ? K : BILSTM_KC;
+  for (int64_t k0 = 0; k0 < K; k0 += KC) {
+    const int64_t kc = imin(KC, K - k0);
+    const Init in = k0 == 0 ? init : Init::accumulate;
+    for (int64_t m0 = 0; m0 < M; m0 += BILSTM_MC_ROWS) {
+      const int64_t mb = imin(BILSTM_MC_ROWS, M - m0);
+      const int64_t tiles = (mb + MR - 1) / MR;
       for (int64_t p = 0; p < npanels; ++p) {
         const int nc = static_cast<int>(imin(NR, ncols - p * NR));
         const T* wp = Wp + (p * K + k0) * NR;
         for (int64_t i = 0; i < tiles; ++i) {
           const int64_t r0 = m0 + mb * i / tiles, r1 = m0 + mb * (i + 1) / tiles;
-          micro_gemm_rows<T>(static_cast<int>(r1 - r0), A + r0 * lda + k0, lda, wp, kc, C + r0 * ldc + p * NR,
-                             ldc, nc, in, in == Init::bias ? bias + p * NR : nullptr);
+          micro_gemm_rows<T>(static_cast<int>(r1 - r0), A + r0 * lda + k0 * ldk, lda, ldk, wp, kc,
+                             C + r0 * ldc + p * NR, ldc, nc, in, in == Init::bias ? bias + p * NR : nullptr);
         }
       }
     }
@@ -305,18 +310,37 @@ inline int64_t active_rows(const int64_t* lengths, const RowGroup& g, int64_t t,
   return na;
 }
 
-// ----------------------------------------------------------- input projection
-// out[:, n0:n1] = x W[n0:n1]^T + bias[n0:n1]: packs the job's rows of W once
-// (first touch by the thread that uses them), then one GEMM over all M rows.
+// ------------------------------------------------ GEMMs outside the recurrence
+// C[:, n0:n1] = A B[:, n0:n1] (+ bias[n0:n1]): packs the job's columns of B
+// once (first touch by the thread that uses them), then one GEMM over all M
+// rows.
 template <class T>
-void linear_job(const LinearParams& p, const LinearJob& job) {
-  T* wp = static_cast<T*>(job.wpack);
+void gemm_job(const GemmJob& job) {
+  const GemmParams& p = *job.p;
+  T* bp = static_cast<T*>(job.bpack);
   const int64_t ncols = job.n1 - job.n0;
-  pack_nt<T>(ncols, p.K, [&](int64_t c) { return at2<const T>(p.w, job.n0 + c, 0); }, wp);
+  const T* b = static_cast<const T*>(p.b);
+  switch (p.bkind) {
+    case BKind::w_rows:
+      pack_nt<T>(ncols, p.K, [&](int64_t c) { return b + (job.n0 + c) * p.ldb; }, bp);
+      break;
+    case BKind::k_rows:
+      pack_nn<T>(ncols, p.K, [&](int64_t k) { return b + k * p.ldb; }, job.n0, bp);
+      break;
+    case BKind::prev_hidden: {
+      const T* zero = static_cast<const T*>(job.zero_row);
+      pack_nn<T>(ncols, p.K, [&](int64_t k) -> const T* {
+        const int64_t t = k / p.batch, bb = k % p.batch, len = p.lengths ? p.lengths[bb] : p.T;
+        if (p.dir == 0) return t == 0 ? at<const T>(p.h0, 0, bb, 0) : at<const T>(p.y, t - 1, bb, 0);
+        if (t == len - 1) return at<const T>(p.h0, 1, bb, 0);
+        return t + 1 < len ? at<const T>(p.y, t + 1, bb, 1) : zero;
+      }, job.n0, bp);
+      break;
+    }
+  }
   const T* bias = static_cast<const T*>(p.bias);
-  gemm<T>(p.M, p.K, static_cast<const T*>(p.x.ptr), p.x.stride[0], wp, ncols,
-          static_cast<T*>(p.out.ptr) + job.n0, p.out.stride[0], bias ? Init::bias : Init::zero,
-          bias ? bias + job.n0 : nullptr);
+  gemm<T>(p.M, p.K, static_cast<const T*>(p.a), p.lda, p.ldk, bp, ncols, static_cast<T*>(p.c) + job.n0, p.ldc,
+          bias ? Init::bias : Init::zero, bias ? bias + job.n0 : nullptr);
 }
 
 // ------------------------------------------------------------------ forward
@@ -364,7 +388,7 @@ void forward_job(const FwdParams& p, const RecJob& job, int64_t Hp) {
     T* hn = hbuf + ((s + 1) & 1) * nr * Hp;  // h_t
     if (na > 0)
       for (int g = 0; g < 4; ++g)
-        gemm<T>(na, H, hc, Hp, wp + g * units * H, units, gbuf + g * Hp + lo, 4 * Hp, Init::zero, nullptr);
+        gemm<T>(na, H, hc, Hp, 1, wp + g * units * H, units, gbuf + g * Hp + lo, 4 * Hp, Init::zero, nullptr);
     for (int64_t i = 0; i < na; ++i) {
       const int64_t b = grp.rows[i];
       const T* gi = gbuf + i * 4 * Hp;
@@ -482,7 +506,7 @@ void backward_job(const BwdParams& p, const RecJob& job, int64_t Hp) {
         for (int64_t j = lo; j < hi_h; ++j) dg[g * H + j] = T(0);
     }
     if (job.barrier) job.barrier->wait();
-    if (na > 0 && lo < H) gemm<T>(na, G, dgs, G, wp, hi_h - lo, dh + lo, Hp, Init::zero, nullptr);
+    if (na > 0 && lo < H) gemm<T>(na, G, dgs, G, 1, wp, hi_h - lo, dh + lo, Hp, Init::zero, nullptr);
   }
   for (int64_t i = 0; i < nr; ++i) {
     const int64_t b = grp.rows[i];
@@ -505,7 +529,7 @@ void backward_job(const BwdParams& p, const RecJob& job, int64_t Hp) {
 const KernelTable& BILSTM_CAT(kernel_table_, BILSTM_ISA)() {
   static const KernelTable k = {
       BILSTM_STR(BILSTM_ISA), BILSTM_VEC_BYTES,
-      {&BILSTM_ISA::linear_job<float>, &BILSTM_ISA::linear_job<double>},
+      {&BILSTM_ISA::gemm_job<float>, &BILSTM_ISA::gemm_job<double>},
       {&BILSTM_ISA::forward_job<float>, &BILSTM_ISA::forward_job<double>},
       {&BILSTM_ISA::backward_job<float>, &BILSTM_ISA::backward_job<double>}};
   return k;
