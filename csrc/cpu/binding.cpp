@@ -167,18 +167,72 @@ void linear(const std::string& dtype, py::object x, py::object w, py::object bia
     throw py::value_error("x: expected shape [M>=1, K>=1], got " + fmt(ax.shape));
   if (aw.shape.size() != 2 || aw.shape[0] < 1)
     throw py::value_error("w: expected shape [N>=1, K], got " + fmt(aw.shape));
-  LinearParams p;
+  GemmParams p;
   p.M = ax.shape[0], p.K = ax.shape[1], p.N = aw.shape[0];
-  p.x = check("x", ax, {p.M, p.K}, {"M", "K"}, es);
-  p.w = check("w", aw, {p.N, p.K}, {"N", "K"}, es);
-  if (!bias.is_none()) {
-    const Arg ab = parse("bias", bias);
-    p.bias = check("bias", ab, {p.N}, {"N"}, es).ptr;
-  }
-  p.out = check("out", parse("out", out), {p.M, p.N}, {"M", "N"}, es);
+  const View vx = check("x", ax, {p.M, p.K}, {"M", "K"}, es);
+  const View vw = check("w", aw, {p.N, p.K}, {"N", "K"}, es);
+  p.a = vx.ptr, p.lda = vx.stride[0], p.ldk = 1;
+  p.bkind = BKind::w_rows, p.b = vw.ptr, p.ldb = vw.stride[0];
+  if (!bias.is_none()) p.bias = check("bias", parse("bias", bias), {p.N}, {"N"}, es).ptr;
+  const View vo = check("out", parse("out", out), {p.M, p.N}, {"M", "N"}, es);
+  p.c = vo.ptr, p.ldc = vo.stride[0];
   const int nt = check_threads(num_threads);
   py::gil_scoped_release nogil;
-  run_linear(p, dt, nt);
+  run_gemm({p}, dt, nt);
+}
+
+// out [M, N] = a [M, K] @ b [K, N], or a^T @ b with a [K, M] (trans_a): the
+// backward GEMMs of the input projection (dx = dG W_ih, dW_ih = dG^T x).
+void matmul(const std::string& dtype, py::object a, py::object b, py::object out, bool trans_a,
+            int num_threads) {
+  int64_t es;
+  const DType dt = parse_dtype(dtype, &es);
+  const Arg aa = parse("a", a), ab = parse("b", b);
+  if (aa.shape.size() != 2 || ab.shape.size() != 2)
+    throw py::value_error("a, b: expected 2-d tensors, got " + fmt(aa.shape) + " and " + fmt(ab.shape));
+  GemmParams p;
+  p.M = trans_a ? aa.shape[1] : aa.shape[0], p.K = trans_a ? aa.shape[0] : aa.shape[1], p.N = ab.shape[1];
+  const View va = trans_a ? check("a", aa, {p.K, p.M}, {"K", "M"}, es) : check("a", aa, {p.M, p.K}, {"M", "K"}, es);
+  const View vb = check("b", ab, {p.K, p.N}, {"K", "N"}, es);
+  p.a = va.ptr;
+  p.lda = trans_a ? 1 : va.stride[0];
+  p.ldk = trans_a ? va.stride[0] : 1;
+  p.bkind = BKind::k_rows, p.b = vb.ptr, p.ldb = vb.stride[0];
+  const View vo = check("out", parse("out", out), {p.M, p.N}, {"M", "N"}, es);
+  p.c = vo.ptr, p.ldc = vo.stride[0];
+  const int nt = check_threads(num_threads);
+  py::gil_scoped_release nogil;
+  run_gemm({p}, dt, nt);
+}
+
+// dw [N, 4H, H] = for each direction n, sum over (t, b) of dgx[t, b, n]^T h_{t-1}[b]
+// (ops/recurrence.py says which h_{t-1}); dgx must be contiguous.
+void recurrent_weight_grad(const std::string& dtype, py::object dgx, py::object y, py::object h0,
+                           py::object lengths, py::object dw, int num_threads) {
+  int64_t es;
+  const DType dt = parse_dtype(dtype, &es);
+  const Arg ag = parse("dgx", dgx);
+  if (ag.shape.size() != 4 || ag.shape[3] % 4 != 0 || ag.shape[3] == 0 || (ag.shape[2] != 1 && ag.shape[2] != 2))
+    throw py::value_error("dgx: expected shape [T, B, N in (1, 2), 4H], got " + fmt(ag.shape));
+  const int64_t T = ag.shape[0], B = ag.shape[1], N = ag.shape[2], H = ag.shape[3] / 4;
+  const View vg = check("dgx", ag, {T, B, N, 4 * H}, {"T", "B", "N", "4H"}, es);
+  if (vg.stride[0] != B * N * 4 * H || vg.stride[1] != N * 4 * H || vg.stride[2] != 4 * H)
+    throw py::value_error("dgx: expected a contiguous tensor, got strides " + fmt(ag.strides));
+  const View vy = check("y", parse("y", y), {T, B, N, H}, {"T", "B", "N", "H"}, es);
+  const View vh = check("h0", parse("h0", h0), {N, B, H}, {"N", "B", "H"}, es);
+  const View vw = check("dw", parse("dw", dw), {N, 4 * H, H}, {"N", "4H", "H"}, es);
+  const int64_t* lens = check_lengths(lengths, T, B);
+  std::vector<GemmParams> problems(N);
+  for (int64_t n = 0; n < N; ++n) {
+    GemmParams& p = problems[n];
+    p.M = 4 * H, p.N = H, p.K = T * B;
+    p.a = static_cast<const char*>(vg.ptr) + es * n * 4 * H, p.lda = 1, p.ldk = N * 4 * H;
+    p.bkind = BKind::prev_hidden, p.y = vy, p.h0 = vh, p.lengths = lens, p.T = T, p.batch = B, p.dir = n;
+    p.c = static_cast<char*>(vw.ptr) + es * n * vw.stride[0], p.ldc = vw.stride[1];
+  }
+  const int nt = check_threads(num_threads);
+  py::gil_scoped_release nogil;
+  run_gemm(problems, dt, nt);
 }
 
 }  // namespace
@@ -202,6 +256,14 @@ PYBIND11_MODULE(_cpu, m) {
         "out [M,N] = x [M,K] @ w [N,K]^T + bias [N] (bias may be None): the input projection.\n"
         "Tensors are (data_ptr, shape, strides) tuples; bias contiguous.",
         py::arg("dtype"), py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("out"),
+        py::arg("num_threads"));
+  m.def("matmul", &matmul,
+        "out [M,N] = a [M,K] @ b [K,N], or a^T @ b for a [K,M] with trans_a (the projection's backward).",
+        py::arg("dtype"), py::arg("a"), py::arg("b"), py::arg("out"), py::arg("trans_a"), py::arg("num_threads"));
+  m.def("recurrent_weight_grad", &recurrent_weight_grad,
+        "dw [N,4H,H] = sum over (t, b) of dgx[t,b,n]^T h_{t-1}[b] per direction n: dgx [T,B,N,4H] contiguous,\n"
+        "y [T,B,N,H], h0 [N,B,H], lengths [B] or None.",
+        py::arg("dtype"), py::arg("dgx"), py::arg("y"), py::arg("h0"), py::arg("lengths"), py::arg("dw"),
         py::arg("num_threads"));
   m.def("isa", [] { return std::string(active_kernels().isa); },
         "The kernel build in use: 'avx512', 'avx2' or 'baseline' (SSE2).");
