@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 
 from . import native
+from .cpu_gemm import recurrent_weight_grad  # noqa: F401  the backend's dW_hh (ops/recurrence.py)
 
 NAME = "cpu"
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}

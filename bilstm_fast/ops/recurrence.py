@@ -121,7 +121,9 @@ def _backward(ctx, dy, dh_n, dc_n, _dgates, _dcs):
     dgx, dh0, dc0, dw_hr = _lstm_recurrence_backward_op(
         dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(),
         w_hh, w_hr, h0, c0, lengths, y, gates, cs, ctx.backend)
-    dw_hh = _recurrent_weight_grad(dgx, y, h0, lengths)
+    # A backend may bring its own dW_hh (the cpu backend: ops/cpu_gemm.py).
+    weight_grad = getattr(backends.get(ctx.backend), "recurrent_weight_grad", _recurrent_weight_grad)
+    dw_hh = weight_grad(dgx, y, h0, lengths)
     return dgx, dw_hh, (dw_hr if w_hr is not None else None), dh0, dc0, None, None, None
 
 
