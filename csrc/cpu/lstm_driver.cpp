@@ -59,11 +59,12 @@ class Arena {
 };
 
 // -------------------------------------------------------------------- GEMM
-// The threads are shared out between the problems, and each problem's
-// output columns split in whole panels between its threads; every job packs
-// only its own columns of B and runs over all M rows: no synchronization.
-// (A bidirectional input projection on 2 threads: thread n computes
-// direction n's gates.)
+// Each problem's output columns are cut in whole panels into jobs, two per
+// thread of its share (kJobsPerThread: a thread that starts late leaves more
+// than a token share to the others, run_jobs); every job packs only its own
+// columns of B and runs over all M rows: no synchronization.
+constexpr int64_t kJobsPerThread = 2;
+
 void run_gemm_impl(const std::vector<GemmParams>& problems, DType dt, int P) {
   const KernelTable& ks = *g_active.load();
   const int64_t esize = dt == DType::f64 ? 8 : 4, NR = 2 * ks.vec_bytes / esize;
@@ -74,7 +75,8 @@ void run_gemm_impl(const std::vector<GemmParams>& problems, DType dt, int P) {
     const GemmParams& p = problems[i];
     if (p.M < 1 || p.N < 1) continue;
     const int64_t panels = (p.N + NR - 1) / NR;
-    const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(panels, (P + np - 1 - i) / np));
+    const int64_t share = (P + np - 1 - i) / np;  // threads of this problem
+    const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(panels, P > 1 ? kJobsPerThread * share : 1));
     for (int64_t c = 0; c < parts; ++c)
       jobs.push_back(GemmJob{&p, panels * c / parts * NR, std::min(p.N, panels * (c + 1) / parts * NR)});
     max_n = std::max(max_n, p.N);
@@ -90,10 +92,7 @@ void run_gemm_impl(const std::vector<GemmParams>& problems, DType dt, int P) {
   std::memset(zero, 0, static_cast<size_t>(esize * max_n));
   for (GemmJob& j : jobs) j.zero_row = zero;
   const GemmFn kernel = ks.gemm[static_cast<int>(dt)];
-  const int nthreads = static_cast<int>(std::min<int64_t>(P, static_cast<int64_t>(jobs.size())));
-  ThreadPool::instance().run(nthreads, [&](int tid) {
-    for (size_t j = tid; j < jobs.size(); j += nthreads) kernel(jobs[j]);
-  }, /*independent=*/true);
+  ThreadPool::instance().run_jobs(static_cast<int>(jobs.size()), P, [&](int j) { kernel(jobs[j]); });
 }
 
 // -------------------------------------------------------------- recurrence
@@ -204,9 +203,17 @@ void run_recurrence(const Params& p, DType dt, int num_threads) {
     if constexpr (forward) return ks.forward[static_cast<int>(dt)];
     else return ks.backward[static_cast<int>(dt)];
   }();
-  ThreadPool::instance().run(plan.nthreads, [&](int tid) {
-    for (const RecJob& j : plan.jobs[tid]) kernel(p, j, Hp);
-  }, /*independent=*/plan.barriers.empty());
+  if (plan.barriers.empty()) {  // no job waits for another: claimed dynamically
+    std::vector<const RecJob*> all;
+    for (auto& tj : plan.jobs)
+      for (const RecJob& j : tj) all.push_back(&j);
+    ThreadPool::instance().run_jobs(static_cast<int>(all.size()), plan.nthreads,
+                                    [&](int j) { kernel(p, *all[j], Hp); });
+  } else {
+    ThreadPool::instance().run(plan.nthreads, [&](int tid) {
+      for (const RecJob& j : plan.jobs[tid]) kernel(p, j, Hp);
+    });
+  }
 }
 
 }  // namespace

@@ -102,30 +102,11 @@ void ThreadPool::worker_loop(int tid, uint64_t seen) {
   }
 }
 
-void ThreadPool::run(int nthreads, const std::function<void(int)>& fn, bool independent) {
+void ThreadPool::run(int nthreads, const std::function<void(int)>& fn) {
   if (nthreads <= 1) {
     fn(0);
     return;
   }
-#ifdef _OPENMP
-  // Independent jobs (one direction per thread, or batch slices) run on the
-  // OpenMP runtime already in the process: torch's own libgomp (the loader
-  // reuses the loaded libgomp.so.1), whose workers are still spinning after
-  // torch's last parallel op -- the input-projection GEMM just before us.
-  // Our own pool workers had to compete with those spinning threads for the
-  // cores: BiLSTM at T=64 D=300 H=256 fp32, 2 threads, took 3.38 / 12.3 /
-  // 46.1 ms at B=1 / 8 / 32 vs 2.91 / 10.3 / 34.9 ms with OMP_WAIT_POLICY=
-  // PASSIVE (measured). Jobs with a step barrier need all their threads at
-  // once, which an OpenMP team need not grant, so they stay on the pool.
-  if (independent && !g_forked_child && !omp_in_parallel()) {
-#pragma omp parallel num_threads(nthreads)
-    {
-      const int got = omp_get_num_threads();
-      for (int tid = omp_get_thread_num(); tid < nthreads; tid += got) fn(tid);
-    }
-    return;
-  }
-#endif
   while (static_cast<int>(workers_.size()) < nthreads - 1) {
     const int tid = static_cast<int>(workers_.size()) + 1;
     const uint64_t seen = generation_.load();
@@ -144,6 +125,36 @@ void ThreadPool::run(int nthreads, const std::function<void(int)>& fn, bool inde
     if (i < kSpins) BILSTM_SPIN();
     else std::this_thread::yield();
   }
+}
+
+// Independent jobs run on the OpenMP runtime already in the process: torch's
+// own libgomp (the loader reuses the loaded libgomp.so.1), whose workers are
+// still spinning after torch's last parallel op. Our own pool workers had to
+// compete with those spinning threads for the cores: BiLSTM at T=64 D=300
+// H=256 fp32, 2 threads, took 3.38 / 12.3 / 46.1 ms at B=1 / 8 / 32 vs
+// 2.91 / 10.3 / 34.9 ms with OMP_WAIT_POLICY=PASSIVE (measured). Jobs are
+// claimed from a counter, not dealt out by thread number: with one direction
+// per thread, a worker that starts late (asleep, or its core busy with
+// another process) used to hold the call up by its whole delay; now the
+// caller runs the second direction itself once it is done with the first.
+void ThreadPool::run_jobs(int njobs, int nthreads, const std::function<void(int)>& fn) {
+  if (nthreads > njobs) nthreads = njobs;
+  if (nthreads <= 1) {
+    for (int j = 0; j < njobs; ++j) fn(j);
+    return;
+  }
+  std::atomic<int> next{0};
+  const std::function<void(int)> claim = [&](int) {
+    for (int j; (j = next.fetch_add(1, std::memory_order_relaxed)) < njobs;) fn(j);
+  };
+#ifdef _OPENMP
+  if (!g_forked_child && !omp_in_parallel()) {
+#pragma omp parallel num_threads(nthreads)
+    claim(0);
+    return;
+  }
+#endif
+  run(nthreads, claim);
 }
 
 void* scratch(int slot, size_t bytes) {

@@ -33,12 +33,17 @@ class Barrier {
 class ThreadPool {
  public:
   static ThreadPool& instance();
-  // Runs fn(tid) for tid in [0, nthreads); tid 0 on the calling thread.
-  // `independent`: no fn(tid) ever waits for another (no step barrier), so
-  // they may also run on fewer threads than asked (see thread_pool.cpp).
+  // Runs fn(tid) for tid in [0, nthreads) at once, tid 0 on the calling
+  // thread: for jobs that meet at a step barrier (all must be running).
   // The caller must hold call_mutex() (one call at a time: the pool and the
   // scratch buffers are shared); it is also held across fork().
-  void run(int nthreads, const std::function<void(int)>& fn, bool independent = false);
+  void run(int nthreads, const std::function<void(int)>& fn);
+  // Runs fn(job) for job in [0, njobs) on up to nthreads threads, jobs that
+  // never wait for each other: each thread (the caller too) claims the next
+  // unclaimed job until none is left, so a thread that starts late -- a
+  // worker still asleep, or its core taken by another process -- leaves its
+  // share to the others instead of holding up the call (thread_pool.cpp).
+  void run_jobs(int njobs, int nthreads, const std::function<void(int)>& fn);
   static std::mutex& call_mutex();
   ~ThreadPool();
 
