@@ -40,22 +40,23 @@ template <> struct VecOf<float> { typedef float type __attribute__((vector_size(
 template <> struct VecOf<double> { typedef double type __attribute__((vector_size(kVecBytes))); };
 
 template <class T> using Vec = typename VecOf<T>::type;
+// The same vector at element alignment: unaligned loads/stores without a
+// memcpy through the stack.
+template <class T> struct VecUOf;
+template <> struct VecUOf<float> { typedef float type __attribute__((vector_size(kVecBytes), aligned(4))); };
+template <> struct VecUOf<double> { typedef double type __attribute__((vector_size(kVecBytes), aligned(8))); };
+template <class T> using VecU = typename VecUOf<T>::type;
 template <class T> constexpr int lanes() { return kVecBytes / static_cast<int>(sizeof(T)); }
 template <class T> constexpr int panel_cols() { return 2 * lanes<T>(); }  // NR
 
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 
-// Vector loads/stores. A fixed-size memcpy compiles to one unaligned move;
-// the _n forms take n <= L elements (n < L only at the last vector of a row
+// Vector loads/stores (unaligned unless _a); the _n forms take n <= L elements (n < L only at the last vector of a row
 // when H % L != 0), zero-filling the rest on load. (A memcpy of a run-time
 // size is a libc call: when every access took that path it was ~16% of a
 // T=64, B=32 forward -- perf, before the fixed-size fast path.)
-template <class T> inline Vec<T> loadu(const T* p) {
-  Vec<T> v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <class T> inline void storeu(T* p, Vec<T> v) { std::memcpy(p, &v, sizeof(v)); }
+template <class T> inline Vec<T> loadu(const T* p) { return *reinterpret_cast<const VecU<T>*>(p); }
+template <class T> inline void storeu(T* p, Vec<T> v) { *reinterpret_cast<VecU<T>*>(p) = v; }
 template <class T> inline Vec<T> load_n(const T* p, int n) {
   if (n == lanes<T>()) return loadu(p);
   Vec<T> v = {};
@@ -167,6 +168,13 @@ inline void micro_gemm(const T* A, int64_t lda, int64_t ldk, const T* Wp, int64_
       acc[0][m][0] += acc[u][m][0];
       acc[0][m][1] += acc[u][m][1];
     }
+  if (nc == NR && init == Init::zero) {  // every recurrence step: straight from the registers
+    for (int m = 0; m < M; ++m) {
+      storeu(C + m * ldc, acc[0][m][0]);
+      storeu(C + m * ldc + L, acc[0][m][1]);
+    }
+    return;
+  }
   const int n0 = nc < L ? nc : L, n1 = nc - n0;
   V b0 = {}, b1 = {};
   if (init == Init::bias) {
