@@ -35,6 +35,9 @@ struct GemmParams {
   BKind bkind = BKind::w_rows;
   const void* b = nullptr;
   int64_t ldb = 0;
+  // B already packed (w_rows only): all ceil(N/NR) panels [K][NR], 64-byte
+  // aligned (from pack_w_rows; ops/cpu_gemm.py keeps one per inference weight).
+  const void* bpacked = nullptr;
   // prev_hidden only: y [T, batch, N, H] and h0 [N, batch, H] views, lengths [batch] or nullptr.
   // Direction 0 at time t saw y[t-1] (h0 at t = 0); direction 1 saw y[t+1]
   // (h0 at t = L_b - 1; zero past it, where dG is zero anyway).
@@ -83,6 +86,8 @@ struct RecJob {
 };
 
 using GemmFn = void (*)(const GemmJob&);
+// dst [ceil(N/NR)][K][NR] = panels of W [N][K] (rows ld apart) as B = W^T.
+using PackFn = void (*)(const void* w, int64_t N, int64_t K, int64_t ld, void* dst);
 using RecFwdFn = void (*)(const FwdParams&, const RecJob&, int64_t Hp);
 using RecBwdFn = void (*)(const BwdParams&, const RecJob&, int64_t Hp);
 
@@ -91,6 +96,7 @@ struct KernelTable {
   const char* isa;
   int vec_bytes;       // SIMD register width the kernels use; NR = 2 * vec_bytes / sizeof(T)
   GemmFn gemm[2];
+  PackFn pack_w_rows[2];
   RecFwdFn forward[2];
   RecBwdFn backward[2];
 };

@@ -83,11 +83,13 @@ void run_gemm_impl(const std::vector<GemmParams>& problems, DType dt, int P) {
   }
   if (jobs.empty()) return;
   Arena arena;
-  for (const GemmJob& j : jobs) arena.add(esize * round_up(j.n1 - j.n0, NR) * j.p->K);
+  for (const GemmJob& j : jobs)
+    if (!j.p->bpacked) arena.add(esize * round_up(j.n1 - j.n0, NR) * j.p->K);
   arena.add(esize * max_n);
   std::lock_guard<std::mutex> lock(ThreadPool::call_mutex());
   arena.start(0);
-  for (GemmJob& j : jobs) j.bpack = arena.take(esize * round_up(j.n1 - j.n0, NR) * j.p->K);
+  for (GemmJob& j : jobs)
+    if (!j.p->bpacked) j.bpack = arena.take(esize * round_up(j.n1 - j.n0, NR) * j.p->K);
   void* zero = arena.take(esize * max_n);
   std::memset(zero, 0, static_cast<size_t>(esize * max_n));
   for (GemmJob& j : jobs) j.zero_row = zero;
@@ -234,6 +236,12 @@ void set_isa(const std::string& name) {
       return;
     }
   throw std::invalid_argument("isa: '" + name + "' is not built or not supported by this CPU");
+}
+
+int64_t panel_cols(DType dt) { return 2 * g_active.load()->vec_bytes / (dt == DType::f64 ? 8 : 4); }
+
+void pack_w_rows(const void* w, int64_t N, int64_t K, int64_t ld, void* dst, DType dt) {
+  g_active.load()->pack_w_rows[static_cast<int>(dt)](w, N, K, ld, dst);
 }
 
 void run_gemm(const std::vector<GemmParams>& problems, DType dt, int num_threads) {

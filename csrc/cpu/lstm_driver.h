@@ -18,6 +18,11 @@ void set_isa(const std::string& name);          // throws std::invalid_argument 
 // All block until done. num_threads >= 1. run_gemm runs independent GEMMs
 // (e.g. dW_hh of each direction) together, the threads split among them.
 void run_gemm(const std::vector<GemmParams>& problems, DType dt, int num_threads);
+
+// Prepacked B for GemmParams::bpacked: NR columns per panel in the active
+// build, and W [N][K] (rows ld apart) packed into ceil(N/NR)*NR*K elements.
+int64_t panel_cols(DType dt);
+void pack_w_rows(const void* w, int64_t N, int64_t K, int64_t ld, void* dst, DType dt);
 void run_forward(const FwdParams& p, DType dt, int num_threads);
 void run_backward(const BwdParams& p, DType dt, int num_threads);
 

@@ -70,6 +70,35 @@ template <class T> inline void store_n(T* p, Vec<T> v, int n) {
 template <class T> inline Vec<T> load_a(const T* p) { return *reinterpret_cast<const Vec<T>*>(p); }
 template <class T> inline void store_a(T* p, Vec<T> v) { *reinterpret_cast<Vec<T>*>(p) = v; }
 
+#if BILSTM_VEC_BYTES == 32
+// r[0..7] = the rows of an 8 x 8 float block -> its columns: in-lane
+// interleaves of row pairs, then of pairs of pairs, then the 128-bit halves
+// (what vunpck*ps / vshufps / vperm2f128 do; GCC picks the instructions).
+inline void transpose8(Vec<float>* r) {
+  typedef int I __attribute__((vector_size(32)));
+  const I lo1 = {0, 8, 1, 9, 4, 12, 5, 13}, hi1 = {2, 10, 3, 11, 6, 14, 7, 15};
+  const I lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
+  const I lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
+  Vec<float> t[8], s[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shuffle(r[i], r[i + 1], lo1);
+    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], hi1);
+  }
+  for (int h = 0; h < 2; ++h) {  // s[q + 4h]: column q of rows 4h..4h+3, lanes {q, q + 4}
+    s[4 * h] = __builtin_shuffle(t[4 * h], t[4 * h + 2], lo2);
+    s[4 * h + 1] = __builtin_shuffle(t[4 * h], t[4 * h + 2], hi2);
+    s[4 * h + 2] = __builtin_shuffle(t[4 * h + 1], t[4 * h + 3], lo2);
+    s[4 * h + 3] = __builtin_shuffle(t[4 * h + 1], t[4 * h + 3], hi2);
+  }
+  for (int q = 0; q < 4; ++q) {
+    r[q] = __builtin_shuffle(s[q], s[q + 4], lo4);
+    r[q + 4] = __builtin_shuffle(s[q], s[q + 4], hi4);
+  }
+}
+#else
+inline void transpose8(Vec<float>*) {}  // only the 8-lane build calls it
+#endif
+
 // ---------------------------------------------------------------- activations
 // float: vectorized rational tanh (below); double: libm, element by element
 // (float64 is the exact path, not the fast one). Scalar libm calls for float
@@ -136,8 +165,11 @@ constexpr int MR = 6;
 
 enum class Init { zero, bias, accumulate };  // C = A Wp | C = bias + A Wp | C += A Wp
 
+// Not inlined: inlined into gemm() GCC kept the accumulators of the 5-row
+// tile on the stack (a vfmadd with a memory accumulator per FMA: perf on a
+// T=64 B=1 call, where the projection runs 5- and 6-row tiles).
 template <class T, int M, int KU>
-inline void micro_gemm(const T* A, int64_t lda, int64_t ldk, const T* Wp, int64_t K, T* C, int64_t ldc,
+__attribute__((noinline)) void micro_gemm(const T* A, int64_t lda, int64_t ldk, const T* Wp, int64_t K, T* C, int64_t ldc,
                        int nc, Init init, const T* bias) {
   constexpr int L = lanes<T>(), NR = panel_cols<T>();
   using V = Vec<T>;
@@ -256,31 +288,35 @@ void gemm(int64_t M, int64_t K, const T* A, int64_t lda, int64_t ldk, const T* W
 
 // ------------------------------------------------------------------ packing
 // Panels of NR output columns, [K][NR] each, zero past the last column.
-// "nt": column c of the product is row c of a row-major matrix W ([cols][K],
-// the layout of W_ih and, for the forward step, of W_hh): row(c) gives a
-// pointer to it, or nullptr for a zero (padding) column. k outer, columns
-// inner: NR read streams along rows, one sequential write stream. Measured
-// on [2048, 300] fp32 (one thread, best of 20): 0.115 ms (21 GB/s) vs
-// 0.232 ms reading blocks of 16 k per row and 0.191 ms with an 8x8 AVX2
-// register transpose.
-template <class T, class RowFn>
-void pack_nt(int64_t ncols, int64_t K, RowFn row, T* dst) {
-  constexpr int NR = panel_cols<T>();
+// "nt": column c < nvalid of the product is row c of a row-major matrix
+// (rows `ld` apart: W_ih, and for the forward step one gate's block of
+// W_hh), columns nvalid..ncols-1 are zero (padding). A transpose: with 8
+// float lanes (AVX2) each 8 x 8 block goes through registers (3 rounds of
+// shuffles); otherwise element by element, k outer. Measured on [2048, 300]
+// fp32, one thread, best of 20, on a loaded machine: 0.137 ms register
+// transpose vs 0.262 ms element by element with run-time strides (GCC
+// vectorized the element loop only when K was a compile-time constant); the
+// element loop with a pointer per row was ~9% of a T=64 B=1 inference call
+// (perf), more than the projection GEMM it fed.
+template <class T>
+void pack_nt(int64_t ncols, int64_t nvalid, int64_t K, const T* base, int64_t ld, T* dst) {
+  constexpr int NR = panel_cols<T>(), L = lanes<T>();
   for (int64_t p = 0; p * NR < ncols; ++p) {
-    const T* src[NR];
-    bool full = true;  // no padding column: the common case, without a test per element
-    for (int c = 0; c < NR; ++c) {
-      src[c] = p * NR + c < ncols ? row(p * NR + c) : nullptr;
-      full = full && src[c];
-    }
+    const int64_t c0 = p * NR, nv = imin(NR, nvalid - c0);  // valid columns of this panel
     T* d = dst + p * K * NR;
-    if (full) {
-      for (int64_t k = 0; k < K; ++k)
-        for (int c = 0; c < NR; ++c) d[k * NR + c] = src[c][k];
-    } else {
-      for (int64_t k = 0; k < K; ++k)
-        for (int c = 0; c < NR; ++c) d[k * NR + c] = src[c] ? src[c][k] : T(0);
+    int64_t k = 0;
+    if constexpr (L == 8 && sizeof(T) == 4) {
+      if (nv == NR)
+        for (; k + L <= K; k += L)
+          for (int half = 0; half < 2; ++half) {
+            Vec<T> r[L];
+            for (int c = 0; c < L; ++c) r[c] = loadu(base + (c0 + half * L + c) * ld + k);
+            transpose8(r);
+            for (int kk = 0; kk < L; ++kk) storeu(d + (k + kk) * NR + half * L, r[kk]);
+          }
     }
+    for (; k < K; ++k)
+      for (int c = 0; c < NR; ++c) d[k * NR + c] = c < nv ? base[(c0 + c) * ld + k] : T(0);
   }
 }
 
@@ -328,9 +364,10 @@ void gemm_job(const GemmJob& job) {
   T* bp = static_cast<T*>(job.bpack);
   const int64_t ncols = job.n1 - job.n0;
   const T* b = static_cast<const T*>(p.b);
-  switch (p.bkind) {
+  if (p.bpacked) bp = const_cast<T*>(static_cast<const T*>(p.bpacked)) + job.n0 * p.K;
+  else switch (p.bkind) {
     case BKind::w_rows:
-      pack_nt<T>(ncols, p.K, [&](int64_t c) { return b + (job.n0 + c) * p.ldb; }, bp);
+      pack_nt<T>(ncols, ncols, p.K, b + job.n0 * p.ldb, p.ldb, bp);
       break;
     case BKind::k_rows:
       pack_nn<T>(ncols, p.K, [&](int64_t k) { return b + k * p.ldb; }, job.n0, bp);
@@ -349,6 +386,11 @@ void gemm_job(const GemmJob& job) {
   const T* bias = static_cast<const T*>(p.bias);
   gemm<T>(p.M, p.K, static_cast<const T*>(p.a), p.lda, p.ldk, bp, ncols, static_cast<T*>(p.c) + job.n0, p.ldc,
           bias ? Init::bias : Init::zero, bias ? bias + job.n0 : nullptr);
+}
+
+template <class T>
+void pack_w_rows(const void* w, int64_t N, int64_t K, int64_t ld, void* dst) {
+  pack_nt<T>(N, N, K, static_cast<const T*>(w), ld, static_cast<T*>(dst));
 }
 
 // ------------------------------------------------------------------ forward
@@ -372,11 +414,9 @@ void forward_job(const FwdParams& p, const RecJob& job, int64_t Hp) {
   T* cbuf = static_cast<T*>(grp.c);    // [nr][Hp]
   T* gbuf = static_cast<T*>(grp.g);    // [nr][4][Hp]
 
-  for (int g = 0; g < 4; ++g)
-    pack_nt<T>(units, H, [&](int64_t c) -> const T* {
-      const int64_t j = lo + c;
-      return j < H ? at<const T>(p.w_hh, n, g * H + j, 0) : nullptr;
-    }, wp + g * units * H);
+  for (int g = 0; g < 4; ++g)  // gate g's rows lo.. of W_hh[n], zero past H
+    pack_nt<T>(units, H - lo, H, at<const T>(p.w_hh, n, g * H + imin(lo, H - 1), 0), p.w_hh.stride[1],
+               wp + g * units * H);
   for (int64_t i = 0; i < nr; ++i) {
     const int64_t b = grp.rows[i];
     for (int64_t j = lo; j < hi; ++j) {
@@ -538,6 +578,7 @@ const KernelTable& BILSTM_CAT(kernel_table_, BILSTM_ISA)() {
   static const KernelTable k = {
       BILSTM_STR(BILSTM_ISA), BILSTM_VEC_BYTES,
       {&BILSTM_ISA::gemm_job<float>, &BILSTM_ISA::gemm_job<double>},
+      {&BILSTM_ISA::pack_w_rows<float>, &BILSTM_ISA::pack_w_rows<double>},
       {&BILSTM_ISA::forward_job<float>, &BILSTM_ISA::forward_job<double>},
       {&BILSTM_ISA::backward_job<float>, &BILSTM_ISA::backward_job<double>}};
   return k;
