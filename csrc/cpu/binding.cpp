@@ -158,8 +158,10 @@ void backward(const std::string& dtype, py::object dy, py::object dh_n, py::obje
   run_backward(p, dt, nt);
 }
 
+const void* check_packed(const char* name, const py::object& obj, int64_t N, int64_t K, DType dt, int64_t es);
+
 void linear(const std::string& dtype, py::object x, py::object w, py::object bias, py::object out,
-            int num_threads) {
+            int num_threads, py::object wpacked) {
   int64_t es;
   const DType dt = parse_dtype(dtype, &es);
   const Arg ax = parse("x", x), aw = parse("w", w);
@@ -174,11 +176,41 @@ void linear(const std::string& dtype, py::object x, py::object w, py::object bia
   p.a = vx.ptr, p.lda = vx.stride[0], p.ldk = 1;
   p.bkind = BKind::w_rows, p.b = vw.ptr, p.ldb = vw.stride[0];
   if (!bias.is_none()) p.bias = check("bias", parse("bias", bias), {p.N}, {"N"}, es).ptr;
+  if (!wpacked.is_none()) p.bpacked = check_packed("wpacked", wpacked, p.N, p.K, dt, es);
   const View vo = check("out", parse("out", out), {p.M, p.N}, {"M", "N"}, es);
   p.c = vo.ptr, p.ldc = vo.stride[0];
   const int nt = check_threads(num_threads);
   py::gil_scoped_release nogil;
   run_gemm({p}, dt, nt);
+}
+
+// A buffer for W [N, K] packed by pack_w_rows in the active build: 1-d,
+// packed_size(N, K) elements, 64-byte aligned.
+int64_t packed_size(const std::string& dtype, int64_t N, int64_t K) {
+  int64_t es;
+  const int64_t nr = panel_cols(parse_dtype(dtype, &es));
+  return (N + nr - 1) / nr * nr * K;
+}
+
+const void* check_packed(const char* name, const py::object& obj, int64_t N, int64_t K, DType dt, int64_t es) {
+  const Arg a = parse(name, obj);
+  const int64_t nr = panel_cols(dt), size = (N + nr - 1) / nr * nr * K;
+  const View v = check(name, a, {size}, {"packed_size(N, K)"}, es);
+  if (reinterpret_cast<uintptr_t>(v.ptr) % 64 != 0)
+    throw py::value_error(std::string(name) + ": expected a 64-byte aligned buffer");
+  return v.ptr;
+}
+
+void pack_w(const std::string& dtype, py::object w, py::object out) {
+  int64_t es;
+  const DType dt = parse_dtype(dtype, &es);
+  const Arg aw = parse("w", w);
+  if (aw.shape.size() != 2 || aw.shape[0] < 1 || aw.shape[1] < 1)
+    throw py::value_error("w: expected shape [N>=1, K>=1], got " + fmt(aw.shape));
+  const View vw = check("w", aw, {aw.shape[0], aw.shape[1]}, {"N", "K"}, es);
+  void* dst = const_cast<void*>(check_packed("out", out, aw.shape[0], aw.shape[1], dt, es));
+  py::gil_scoped_release nogil;
+  pack_w_rows(vw.ptr, aw.shape[0], aw.shape[1], vw.stride[0], dst, dt);
 }
 
 // out [M, N] = a [M, K] @ b [K, N], or a^T @ b with a [K, M] (trans_a): the
@@ -256,7 +288,12 @@ PYBIND11_MODULE(_cpu, m) {
         "out [M,N] = x [M,K] @ w [N,K]^T + bias [N] (bias may be None): the input projection.\n"
         "Tensors are (data_ptr, shape, strides) tuples; bias contiguous.",
         py::arg("dtype"), py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("out"),
-        py::arg("num_threads"));
+        py::arg("num_threads"), py::arg("wpacked") = py::none());
+  m.def("packed_size", &packed_size,
+        "Elements of W [N, K] packed for linear's wpacked in the active build (its panel width).",
+        py::arg("dtype"), py::arg("N"), py::arg("K"));
+  m.def("pack_w", &pack_w, "out [packed_size(N, K)] (64-byte aligned) = w [N, K] packed for linear's wpacked.",
+        py::arg("dtype"), py::arg("w"), py::arg("out"));
   m.def("matmul", &matmul,
         "out [M,N] = a [M,K] @ b [K,N], or a^T @ b for a [K,M] with trans_a (the projection's backward).",
         py::arg("dtype"), py::arg("a"), py::arg("b"), py::arg("out"), py::arg("trans_a"), py::arg("num_threads"));
