@@ -182,9 +182,40 @@ def test_module_with_our_gemms_matches_nn_lstm(T, B, D, H, layers, lengths, dtyp
 
 def test_bilstm_uses_our_projection_on_the_cpu_backend(monkeypatch):
     calls = []
-    real = cpu_gemm.cpu_linear
-    monkeypatch.setattr(cpu_gemm, "cpu_linear", lambda *a: calls.append(1) or real(*a))
+    for name in ("cpu_linear", "cpu_linear_inference"):
+        real = getattr(cpu_gemm, name)
+        monkeypatch.setattr(cpu_gemm, name, lambda *a, real=real, name=name: calls.append(name) or real(*a))
     model = BiLSTM(4, 3, backend="cpu")
+    x = torch.randn(2, 1, 4)
     with torch.no_grad():
-        model(torch.randn(2, 1, 4))
-    assert calls == [1]
+        model(x)
+    model(x)[0].sum().backward()
+    assert calls == ["cpu_linear_inference", "cpu_linear"]  # no grad: the kernel directly; grad: the op
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_packed_weights_are_reused_and_invalidated(dtype):
+    mod = _cpu()
+    x, b = torch.randn(5, 7, dtype=dtype), torch.randn(33, dtype=dtype)
+    w = torch.randn(33, 7, dtype=dtype)
+    want = torch.addmm(b, x, w.t())
+    for call in range(3):  # cached from the second use on
+        assert_close(f"call {call}", cpu_gemm.cpu_linear_inference(x, w, b), want, **TOL[dtype])
+    assert cpu_gemm._packed[w][1] is not None
+    with torch.no_grad():
+        w.mul_(2)            # in place: the version counter moves, the stale copy must not be used
+    for call in range(3):
+        assert_close(f"after mul_ {call}", cpu_gemm.cpu_linear_inference(x, w, b),
+                     torch.addmm(b, x, w.t()), **TOL[dtype])
+    for isa in mod.supported_isas():  # another build may pack differently (panel width)
+        old = mod.isa()
+        mod.set_isa(isa)
+        try:
+            for call in range(2):
+                assert_close(f"{isa} {call}", cpu_gemm.cpu_linear_inference(x, w, b),
+                             torch.addmm(b, x, w.t()), **TOL[dtype])
+        finally:
+            mod.set_isa(old)
+    n = len(cpu_gemm._packed)
+    del w
+    assert len(cpu_gemm._packed) == n - 1  # the entry dies with its tensor
