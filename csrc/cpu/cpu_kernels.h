@@ -88,6 +88,8 @@ struct RecJob {
 using GemmFn = void (*)(const GemmJob&);
 // dst [ceil(N/NR)][K][NR] = panels of W [N][K] (rows ld apart) as B = W^T.
 using PackFn = void (*)(const void* w, int64_t N, int64_t K, int64_t ld, void* dst);
+// dst [N][4][Hp/NR][H][NR] = W_hh [N][4H][H] as the forward step's panels.
+using PackHhFn = void (*)(const View& w_hh, int64_t N, int64_t H, int64_t Hp, void* dst);
 using RecFwdFn = void (*)(const FwdParams&, const RecJob&, int64_t Hp);
 using RecBwdFn = void (*)(const BwdParams&, const RecJob&, int64_t Hp);
 
@@ -97,6 +99,7 @@ struct KernelTable {
   int vec_bytes;       // SIMD register width the kernels use; NR = 2 * vec_bytes / sizeof(T)
   GemmFn gemm[2];
   PackFn pack_w_rows[2];
+  PackHhFn pack_w_hh[2];
   RecFwdFn forward[2];
   RecBwdFn backward[2];
 };

@@ -189,8 +189,12 @@ void run_recurrence(const Params& p, DType dt, int num_threads) {
   };
   for (const RowGroup& g : plan.groups)
     for (int64_t sz : group_sizes(g)) arena.add(sz);
+  const bool prepacked = [&] {
+    if constexpr (forward) return p.w_hh_packed != nullptr;
+    else return false;
+  }();
   for (auto& tj : plan.jobs)
-    for (RecJob& j : tj) arena.add(esize * (j.hi - j.lo) * G);
+    for (RecJob& j : tj) arena.add(prepacked ? 0 : esize * (j.hi - j.lo) * G);
   arena.start(0);
   for (RowGroup& g : plan.groups) {
     const auto sz = group_sizes(g);
@@ -199,7 +203,7 @@ void run_recurrence(const Params& p, DType dt, int num_threads) {
     g.g = arena.take(sz[2]);
   }
   for (auto& tj : plan.jobs)
-    for (RecJob& j : tj) j.wpack = arena.take(esize * (j.hi - j.lo) * G);
+    for (RecJob& j : tj) j.wpack = prepacked ? nullptr : arena.take(esize * (j.hi - j.lo) * G);
 
   const auto kernel = [&] {
     if constexpr (forward) return ks.forward[static_cast<int>(dt)];
@@ -242,6 +246,15 @@ int64_t panel_cols(DType dt) { return 2 * g_active.load()->vec_bytes / (dt == DT
 
 void pack_w_rows(const void* w, int64_t N, int64_t K, int64_t ld, void* dst, DType dt) {
   g_active.load()->pack_w_rows[static_cast<int>(dt)](w, N, K, ld, dst);
+}
+
+int64_t packed_w_hh_size(DType dt, int64_t N, int64_t H) {
+  const int64_t nr = panel_cols(dt);
+  return N * 4 * round_up(H, nr) * H;
+}
+
+void pack_w_hh(const View& w_hh, int64_t N, int64_t H, void* dst, DType dt) {
+  g_active.load()->pack_w_hh[static_cast<int>(dt)](w_hh, N, H, round_up(H, panel_cols(dt)), dst);
 }
 
 void run_gemm(const std::vector<GemmParams>& problems, DType dt, int num_threads) {

@@ -23,6 +23,9 @@ void run_gemm(const std::vector<GemmParams>& problems, DType dt, int num_threads
 // build, and W [N][K] (rows ld apart) packed into ceil(N/NR)*NR*K elements.
 int64_t panel_cols(DType dt);
 void pack_w_rows(const void* w, int64_t N, int64_t K, int64_t ld, void* dst, DType dt);
+// Prepacked W_hh for FwdParams::w_hh_packed: N*4*Hp*H elements, 64-byte aligned.
+int64_t packed_w_hh_size(DType dt, int64_t N, int64_t H);
+void pack_w_hh(const View& w_hh, int64_t N, int64_t H, void* dst, DType dt);
 void run_forward(const FwdParams& p, DType dt, int num_threads);
 void run_backward(const BwdParams& p, DType dt, int num_threads);
 

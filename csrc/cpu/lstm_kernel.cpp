@@ -393,6 +393,16 @@ void pack_w_rows(const void* w, int64_t N, int64_t K, int64_t ld, void* dst) {
   pack_nt<T>(N, N, K, static_cast<const T*>(w), ld, static_cast<T*>(dst));
 }
 
+// dst [N][4][Hp/NR][H][NR] = every direction's W_hh as the forward step's
+// panels (FwdParams::w_hh_packed).
+template <class T>
+void pack_w_hh(const View& w_hh, int64_t N, int64_t H, int64_t Hp, void* dst) {
+  for (int64_t n = 0; n < N; ++n)
+    for (int g = 0; g < 4; ++g)
+      pack_nt<T>(Hp, H, H, at<const T>(w_hh, n, g * H, 0), w_hh.stride[1],
+                 static_cast<T*>(dst) + (n * 4 + g) * Hp * H);
+}
+
 // ------------------------------------------------------------------ forward
 // Job: direction n, the rows of its group, hidden units [lo, hi). Per step:
 //   1. G[i][gate][j] = h_{t-1}[i] W_hh[gate*H + j]^T for the running rows i
@@ -409,14 +419,24 @@ void forward_job(const FwdParams& p, const RecJob& job, int64_t Hp) {
   const RowGroup& grp = *job.group;
   const int64_t T_ = p.T, H = p.H, n = job.n, lo = job.lo, hi = job.hi, nr = grp.nrows;
   const int64_t hi_h = imin(hi, H), units = hi - lo;
-  T* wp = static_cast<T*>(job.wpack);  // [4 gates][units/NR panels][H][NR]
   T* hbuf = static_cast<T*>(grp.h);    // [2][nr][Hp]
   T* cbuf = static_cast<T*>(grp.c);    // [nr][Hp]
   T* gbuf = static_cast<T*>(grp.g);    // [nr][4][Hp]
 
-  for (int g = 0; g < 4; ++g)  // gate g's rows lo.. of W_hh[n], zero past H
-    pack_nt<T>(units, H - lo, H, at<const T>(p.w_hh, n, g * H + imin(lo, H - 1), 0), p.w_hh.stride[1],
-               wp + g * units * H);
+  // Gate g's panels of this job's units: wp + g * gstride, [units/NR][H][NR].
+  const T* wp;
+  int64_t gstride;
+  if (p.w_hh_packed) {  // all of W_hh packed once ([N][4][Hp/NR][H][NR], pack_w_hh)
+    wp = static_cast<const T*>(p.w_hh_packed) + (n * 4 * Hp + lo) * H;
+    gstride = Hp * H;
+  } else {              // this job's slice, packed now: [4][units/NR][H][NR]
+    T* own = static_cast<T*>(job.wpack);
+    for (int g = 0; g < 4; ++g)  // gate g's rows lo.. of W_hh[n], zero past H
+      pack_nt<T>(units, H - lo, H, at<const T>(p.w_hh, n, g * H + imin(lo, H - 1), 0), p.w_hh.stride[1],
+                 own + g * units * H);
+    wp = own;
+    gstride = units * H;
+  }
   for (int64_t i = 0; i < nr; ++i) {
     const int64_t b = grp.rows[i];
     for (int64_t j = lo; j < hi; ++j) {
@@ -436,7 +456,7 @@ void forward_job(const FwdParams& p, const RecJob& job, int64_t Hp) {
     T* hn = hbuf + ((s + 1) & 1) * nr * Hp;  // h_t
     if (na > 0)
       for (int g = 0; g < 4; ++g)
-        gemm<T>(na, H, hc, Hp, 1, wp + g * units * H, units, gbuf + g * Hp + lo, 4 * Hp, Init::zero, nullptr);
+        gemm<T>(na, H, hc, Hp, 1, wp + g * gstride, units, gbuf + g * Hp + lo, 4 * Hp, Init::zero, nullptr);
     for (int64_t i = 0; i < na; ++i) {
       const int64_t b = grp.rows[i];
       const T* gi = gbuf + i * 4 * Hp;
@@ -579,6 +599,7 @@ const KernelTable& BILSTM_CAT(kernel_table_, BILSTM_ISA)() {
       BILSTM_STR(BILSTM_ISA), BILSTM_VEC_BYTES,
       {&BILSTM_ISA::gemm_job<float>, &BILSTM_ISA::gemm_job<double>},
       {&BILSTM_ISA::pack_w_rows<float>, &BILSTM_ISA::pack_w_rows<double>},
+      {&BILSTM_ISA::pack_w_hh<float>, &BILSTM_ISA::pack_w_hh<double>},
       {&BILSTM_ISA::forward_job<float>, &BILSTM_ISA::forward_job<double>},
       {&BILSTM_ISA::backward_job<float>, &BILSTM_ISA::backward_job<double>}};
   return k;
