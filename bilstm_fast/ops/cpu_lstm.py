@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 
 from . import native
-from .cpu_gemm import recurrent_weight_grad  # noqa: F401  the backend's dW_hh (ops/recurrence.py)
+from .cpu_gemm import packed_weight, recurrent_weight_grad  # noqa: F401  recurrent_weight_grad: the backend's dW_hh (ops/recurrence.py)
 
 NAME = "cpu"
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
@@ -87,7 +87,7 @@ def forward(gx, w_hh, w_hr, h0, c0, lengths, need_ws):
         _DTYPES[X], _view("gx", gx, X), _view("w_hh", w_hh, X), _view("h0", h0, X),
         _view("c0", c0, X), _lengths(lengths), _view("y", y), _view("h_n", h_n), _view("c_n", c_n),
         _view("gates", gates) if need_ws else None, _view("cs", cs) if need_ws else None,
-        _threads())
+        _threads(), None if need_ws else _view("w_hh_packed", packed_weight(w_hh, "w_hh")))
     return y, h_n, c_n, gates, cs
 
 

@@ -101,7 +101,7 @@ int check_threads(int n) {
 
 void forward(const std::string& dtype, py::object gx, py::object w_hh, py::object h0, py::object c0,
              py::object lengths, py::object y, py::object h_n, py::object c_n, py::object gates,
-             py::object cs, int num_threads) {
+             py::object cs, int num_threads, py::object w_hh_packed) {
   int64_t es;
   const DType dt = parse_dtype(dtype, &es);
   const Arg agx = parse("gx", gx);
@@ -125,9 +125,35 @@ void forward(const std::string& dtype, py::object gx, py::object w_hh, py::objec
     p.gates = check("gates", parse("gates", gates), {T, B, N, 4 * H}, {"T", "B", "N", "4H"}, es);
     p.cs = check("cs", parse("cs", cs), {T, B, N, H}, {"T", "B", "N", "H"}, es);
   }
+  if (!w_hh_packed.is_none()) {
+    const View v = check("w_hh_packed", parse("w_hh_packed", w_hh_packed), {packed_w_hh_size(dt, N, H)},
+                         {"packed_w_hh_size(N, H)"}, es);
+    if (reinterpret_cast<uintptr_t>(v.ptr) % 64 != 0)
+      throw py::value_error("w_hh_packed: expected a 64-byte aligned buffer");
+    p.w_hh_packed = v.ptr;
+  }
   const int nt = check_threads(num_threads);
   py::gil_scoped_release nogil;
   run_forward(p, dt, nt);
+}
+
+int64_t packed_w_hh_size_py(const std::string& dtype, int64_t N, int64_t H) {
+  int64_t es;
+  return packed_w_hh_size(parse_dtype(dtype, &es), N, H);
+}
+
+void pack_w_hh_py(const std::string& dtype, py::object w_hh, py::object out) {
+  int64_t es;
+  const DType dt = parse_dtype(dtype, &es);
+  const Arg aw = parse("w_hh", w_hh);
+  if (aw.shape.size() != 3 || aw.shape[1] % 4 != 0 || aw.shape[1] != 4 * aw.shape[2] || aw.shape[2] < 1)
+    throw py::value_error("w_hh: expected shape [N, 4H, H], got " + fmt(aw.shape));
+  const int64_t N = aw.shape[0], H = aw.shape[2];
+  const View vw = check("w_hh", aw, {N, 4 * H, H}, {"N", "4H", "H"}, es);
+  const View vo = check("out", parse("out", out), {packed_w_hh_size(dt, N, H)}, {"packed_w_hh_size(N, H)"}, es);
+  if (reinterpret_cast<uintptr_t>(vo.ptr) % 64 != 0) throw py::value_error("out: expected a 64-byte aligned buffer");
+  py::gil_scoped_release nogil;
+  pack_w_hh(vw, N, H, vo.ptr, dt);
 }
 
 void backward(const std::string& dtype, py::object dy, py::object dh_n, py::object dc_n, py::object w_hh,
@@ -277,7 +303,13 @@ PYBIND11_MODULE(_cpu, m) {
         "outputs y [T,B,N,H], h_n/c_n [N,B,H], gates [T,B,N,4H] and cs [T,B,N,H] (or both None).",
         py::arg("dtype"), py::arg("gx"), py::arg("w_hh"), py::arg("h0"), py::arg("c0"),
         py::arg("lengths"), py::arg("y"), py::arg("h_n"), py::arg("c_n"), py::arg("gates"),
-        py::arg("cs"), py::arg("num_threads"));
+        py::arg("cs"), py::arg("num_threads"), py::arg("w_hh_packed") = py::none());
+  m.def("packed_w_hh_size", &packed_w_hh_size_py,
+        "Elements of w_hh [N, 4H, H] packed for forward's w_hh_packed in the active build.",
+        py::arg("dtype"), py::arg("N"), py::arg("H"));
+  m.def("pack_w_hh", &pack_w_hh_py,
+        "out [packed_w_hh_size(N, H)] (64-byte aligned) = w_hh [N, 4H, H] packed for forward's w_hh_packed.",
+        py::arg("dtype"), py::arg("w_hh"), py::arg("out"));
   m.def("backward", &backward,
         "LSTM recurrence backward: dy [T,B,N,H], dh_n/dc_n [N,B,H], w_hh [N,4H,H], c0 [N,B,H],\n"
         "lengths [B] or None, gates [T,B,N,4H], cs [T,B,N,H]; outputs dgx [T,B,N,4H], dh0/dc0 [N,B,H].",

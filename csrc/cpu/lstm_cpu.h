@@ -32,6 +32,7 @@ struct FwdParams {
   View h_n, c_n;        // [N, B, H]      out
   View gates;           // [T, B, N, 4H]  out, activated i,f,g,o (ptr null: not needed)
   View cs;              // [T, B, N, H]   out, cell state after step t (ptr null: not needed)
+  const void* w_hh_packed = nullptr;  // w_hh already packed by the cpu kernels (pack_w_hh), or null
 };
 
 // Backward recurrence: the dh/dc recurrence producing dgx, dh0, dc0.
