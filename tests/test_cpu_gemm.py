@@ -201,7 +201,7 @@ def test_packed_weights_are_reused_and_invalidated(dtype):
     want = torch.addmm(b, x, w.t())
     for call in range(3):  # cached from the second use on
         assert_close(f"call {call}", cpu_gemm.cpu_linear_inference(x, w, b), want, **TOL[dtype])
-    assert cpu_gemm._packed[w][1] is not None
+    assert cpu_gemm._packed["w_rows"][w][1] is not None
     with torch.no_grad():
         w.mul_(2)            # in place: the version counter moves, the stale copy must not be used
     for call in range(3):
@@ -216,6 +216,28 @@ def test_packed_weights_are_reused_and_invalidated(dtype):
                              torch.addmm(b, x, w.t()), **TOL[dtype])
         finally:
             mod.set_isa(old)
-    n = len(cpu_gemm._packed)
+    n = len(cpu_gemm._packed["w_rows"])
     del w
-    assert len(cpu_gemm._packed) == n - 1  # the entry dies with its tensor
+    assert len(cpu_gemm._packed["w_rows"]) == n - 1  # the entry dies with its tensor
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3], indirect=True)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("T,B,N,H", [(1, 1, 2, 1), (5, 3, 2, 17), (4, 2, 1, 40), (3, 7, 2, 33)])
+def test_forward_on_packed_w_hh_matches_packing_per_call(T, B, N, H, dtype, threads):
+    """The forward recurrence on W_hh packed once (FwdParams::w_hh_packed, used
+    from the second inference call on) against the reference, for every split
+    of the hidden units (N=1 at 2-3 threads) and an in-place change."""
+    from bilstm_fast.ops import cpu_lstm, reference
+    g = torch.Generator().manual_seed(3)
+    gx, h0, c0 = (torch.randn(*s, generator=g, dtype=dtype) for s in ((T, B, N, 4 * H), (N, B, H), (N, B, H)))
+    w_hh = torch.randn(N, 4 * H, H, generator=g, dtype=dtype) / H ** 0.5
+    lens = torch.tensor([T] + [max(1, T - i) for i in range(1, B)])
+    for step in range(4):
+        if step == 2:
+            w_hh.mul_(0.5)      # in place: the packed copy must be redone
+        want = reference.forward(gx, w_hh, None, h0, c0, lens, False)[:3]
+        got = cpu_lstm.forward(gx, w_hh, None, h0, c0, lens, False)[:3]
+        for name, a, b in zip(("y", "h_n", "c_n"), got, want):
+            assert_close(f"call {step} {name}", a, b, **TOL[dtype])
+    assert cpu_gemm._packed["w_hh"][w_hh][1] is not None

@@ -35,29 +35,37 @@ def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
-# Packed copies of inference weights (the B operand of x w^T in the panel
-# layout of the active ISA build): w -> (key, packed [packed_size] tensor).
-# Packing W_ih for every call was ~6% of a T=64 B=1 inference call (perf,
-# one thread). Weak keys: an entry dies with its tensor, so a freed address
-# reused by a new tensor can never hit; the key also holds the tensor's
-# version counter (in-place changes), data pointer, dtype and ISA. A tensor
-# is cached from its second use (BiLSTM keeps its inference weights between
-# calls: module.py); weights built anew on every call (training, or the
-# functional API on raw parameters) never pay for a cache entry.
-_packed: WeakIdKeyDictionary = WeakIdKeyDictionary()
+# Packed copies of inference weights, in the panel layout of the active ISA
+# build: (kind, w) -> (key, packed 1-d tensor); kind "w_rows" is the
+# projection's B = W_ih^T, "w_hh" the forward step's W_hh. Packing both for
+# every call was ~11% of a T=64 B=1 inference call (perf, one thread). Weak
+# keys: an entry dies with its tensor, so a freed address reused by a new
+# tensor can never hit; the key also holds the tensor's version counter
+# (in-place changes), data pointer, dtype and ISA. A tensor is cached from
+# its second use (BiLSTM keeps its inference weights between calls:
+# module.py), so weights built anew on every call (training, or the
+# functional API on raw parameters) never pay for an entry.
+_packed: dict[str, WeakIdKeyDictionary] = {"w_rows": WeakIdKeyDictionary(), "w_hh": WeakIdKeyDictionary()}
 
 
-def _packed_weight(w: Tensor) -> Optional[Tensor]:
-    mod = native.require("_cpu")
+def packed_weight(w: Tensor, kind: str) -> Optional[Tensor]:
+    """w's packed copy (kind "w_rows": w [G, D] for linear; "w_hh": w [N, 4H, H]
+    for forward), or None on its first use."""
+    mod, dt = native.require("_cpu"), DTYPES[w.dtype]
+    cache = _packed[kind]
     key = (w._version, w.data_ptr(), w.dtype, mod.isa())
-    seen = _packed.get(w)
+    seen = cache.get(w)
     if seen is not None and seen[0] == key:
         if seen[1] is None:  # second use: pack once, keep it
-            packed = w.new_empty(mod.packed_size(DTYPES[w.dtype], *w.shape))
-            mod.pack_w(DTYPES[w.dtype], _view(w), _view(packed))
-            seen = _packed[w] = (key, packed)
+            if kind == "w_rows":
+                packed = w.new_empty(mod.packed_size(dt, *w.shape))
+                mod.pack_w(dt, _view(w), _view(packed))
+            else:
+                packed = w.new_empty(mod.packed_w_hh_size(dt, w.shape[0], w.shape[2]))
+                mod.pack_w_hh(dt, _view(w), _view(packed))
+            seen = cache[w] = (key, packed)
         return seen[1]
-    _packed[w] = (key, None)
+    cache[w] = (key, None)
     return None
 
 
@@ -79,7 +87,7 @@ def cpu_linear_inference(x: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tensor
     """cpu_linear for a call that needs no gradient, outside torch.compile:
     the same kernel called directly (the custom op's dispatch was ~40% of
     the Python time of a small BiLSTM call, cProfile) with w's packed copy."""
-    return _linear(x, w, bias, _packed_weight(w))
+    return _linear(x, w, bias, packed_weight(w, "w_rows"))
 
 
 @cpu_linear.register_fake
