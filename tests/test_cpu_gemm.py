@@ -241,3 +241,34 @@ def test_forward_on_packed_w_hh_matches_packing_per_call(T, B, N, H, dtype, thre
         for name, a, b in zip(("y", "h_n", "c_n"), got, want):
             assert_close(f"call {step} {name}", a, b, **TOL[dtype])
     assert cpu_gemm._packed["w_hh"][w_hh][1] is not None
+
+
+def test_own_pool_runs_every_job_once():
+    """BILSTM_CPU_POOL=own (independent jobs on our pool, thread_pool.cpp: the
+    caller never waits for a worker that has not started): a fresh process
+    runs projection, forward and backward at 1-4 threads against torch."""
+    import subprocess
+    import sys
+    script = """
+import torch
+from bilstm_fast.ops import cpu_gemm, cpu_lstm, reference
+torch.manual_seed(0)
+for threads in (1, 2, 3, 4):
+    torch.set_num_threads(threads)
+    for _ in range(50):
+        x, w = torch.randn(37, 11, dtype=torch.float64), torch.randn(70, 11, dtype=torch.float64)
+        assert torch.allclose(cpu_gemm.cpu_linear(x, w, None), x @ w.t(), rtol=1e-12, atol=1e-12)
+    gx, h0, c0 = torch.randn(5, 9, 2, 68, dtype=torch.float64), torch.randn(2, 9, 17, dtype=torch.float64), \\
+        torch.randn(2, 9, 17, dtype=torch.float64)
+    w_hh = torch.randn(2, 68, 17, dtype=torch.float64) / 4
+    lens = torch.tensor([5, 1, 3, 5, 2, 4, 4, 1, 5])
+    got = cpu_lstm.forward(gx, w_hh, None, h0, c0, lens, True)
+    want = reference.forward(gx, w_hh, None, h0, c0, lens, True)
+    for a, b in zip(got[:3], want[:3]):
+        assert torch.allclose(a, b, rtol=1e-10, atol=1e-12)
+print("ok")
+"""
+    env = {**__import__("os").environ, "BILSTM_CPU_POOL": "own"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    print(out.stdout, out.stderr)
+    assert out.returncode == 0 and "ok" in out.stdout

@@ -49,14 +49,26 @@ class ThreadPool {
 
  private:
   void worker_loop(int tid, uint64_t seen);
+  void ensure_workers(int n);
+  void run_jobs_on_pool(int njobs, int nthreads, const std::function<void(int)>& fn);
+  void claim_jobs();
   std::mutex m_;
   std::condition_variable cv_;
   std::vector<std::thread> workers_;
+  enum class Mode { together, jobs } mode_ = Mode::together;  // what the current generation asks
   const std::function<void(int)>* fn_ = nullptr;
   int active_ = 0;
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> remaining_{0};
   bool stop_ = false;
+  // run_jobs on the pool: who may still join the call. Bit 31 = the call is
+  // open, bits 0-30 = workers inside it; a worker joins only by a CAS that
+  // sees the call open, and the caller, out of jobs, closes it and waits only
+  // for the workers inside (thread_pool.cpp).
+  std::atomic<uint32_t> job_state_{0};
+  std::atomic<int> job_next_{0};
+  int job_count_ = 0;
+  const std::function<void(int)>* job_fn_ = nullptr;
 };
 
 // Raw, 64-byte aligned, growable scratch memory reused across calls (under
