@@ -2,8 +2,12 @@
 // (BILSTM_MC_ROWS, BILSTM_KC, ...): each variant is compiled into its own
 // namespace (BILSTM_ISA=v0..v3, AVX2) and linked into this one program, and
 // the variants are called alternately, call by call, on one thread, so a
-// slow spell of a shared machine hits all of them alike. Prints the min,
-// p20 and median per variant. Build and run with kernel_ab.sh (next to this
+// slow spell of a shared machine hits all of them alike. Times are the
+// thread's CPU time (CLOCK_THREAD_CPUTIME_ID): on this 2-vCPU guest other
+// processes only time-slice the cores -- an FMA loop ran at 99-100 GFLOP/s
+// per CPU-second at a load average of 30, while its wall-clock rate fell to
+// 28-31 -- so CPU time stays comparable when the wall clock does not.
+// Prints the min, p20 and median per variant. Build and run with kernel_ab.sh (next to this
 // file); docs/cpu.md lists the sweeps it ran.
 //
 //   fwd T B H: the forward recurrence of both directions (no lengths)
@@ -28,7 +32,7 @@ using namespace bilstm_cpu;
 
 static double now() {
   timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
   return t.tv_sec + t.tv_nsec * 1e-9;
 }
 static View view(void* p, std::vector<int64_t> shape) {
