@@ -15,6 +15,7 @@ import pytest
 
 from bilstm_fast.bench.cli import DEFAULT_BACKENDS
 from bilstm_fast.bench.device import default_device, environment, set_tf32
+from bilstm_fast.bench.peers import PEERS
 from bilstm_fast.bench.shapes import MODES, QUICK, default_sweep
 from bilstm_fast.bench.workload import BASELINE
 
@@ -35,9 +36,13 @@ def pytest_generate_tests(metafunc):
                          ids=[f"{s.label.replace(' ', '-')}-{dt}-{m}" for s, dt, m in cases])
     if "impl" in metafunc.fixturenames:
         # nn.LSTM first: pytest-benchmark lists a group in run order on ties.
+        # The peers (bench/peers.py) join the same groups on a CPU; the test
+        # skips one that is not installed or does not apply (training).
         impls = [BASELINE, *DEFAULT_BACKENDS.get(device.type, ())]
         if _quick(metafunc.config):
             impls.append("reference")  # cheap at the quick shape; keeps the check path exercised
+        if device.type == "cpu":
+            impls += list(PEERS)
         metafunc.parametrize("impl", impls)
 
 

@@ -25,10 +25,12 @@ DOC_ENV = {"device_type", "device_name", "sm_count", "cpu_model", "cpu_count", "
            "load_avg_1min"}
 DOC_ENV_CUDA = {"driver", "cuda", "cudnn", "compute_capability", "memory_gb"}
 DOC_PEAK = {"source", "description", "flops", "bandwidth_gbs"}
-DOC_SETTINGS = {"device", "dtypes", "modes", "backends", "warmup", "repeats", "tf32", "memory_method"}
-DOC_ROW = ["shape", "T", "B", "D", "H", "L", "N", "dtype", "mode", "backend", "impl", "status",
+DOC_SETTINGS = {"device", "dtypes", "modes", "backends", "peers", "rounds", "warmup", "repeats", "tf32",
+                "memory_method"}
+DOC_ROW = ["shape", "T", "B", "D", "H", "L", "N", "packed", "dtype", "mode", "backend", "impl", "status",
            "detail", "max_err", "gflop", "ms_median", "ms_p20", "ms_p80", "repeats", "gflops",
-           "pct_peak", "speedup", "peak_mem_mb"]
+           "pct_peak", "speedup", "peak_mem_mb", "vs_best_peer", "best_peer", "spread", "other_cpus",
+           "trusted", "attempts"]
 
 
 def _quick_run(out: Path) -> Path:

@@ -231,18 +231,21 @@ def test_plans_fallback_is_reported():
 
 # --------------------------------------------------------------- timing
 def test_packed_timing_rows_on_cpu():
-    """The packed half of the timing stage (GPU-only in a run), on the CPU
-    with the cpu backend: checked first, then timed, ratios against nn.LSTM."""
+    """The packed half of the timing stage (GPU-only in a run: bilstm-bench's
+    packed shapes through runner.run), on the CPU with the cpu backend:
+    checked first, then timed, ratios against nn.LSTM."""
+    from dataclasses import replace
+
     from bilstm_fast.bench import runner
     from bilstm_fast.bench.shapes import QUICK
-    settings = runner.Settings(torch.device("cpu"), ["cpu"], warmup=1, repeats=3, memory=True)
+    settings = runner.Settings(torch.device("cpu"), ["cpu"], warmup=1, repeats=3, memory=True, rounds=1)
+    packed = replace(QUICK, packed=True)
     for mode in ("inference", "training"):
-        rows = check_stages._packed_rows(runner.Case(QUICK, "fp32", mode), ["cpu"], settings,
-                                         torch.tensor([QUICK.T, 3, QUICK.T // 2, 1]))
+        rows = runner.run([runner.Case(packed, "fp32", mode)], settings)
         for r in rows:
             print(r.impl, r.mode, r.status, r.detail, r.ms_median, r.speedup)
         assert [r.backend for r in rows] == ["torch", "cpu"]
-        assert all(r.status == "ok" and r.shape == QUICK.label + " packed" and r.repeats == 3 for r in rows)
+        assert all(r.status == "ok" and r.shape == packed.label and r.packed and r.repeats == 3 for r in rows)
         assert rows[1].max_err <= 2e-4 and rows[0].speedup == 1.0
         assert rows[1].speedup == pytest.approx(rows[0].ms_median / rows[1].ms_median)
 
@@ -339,7 +342,7 @@ def test_timing_stage_on_cpu(monkeypatch, capsys):
     assert out["verdict"] == "pass" and out["settings"]["left_out"] == 0
     assert {(r["shape"], r["mode"], r["backend"]) for r in rows} == {
         (QUICK.label + p, m, b) for p in ("", " packed") for m in MODES for b in ("torch", "cpu")}
-    assert all(r["status"] == "ok" and r["ms_median"] > 0 and r["repeats"] == 10 for r in rows)
+    assert all(r["status"] == "ok" and r["ms_median"] > 0 and r["repeats"] == 12 for r in rows)
     run = {"environment": {"device_name": "CPU", "torch": torch.__version__, "commit": "x"}, "peak": out["peak"],
            "settings": {"memory_method": out["settings"]["memory_method"]}, "results": rows, "verdict": "pass",
            "duration_s": 1.0, "stages": [dict(name="timing", verdict="pass", seconds=1.0, detail=out["detail"],

@@ -73,10 +73,11 @@ SHAPES = [  # T, B, N, H, lengths
     (5, 3, 2, 3, [2, 5, 1]),           # unsorted, a length-1 sequence
     (7, 1, 2, 17, None),
     (7, 3, 1, 17, [7, 3, 1]),
-    (6, 2, 2, 40, [1, 6]),             # H=40: two 32-wide units (hidden split at 2 threads, N=1)
-    (4, 3, 1, 70, [4, 2, 3]),          # a partial last vector and a partial last unit
-    (5, 17, 1, 9, list(range(1, 6)) * 3 + [5, 5]),  # B=17: batch split at 2 threads, N=1
-    (3, 20, 2, 33, None),              # more rows than one register tile row block
+    (6, 2, 2, 40, [1, 6]),             # H=40: three 16-wide panels (hidden split 1 + 2 at 2 threads, N=1)
+    (4, 3, 1, 70, [4, 2, 3]),          # a partial last vector and a partial last panel
+    (5, 17, 1, 9, list(range(1, 6)) * 3 + [5, 5]),  # B=17: batch split at 2 threads, N=1 (rows dealt
+                                                    # round-robin in length order)
+    (3, 20, 2, 33, None),              # more rows than one register tile (6 rows)
 ]
 
 

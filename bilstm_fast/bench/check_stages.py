@@ -620,81 +620,13 @@ def timing_shapes() -> list:
     return sorted(default_sweep("cuda"), key=lambda sm: (sm[0].L, order[(sm[0].H, sm[0].B)]))
 
 
-class Packed(torch.nn.Module):
-    """A (Bi)LSTM fed a PackedSequence of fixed unsorted lengths, padded back
-    on the way out: the packed variant of a bilstm-bench case."""
-    def __init__(self, model, lengths):
-        super().__init__()
-        self.model, self.lengths = model, lengths
-
-    def forward(self, x):
-        from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-        out, state = self.model(pack_padded_sequence(x, self.lengths, enforce_sorted=False))
-        return pad_packed_sequence(out, total_length=x.shape[0])[0], state
-
-
-def _error_text(e: BaseException) -> str:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {first}"[:300]
-
-
-def _packed_rows(case, backends_: list, settings, lengths) -> list:
-    """bilstm-bench's check-then-time for one packed case (runner.run's steps
-    with the models wrapped in Packed)."""
-    from .results import Row
-    from .shapes import flops
-    from .timing import measure, peak_memory_mb
-    from .workload import BASELINE, Oracle, build_baseline, build_bilstm, impl_label, make_inputs, make_step, results_of
-
-    device = settings.device
-    base = Packed(build_baseline(case.shape, case.dtype, device), lengths)
-    inputs = make_inputs(case.shape, case.dtype, device)
-    gflop = flops(case.shape, case.mode) / 1e9
-
-    def row(backend, **kw):
-        return Row(shape=case.shape.label + " packed", **case.shape.as_dict(), dtype=case.dtype, mode=case.mode,
-                   backend=backend, impl=impl_label(backend, device.type), gflop=gflop, **kw)
-    rows, steps = [], {}
-    oracle = Oracle(base, inputs, case.mode, case.dtype)
-    rows.append(row(BASELINE, status="ok"))
-    steps[BASELINE] = make_step(base, inputs, case.mode)
-    for b in backends_:
-        try:
-            ours = Packed(build_bilstm(base.model, b), lengths)
-            check = oracle.check(results_of(ours, inputs, case.mode))
-            rows.append(row(b, status="ok" if check.ok else "mismatch", detail=check.detail, max_err=check.max_err))
-            if check.ok:
-                steps[b] = make_step(ours, inputs, case.mode)
-        except Exception as e:  # one broken backend must not end the sweep
-            rows.append(row(b, status="error", detail=_error_text(e)))
-    by = {r.backend: r for r in rows}
-    for name, step in steps.items():
-        r = by[name]
-        try:
-            warm = settings.warmup
-            if settings.memory:
-                r.peak_mem_mb = peak_memory_mb(step, device)
-                warm = max(0, warm - 1)
-            t = measure(step, device, warm, settings.repeats)
-        except Exception as e:  # passed its check, then raised
-            r.status, r.detail = "error", _error_text(e)
-            continue
-        r.ms_median, r.ms_p20, r.ms_p80, r.repeats = t.median_ms, t.p20_ms, t.p80_ms, t.repeats
-        r.gflops = gflop / (t.median_ms * 1e-3)
-    base_ms = by[BASELINE].ms_median
-    for r in rows:
-        if r.ms_median is not None and base_ms:
-            r.speedup = base_ms / r.ms_median
-    return rows
-
-
 def timing(ctx, events) -> dict:
     """bilstm-bench's check-then-time (runner.run: each implementation in its
     own block after its warm-up, medians) on the default GPU sweep, fp32 /
-    fp16 / bf16, padded and packed (unsorted lengths in T/2..T), nn.LSTM
+    fp16 / bf16, padded and packed (unsorted lengths in T/4..T), nn.LSTM
     (cuDNN) and every GPU backend; stops starting cases at its budget and
     says how many it left out. Fails on a mismatch (a wrong result)."""
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from bilstm_fast.ops import backends
 
@@ -709,23 +641,21 @@ def timing(ctx, events) -> dict:
     status = backends.backend_status()
     bks = [b for b in ctx["backends"] if status.get(b) is None]
     full = ctx["full"]
-    settings = runner.Settings(device, bks, warmup=1 if full else 2, repeats=None if full else 10, memory=True)
+    # 12 timed calls: 4 per block in each of the runner's 3 rotated rounds.
+    settings = runner.Settings(device, bks, warmup=1 if full else 2, repeats=None if full else 12, memory=True)
     cases = runner.cases_of(timing_shapes(), ctx["dtypes"])
-    work = [(c, packed) for c in cases for packed in (False, True)]
+    # Each case padded, then packed: bilstm-bench's packed shapes (shapes.py:
+    # unsorted lengths in T/4..T, fed as a PackedSequence).
+    work = [c if not packed else runner.Case(replace(c.shape, packed=True), c.dtype, c.mode)
+            for c in cases for packed in (False, True)]
     budget = ctx.get("budget_s") or float("inf")
     t0, rows, left = time.perf_counter(), [], 0
-    for case, packed in work:
+    for case in work:
         if time.perf_counter() - t0 > budget:
             left += 1
             continue
-        events(case=f"{case.shape.label}{' packed' if packed else ''} {case.dtype} {case.mode}")
-        if packed:
-            g = torch.Generator().manual_seed(case.shape.B)
-            lengths = torch.randint(max(1, case.shape.T // 2), case.shape.T + 1, (case.shape.B,), generator=g)
-            lengths[0] = case.shape.T
-            rows += _packed_rows(case, bks, settings, lengths)
-        else:
-            rows += runner.run([case], settings)
+        events(case=f"{case.shape.label} {case.dtype} {case.mode}")
+        rows += runner.run([case], settings)
     peak = device_peak(device, ctx["dtypes"])
     runner.add_pct_peak(rows, peak)
     bad = [r for r in rows if r.status == "mismatch"]
@@ -738,7 +668,7 @@ def timing(ctx, events) -> dict:
     if bad:
         detail = f"mismatch: {bad[0].impl} {bad[0].shape} {bad[0].dtype} {bad[0].mode}: {bad[0].detail} | {detail}"
     return dict(verdict="fail" if bad else "pass", detail=detail, rows=[asdict(r) for r in rows],
-                peak=peak.as_dict(), settings={"warmup": settings.warmup, "repeats": settings.repeats,
+                peak=peak.as_dict(), settings={"warmup": settings.warmup, "repeats": settings.repeats, "rounds": settings.rounds,
                                                "left_out": left, "backends": bks,
                                                "memory_method": MEMORY_METHOD[device.type]},
                 worst="", worst_err=None, bound=None,

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .shapes import GRID, MODES, QUICK, default_sweep, grid, parse_shape
-from .timing import BUDGET_S, MAX_REPEATS, MIN_REPEATS
+from .timing import BUDGET_S, MAX_REPEATS, MIN_REPEATS, ROUNDS
 from .workload import DTYPES
 
 SUBCOMMANDS = ("run", "profile", "compare", "check")
@@ -135,9 +135,16 @@ def run_parser() -> argparse.ArgumentParser:
                    help="BiLSTM backends to time, or 'all' for every available one "
                         "(default: cuda,triton on a GPU, cpu on a CPU; --quick adds reference). "
                         "nn.LSTM is always timed as the baseline")
+    p.add_argument("--peers", type=_list_of(str), default=None,
+                   help="peers timed next to nn.LSTM where they apply (peers.py): onnxruntime "
+                        "(ONNX Runtime's LSTM op), torch-int8 (torch's dynamic int8 LSTM), 'all', or "
+                        "'none' (default: all that are installed on a CPU; --quick: none)")
+    p.add_argument("--rounds", type=_int_at_least(1), default=None,
+                   help=f"rounds of rotated blocks: each implementation is timed in its own block "
+                        f"per round, the order rotated (default: {ROUNDS}; --quick: 1)")
     p.add_argument("--repeats", type=_int_at_least(1), default=None,
-                   help=f"timed calls per implementation (default: adaptive, {MIN_REPEATS} to "
-                        f"{MAX_REPEATS}, until ~{BUDGET_S:g} s)")
+                   help=f"timed calls per implementation over all rounds (default: adaptive, "
+                        f"{MIN_REPEATS} to {MAX_REPEATS}, until ~{BUDGET_S:g} s)")
     p.add_argument("--warmup", type=_int_at_least(0), default=1,
                    help="untimed calls before timing, after the check call; the first one "
                         "measures peak memory (default: 1)")
@@ -176,6 +183,35 @@ def _choose_backends(args, parser) -> tuple[list[str], dict[str, str]]:
     return wanted, skipped
 
 
+def _choose_peers(args, parser) -> tuple[list[str], dict[str, str]]:
+    """(peers to time, {peer: why not}) for this run."""
+    from .peers import PEERS, available_peers
+    status = available_peers()
+    if args.peers is None:
+        if args.quick or args.device.type != "cpu":
+            return [], {}
+        wanted = list(PEERS)
+    elif args.peers == ["none"]:
+        return [], {}
+    elif args.peers == ["all"]:
+        wanted = list(PEERS)
+    else:
+        unknown = [p for p in args.peers if p not in PEERS]
+        if unknown:
+            parser.error(f"argument --peers: unknown peer(s) {', '.join(unknown)}; expected 'all', "
+                         f"'none' or some of {', '.join(PEERS)}")
+        wanted = list(dict.fromkeys(args.peers))
+    skipped = {}
+    for name in list(wanted):
+        if status[name] is not None:
+            wanted.remove(name)
+            skipped[name] = f"unavailable: {status[name]}"
+        elif args.device.type != "cpu":
+            wanted.remove(name)
+            skipped[name] = "CPU only"
+    return wanted, skipped
+
+
 def _sweep(args, parser):
     grid_dims = {d: getattr(args, f"grid_{d}") for d in "TBDHL"}
     given = [d for d, v in grid_dims.items() if v]
@@ -202,8 +238,12 @@ def run_main(argv: list[str]) -> int:
     _setup_torch(args)
     sweep = _sweep(args, parser)
     backends, skipped = _choose_backends(args, parser)
+    peers, skipped_peers = _choose_peers(args, parser)
+    skipped.update(skipped_peers)
     if args.quick and args.repeats is None:
         args.repeats = 3
+    if args.rounds is None:
+        args.rounds = 1 if args.quick else ROUNDS
 
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -215,13 +255,15 @@ def run_main(argv: list[str]) -> int:
     console, err = report.console_for_tables(), Console(stderr=True)
     dtypes = list(dict.fromkeys(args.dtypes))
     cases = runner.cases_of(sweep, dtypes)
-    err.print(f"[bold]bilstm-bench[/]: {len(cases)} cases x (nn.LSTM + {', '.join(backends) or 'no backend'}) "
+    err.print(f"[bold]bilstm-bench[/]: {len(cases)} cases x (nn.LSTM + {', '.join(backends + peers) or 'no backend'}) "
               f"on {args.device}; measuring the device peak ...")
     peak = device_peak(args.device, dtypes, tf32=args.tf32)
-    settings = runner.Settings(args.device, backends, args.warmup, args.repeats, args.memory)
+    settings = runner.Settings(args.device, backends, args.warmup, args.repeats, args.memory, peers,
+                               args.rounds)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err, transient=True) as progress:
-        task = progress.add_task("starting", total=len(cases) * (1 + len(backends)))
+        task = progress.add_task("starting", total=sum(1 + len(backends) + len(runner.peers_for(c, settings))
+                                                       for c in cases))
 
         done = 0
 
@@ -242,7 +284,8 @@ def run_main(argv: list[str]) -> int:
         "environment": environment(args.device),
         "peak": peak.as_dict(),
         "settings": {"device": str(args.device), "dtypes": dtypes, "modes": list(dict.fromkeys(args.modes)),
-                     "backends": backends, "warmup": args.warmup, "repeats": args.repeats,
+                     "backends": backends, "peers": peers, "rounds": args.rounds,
+                     "warmup": args.warmup, "repeats": args.repeats,
                      "tf32": args.tf32, "memory_method": MEMORY_METHOD[args.device.type] if args.memory else None},
         "skipped_backends": skipped,
         "results": results.as_dicts(rows),

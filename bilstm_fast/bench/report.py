@@ -7,6 +7,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .timing import OTHER_CPUS_MAX, SPREAD_MAX
+
 STATUS_STYLE = {"ok": "green", "mismatch": "bold red", "error": "red"}
 
 
@@ -26,10 +28,23 @@ def _fmt_ms(ms: float) -> str:
     return f"{ms:.{max(0, 2 - int(math.floor(math.log10(ms))))}f}" if ms > 0 else "0"
 
 
+def _untrusted(r: dict) -> bool:
+    return r["ms_median"] is not None and r.get("trusted") is False
+
+
 def _ms(r: dict) -> str:
     if r["ms_median"] is None:
         return "-"
-    return escape(f"{_fmt_ms(r['ms_median'])} [{_fmt_ms(r['ms_p20'])}-{_fmt_ms(r['ms_p80'])}]")
+    mark = " !" if _untrusted(r) else ""
+    return escape(f"{_fmt_ms(r['ms_median'])} [{_fmt_ms(r['ms_p20'])}-{_fmt_ms(r['ms_p80'])}]{mark}")
+
+
+def _ratio(r: dict, key: str) -> str:
+    """A speedup, with "?" when the row's timing is not trusted."""
+    v = r.get(key)
+    if v is None:
+        return "-"
+    return f"{v:.2f}" + ("?" if _untrusted(r) else "")
 
 
 def run_table(run: dict) -> tuple[Table, list[str]]:
@@ -39,8 +54,8 @@ def run_table(run: dict) -> tuple[Table, list[str]]:
     env, peak = run["environment"], run["peak"]
     table = Table(title=f"bilstm-bench on {env['device_name']} (torch {env['torch']}, "
                         f"commit {str(env['commit'])[:10]})")
-    for col in ("shape", "dtype", "mode", "impl", "status", "ms", "speedup", "GFLOP/s",
-                "% peak", "mem MiB"):
+    for col in ("shape", "dtype", "mode", "impl", "status", "ms", "speedup", "vs best peer",
+                "GFLOP/s", "% peak", "mem MiB"):
         table.add_column(col, justify="left" if col in ("shape", "dtype", "mode", "impl", "status")
                          else "right", no_wrap=True)
     notes: list[str] = []
@@ -57,10 +72,21 @@ def run_table(run: dict) -> tuple[Table, list[str]]:
             status = f"{status} ({notes.index(note) + 1})"
         table.add_row(r["shape"], r["dtype"], r["mode"], escape(r["impl"]),
                       f"[{STATUS_STYLE.get(r['status'], '')}]{status}[/]", _ms(r),
-                      _num(r["speedup"], ".2f"), _num(r["gflops"], ".1f"),
+                      _ratio(r, "speedup"), _ratio(r, "vs_best_peer"), _num(r["gflops"], ".1f"),
                       _num(r["pct_peak"], ".1f"), _num(r["peak_mem_mb"], ".1f"))
-    notes.append(escape(f"ms: median [p20-p80] over repeats; speedup: nn.LSTM median / this median "
-                        f"(same run); % peak: of the {peak['source']} peak ({peak['description']}); "
+    untrusted = [r for r in run["results"] if _untrusted(r)]
+    if untrusted:
+        worst = max(untrusted, key=lambda r: r.get("spread") or 0)
+        notes.append(escape(
+            f"!/?: {len(untrusted)} row(s) NOT TRUSTED: after {worst.get('attempts')} measurement(s) the "
+            f"p20-p80 spread stayed above {SPREAD_MAX:.0%} of the median or other processes kept more "
+            f"than {OTHER_CPUS_MAX} CPUs busy while the case was timed (worst: {worst['impl']} "
+            f"{worst['shape']}, spread {worst.get('spread') or 0:.0%}, others {worst.get('other_cpus')} "
+            f"CPUs); do not quote their times or speedups, rerun on a quiet machine"))
+    notes.append(escape(f"ms: median [p20-p80] over repeats in {run['settings'].get('rounds', 1)} rotated "
+                        f"rounds; speedup: nn.LSTM median / this median (same run); vs best peer: the "
+                        f"fastest of nn.LSTM and the exact peers (ONNX Runtime) / this median; % peak: of the "
+                        f"{peak['source']} peak ({peak['description']}); "
                         f"mem: {run['settings'].get('memory_method') or 'not measured'}"))
     return table, notes
 
@@ -71,6 +97,12 @@ def print_run(run: dict, console: Console | None = None) -> None:
     console.print(table)
     for i, note in enumerate(notes, 1):
         console.print(f"({i}) {escape(note)}" if i < len(notes) else note, highlight=False)
+    from .peers import PEERS
+    for name in run["settings"].get("peers", []):
+        p = PEERS.get(name)
+        if p is not None:
+            console.print(f"peer {name}: {escape(p.note)}; timed for {'/'.join(p.modes)} "
+                          f"{'/'.join(p.dtypes)} only", style="dim", highlight=False)
     for name, why in run.get("skipped_backends", {}).items():
         console.print(f"not run: {name}: {escape(why)}", style="dim", highlight=False)
     warning = busy_warning(run["environment"])

@@ -12,8 +12,9 @@ A result file (JSON) holds one run::
                   git commit (or "unknown") and whether the checkout was dirty
     peak          device.Peak: source ("datasheet" | "measured"), description,
                   flops {dtype: FLOP/s}, bandwidth_gbs
-    settings      device, dtypes, modes, backends, warmup, repeats (null = adaptive), tf32, memory_method
-    skipped_backends  {backend: why it was not run}
+    settings      device, dtypes, modes, backends, peers, rounds, warmup, repeats (null = adaptive),
+                  tf32, memory_method
+    skipped_backends  {backend or peer: why it was not run (or not everywhere)}
     results       [Row, ...]
 
 The CSV has one line per Row (columns ROW_FIELDS) prefixed by ENV_COLUMNS, so
@@ -27,7 +28,8 @@ import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-SCHEMA = "bilstm_fast.bench/1"
+SCHEMA = "bilstm_fast.bench/2"
+READABLE_SCHEMAS = ("bilstm_fast.bench/1", SCHEMA)  # /1: before peers and trust marks
 STATUSES = ("ok", "mismatch", "error")
 
 
@@ -41,10 +43,11 @@ class Row:
     H: int
     L: int
     N: int              # directions
+    packed: bool        # variable lengths (shapes.lengths), fed as a PackedSequence
     dtype: str          # fp32 | fp16 | bf16 | fp64
     mode: str           # inference | training
-    backend: str        # "torch" for the nn.LSTM baseline, else the BiLSTM backend
-    impl: str           # display name: "nn.LSTM", "nn.LSTM (cuDNN)", "BiLSTM[cpu]", ...
+    backend: str        # "torch" for the nn.LSTM baseline, a BiLSTM backend, or a peer (peers.py)
+    impl: str           # display name: "nn.LSTM", "nn.LSTM (cuDNN)", "BiLSTM[cpu]", "ONNX Runtime LSTM", ...
     status: str         # ok | mismatch (checked, wrong: not timed) | error (raised: not timed)
     detail: str = ""    # check result or error message
     max_err: float | None = None   # worst scaled error against nn.LSTM (baseline: None)
@@ -57,6 +60,12 @@ class Row:
     pct_peak: float | None = None  # gflops as % of peak.flops[dtype]
     speedup: float | None = None   # baseline median / this median, same run (baseline: 1.0)
     peak_mem_mb: float | None = None  # extra memory of one call, MiB (settings.memory_method)
+    vs_best_peer: float | None = None  # our rows: the fastest exact peer's median / this median
+    best_peer: str | None = None   # ... and which peer that was (impl name)
+    spread: float | None = None    # (p80 - p20) / median
+    other_cpus: float | None = None  # CPUs other processes kept busy while the case was timed
+    trusted: bool | None = None    # spread and other_cpus within timing.SPREAD_MAX / OTHER_CPUS_MAX
+    attempts: int = 0              # measurements of the case (re-measured while untrusted)
 
 
 ROW_FIELDS = [f.name for f in fields(Row)]
@@ -90,7 +99,7 @@ def read(path: Path) -> dict:
         run = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: not a readable JSON result file ({e})") from None
-    if not isinstance(run, dict) or run.get("schema") != SCHEMA:
+    if not isinstance(run, dict) or run.get("schema") not in READABLE_SCHEMAS:
         raise ValueError(f"{path}: not a bilstm-bench result file (expected schema {SCHEMA!r}, "
                          f"got {run.get('schema') if isinstance(run, dict) else type(run).__name__!r})")
     missing = [k for k in ("environment", "peak", "results") if k not in run]

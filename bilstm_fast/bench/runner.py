@@ -1,19 +1,21 @@
 """The sweep: for every (shape, dtype, mode), check each backend's BiLSTM
-against nn.LSTM holding the same weights, then time nn.LSTM and every
-backend that passed; one Row per implementation, ratios against the nn.LSTM
-of the same run.
+and each peer (peers.py) against nn.LSTM holding the same weights, then time
+nn.LSTM and everything that passed in rotated blocks (timing.measure_rotated);
+one Row per implementation, ratios against the nn.LSTM of the same run and,
+for our rows, against the fastest exact peer (nn.LSTM or ONNX Runtime).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
 
 from .device import Peak
+from .peers import PEERS
 from .results import Row
 from .shapes import Shape, flops
-from .timing import measure, peak_memory_mb
+from .timing import ROUNDS, measure_rotated, peak_memory_mb
 from .workload import (BASELINE, Oracle, build_baseline, build_bilstm, impl_label,
                        make_inputs, make_step, results_of)
 
@@ -32,10 +34,18 @@ class Settings:
     warmup: int = 1
     repeats: int | None = None  # None: adaptive (timing.measure)
     memory: bool = True
+    peers: list[str] = field(default_factory=list)  # names in peers.PEERS to time where they apply
+    rounds: int = ROUNDS
 
 
 def cases_of(sweep: Iterable[tuple[Shape, tuple[str, ...]]], dtypes: list[str]) -> list[Case]:
     return [Case(s, dt, m) for s, modes in sweep for dt in dtypes for m in modes]
+
+
+def peers_for(case: Case, settings: Settings) -> list[str]:
+    """The peers that apply to ``case`` (mode, dtype, device)."""
+    return [n for n in settings.peers
+            if PEERS[n].unsupported_reason(case.mode, case.dtype, settings.device) is None]
 
 
 def _error_text(e: BaseException) -> str:
@@ -47,27 +57,27 @@ def run(cases: list[Case], settings: Settings,
         advance: Callable[[str], None] = lambda what: None) -> list[Row]:
     """Rows of every case (pct_peak left for ``add_pct_peak``);
     ``advance(description)`` is called as each implementation of a case is
-    checked (1 + len(backends) per case), for a progress bar."""
+    checked (1 + len(backends) + the case's peers per case), for a progress bar."""
     rows: list[Row] = []
     device = settings.device
-    built: dict = {}  # (shape, dtype) -> (baseline, inputs, {backend: BiLSTM}); reused across modes
+    built: dict = {}  # (shape, dtype) -> (baseline, inputs, {name: BiLSTM or peer}); reused across modes
     for case in cases:
         key = (case.shape, case.dtype)
         if key not in built:
             built.clear()  # one shape's models at a time: big shapes must not pile up in memory
             base_model = build_baseline(case.shape, case.dtype, device)
             built[key] = (base_model, make_inputs(case.shape, case.dtype, device), {})
-        base_model, inputs, ours = built[key]
+        base_model, inputs, impls = built[key]
         gflop = flops(case.shape, case.mode) / 1e9
 
-        def row(backend: str, **kw) -> Row:
+        def row(backend: str, label: str | None = None, **kw) -> Row:
             return Row(shape=case.shape.label, **case.shape.as_dict(), dtype=case.dtype,
-                       mode=case.mode, backend=backend, impl=impl_label(backend, device.type),
+                       mode=case.mode, backend=backend, impl=label or impl_label(backend, device.type),
                        gflop=gflop, **kw)
 
         # Check: nn.LSTM's results are the oracle (computing them is also its
-        # first warm-up call); each backend's are compared with them (its first
-        # warm-up call). Only what passed is timed.
+        # first warm-up call); each backend's and peer's are compared with them
+        # (its first warm-up call). Only what passed is timed.
         advance(f"{case.shape.label} {case.dtype} {case.mode}: nn.LSTM")
         case_rows: list[Row] = []
         steps: dict[str, Callable[[], None]] = {}
@@ -78,47 +88,69 @@ def run(cases: list[Case], settings: Settings,
         except Exception as e:  # e.g. a dtype nn.LSTM does not support on this device
             oracle = None
             case_rows.append(row(BASELINE, status="error", detail=_error_text(e)))
-        for backend in settings.backends:
-            advance(f"{case.shape.label} {case.dtype} {case.mode}: {backend}")
+        candidates = [(b, None) for b in settings.backends] + [(p, PEERS[p]) for p in peers_for(case, settings)]
+        for name, peer in candidates:
+            label = peer.label if peer else None
+            advance(f"{case.shape.label} {case.dtype} {case.mode}: {name}")
             if oracle is None:
-                case_rows.append(row(backend, status="error", detail="nn.LSTM failed: nothing to check against"))
+                case_rows.append(row(name, label, status="error", detail="nn.LSTM failed: nothing to check against"))
                 continue
             try:
-                if backend not in ours:
-                    ours[backend] = build_bilstm(base_model, backend)
-                check = oracle.check(results_of(ours[backend], inputs, case.mode))
-                case_rows.append(row(backend, status="ok" if check.ok else "mismatch",
+                if name not in impls:
+                    impls[name] = (peer.build(base_model, torch.get_num_threads()) if peer
+                                   else build_bilstm(base_model, name))
+                impl = impls[name]
+                got = impl.results(inputs, case.mode) if peer else results_of(impl, inputs, case.mode)
+                check = oracle.check(got, bound=peer.tolerance if peer else None)
+                case_rows.append(row(name, label, status="ok" if check.ok else "mismatch",
                                      detail=check.detail, max_err=check.max_err))
                 if check.ok:  # a wrong result is reported, never timed
-                    steps[backend] = make_step(ours[backend], inputs, case.mode)
-            except Exception as e:  # one broken backend must not end the sweep
-                case_rows.append(row(backend, status="error", detail=_error_text(e)))
+                    steps[name] = impl.step(inputs, case.mode) if peer else make_step(impl, inputs, case.mode)
+            except Exception as e:  # one broken backend or peer must not end the sweep
+                case_rows.append(row(name, label, status="error", detail=_error_text(e)))
 
-        # Time everything that passed, one implementation after the other,
-        # each right after its own warm-up (timing.measure says why).
-        by_backend = {r.backend: r for r in case_rows}
-        for name, step in steps.items():
-            r = by_backend[name]
-            try:
-                warmup = settings.warmup
-                if settings.memory:
-                    # The first warm-up call doubles as the memory call: it is
-                    # untimed anyway, and an extra call per row would cost ~15%
-                    # of the default sweep on a CPU.
-                    r.peak_mem_mb = peak_memory_mb(step, device)
-                    warmup = max(0, warmup - 1)
-                t = measure(step, device, warmup, settings.repeats)
-            except Exception as e:  # passed its check, then raised
-                r.status, r.detail = "error", _error_text(e)
-                continue
-            r.ms_median, r.ms_p20, r.ms_p80, r.repeats = t.median_ms, t.p20_ms, t.p80_ms, t.repeats
-            r.gflops = gflop / (t.median_ms * 1e-3)
-        base_ms = by_backend[BASELINE].ms_median
-        for r in case_rows:
-            if r.ms_median is not None and base_ms:
-                r.speedup = base_ms / r.ms_median
+        by_name = {r.backend: r for r in case_rows}
+        if settings.memory:
+            # The first warm-up call doubles as the memory call: it is untimed
+            # anyway, and an extra call per row would cost ~15% of the default
+            # sweep on a CPU.
+            for name, step in list(steps.items()):
+                try:
+                    by_name[name].peak_mem_mb = peak_memory_mb(step, device)
+                except Exception as e:  # passed its check, then raised
+                    by_name[name].status, by_name[name].detail = "error", _error_text(e)
+                    del steps[name]
+        try:
+            m = measure_rotated(steps, device, settings.warmup, settings.repeats, settings.rounds)
+        except Exception as e:
+            for name in steps:
+                by_name[name].status, by_name[name].detail = "error", _error_text(e)
+            m = None
+        if m is not None:
+            for name, t in m.timings.items():
+                r = by_name[name]
+                r.ms_median, r.ms_p20, r.ms_p80, r.repeats = t.median_ms, t.p20_ms, t.p80_ms, t.repeats
+                r.gflops = gflop / (t.median_ms * 1e-3)
+                r.spread, r.other_cpus, r.trusted = round(t.spread, 3), m.other_cpus, m.trusted(name, device)
+                r.attempts = m.attempts
+        _add_ratios(case_rows)
         rows.extend(case_rows)
     return rows
+
+
+def _add_ratios(case_rows: list[Row]) -> None:
+    """speedup (nn.LSTM median / this median) on every timed row; on our rows
+    also vs_best_peer against the fastest exact peer (nn.LSTM or a peer that
+    computes the same fp32 math: not the int8 one)."""
+    timed = [r for r in case_rows if r.ms_median is not None]
+    base = next((r for r in timed if r.backend == BASELINE), None)
+    exact = [r for r in timed if r.backend == BASELINE or (r.backend in PEERS and PEERS[r.backend].exact)]
+    best = min(exact, key=lambda r: r.ms_median, default=None)
+    for r in timed:
+        if base is not None:
+            r.speedup = base.ms_median / r.ms_median
+        if best is not None and r.backend != BASELINE and r.backend not in PEERS:
+            r.vs_best_peer, r.best_peer = best.ms_median / r.ms_median, best.impl
 
 
 def add_pct_peak(rows: list[Row], peak: Peak) -> list[Row]:

@@ -3,6 +3,8 @@ the CLI, the profiler and the pytest-benchmark suite (benchmarks/) get them.
 
 Legend: T steps, B batch, D input_size, H hidden_size, L layers,
 N directions (2 = bidirectional, the project's case; 1 is supported).
+A "packed" shape runs variable-length sequences (a PackedSequence, lengths
+T/4..T in no particular order: ``lengths``).
 """
 from __future__ import annotations
 
@@ -20,15 +22,29 @@ class Shape:
     H: int
     L: int = 1
     N: int = 2
+    packed: bool = False  # variable lengths (``lengths``), fed as a PackedSequence
 
     @property
     def label(self) -> str:
         """Short, unique, sortable-by-eye name used in tables, plots and CSV."""
         uni = " N1" if self.N == 1 else ""
-        return f"T{self.T} B{self.B} D{self.D} H{self.H} L{self.L}{uni}"
+        return f"T{self.T} B{self.B} D{self.D} H{self.H} L{self.L}{uni}{' packed' if self.packed else ''}"
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def lengths(shape: Shape) -> list[int] | None:
+    """Sequence lengths of a packed shape: drawn uniformly from T/4..T with a
+    fixed seed (the same on every run and machine), unsorted, the longest
+    forced to T so the padded output keeps T steps; None when not packed."""
+    if not shape.packed:
+        return None
+    import random
+    rng = random.Random(1000 * shape.T + shape.B)
+    out = [rng.randint(max(1, shape.T // 4), shape.T) for _ in range(shape.B)]
+    out[rng.randrange(shape.B)] = shape.T
+    return out
 
 
 def flops(shape: Shape, mode: str) -> int:
@@ -40,13 +56,17 @@ def flops(shape: Shape, mode: str) -> int:
     counts 3x the forward: the backward does two GEMM-shaped products per
     forward one (grad of the inputs and grad of the weights). Elementwise gate
     math is not counted: it is O(B·T·H), negligible next to the GEMMs.
+    A packed shape counts the valid steps only (sum of the lengths instead
+    of B*T): the work an implementation has to do, whatever it spends on the
+    padding.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    steps = sum(lengths(shape)) if shape.packed else shape.B * shape.T
     total = 0
     for layer in range(shape.L):
         d = shape.D if layer == 0 else shape.N * shape.H
-        total += 2 * 4 * shape.N * shape.B * shape.T * shape.H * (shape.H + d)
+        total += 2 * 4 * shape.N * steps * shape.H * (shape.H + d)
     return total * (3 if mode == "training" else 1)
 
 
@@ -69,6 +89,10 @@ _CPU_DEFAULT = (
     + [(Shape(64, 32, 300, 512, 1), ("inference",))]
     + [(Shape(64, 128, 300, H, 1), ("inference",)) for H in (128, 256)]
     + [(Shape(64, B, 300, 256, 2), MODES) for B in (1, 8, 32)]
+    # variable lengths (T/4..T, unsorted): nn.LSTM runs a PackedSequence step
+    # by step over the shrinking batch, ONNX Runtime takes sequence_lens
+    + [(Shape(64, B, 300, 256, 1, packed=True), MODES) for B in (8, 32)]
+    + [(Shape(64, 32, 300, 256, 2, packed=True), ("training",))]
 )
 
 QUICK = Shape(T=16, B=4, D=32, H=32, L=1)  # --quick: the whole run in seconds
@@ -95,22 +119,26 @@ def default_sweep(device_type: str, modes=MODES) -> list[tuple[Shape, tuple[str,
     return [(s, ms) for s, ms in pairs if ms]
 
 
-_SPEC_KEYS = {"T": "T", "B": "B", "D": "D", "H": "H", "L": "L", "N": "N"}
+_SPEC_KEYS = ("T", "B", "D", "H", "L", "N", "PACKED")
 
 
 def parse_shape(spec: str) -> Shape:
-    """'T=64,B=8,D=300,H=256[,L=2][,N=1]' -> Shape (keys in any order and case)."""
+    """'T=64,B=8,D=300,H=256[,L=2][,N=1][,packed=1]' -> Shape (keys in any order and case)."""
     values: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         key, sep, val = part.partition("=")
         key = key.strip().upper()
         if not sep or key not in _SPEC_KEYS:
-            raise ValueError(f"{part!r} is not KEY=VALUE with KEY one of T, B, D, H, L, N "
+            raise ValueError(f"{part!r} is not KEY=VALUE with KEY one of T, B, D, H, L, N, packed "
                              f"(example: T=64,B=8,D=300,H=256,L=1)")
         try:
             values[key] = int(val)
         except ValueError:
             raise ValueError(f"{key}={val!r} is not an integer") from None
+        if key == "PACKED":
+            if values[key] not in (0, 1):
+                raise ValueError(f"packed={values[key]} must be 0 or 1")
+            continue
         if values[key] < 1:
             raise ValueError(f"{key}={values[key]} must be >= 1")
     missing = [k for k in "TBDH" if k not in values]
@@ -118,4 +146,5 @@ def parse_shape(spec: str) -> Shape:
         raise ValueError(f"{spec!r} is missing {', '.join(missing)} (example: T=64,B=8,D=300,H=256)")
     if values.get("N", 2) not in (1, 2):
         raise ValueError(f"N={values['N']} must be 1 or 2 (directions)")
-    return Shape(**values)
+    packed = bool(values.pop("PACKED", 0))
+    return Shape(**values, packed=packed)

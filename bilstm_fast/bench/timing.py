@@ -60,6 +60,16 @@ class Timing:
     p80_ms: float
     repeats: int
 
+    @property
+    def spread(self) -> float:
+        """(p80 - p20) / median: how much the calls disagreed."""
+        return (self.p80_ms - self.p20_ms) / self.median_ms if self.median_ms > 0 else 0.0
+
+
+def timing_of(times: list[float]) -> Timing:
+    times = sorted(times)
+    return Timing(percentile(times, 50), percentile(times, 20), percentile(times, 80), len(times))
+
 
 # With no fixed --repeats, an implementation gets at least MIN_REPEATS timed
 # calls and more until BUDGET_S of timed work (at most MAX_REPEATS): small
@@ -68,9 +78,11 @@ MIN_REPEATS, MAX_REPEATS, BUDGET_S = 5, 50, 0.5
 
 
 def measure(fn: Callable[[], None], device: torch.device, warmup: int = 1,
-            repeats: int | None = None) -> Timing:
-    """Median and p20/p80 of ``repeats`` consecutive timed calls after
-    ``warmup`` untimed ones.
+            repeats: int | None = None, budget_s: float = BUDGET_S, min_repeats: int = MIN_REPEATS,
+            max_repeats: int = MAX_REPEATS) -> list[float]:
+    """Times (ms) of consecutive timed calls after ``warmup`` untimed ones:
+    ``repeats`` of them, or adaptively min_repeats..max_repeats until
+    budget_s of timed work.
 
     Consecutive, not interleaved with another implementation's calls: a
     backend's after-effects must not be charged to the next one. Measured
@@ -89,10 +101,97 @@ def measure(fn: Callable[[], None], device: torch.device, warmup: int = 1,
         if repeats is not None:
             if len(times) >= repeats:
                 break
-        elif len(times) >= MAX_REPEATS or (len(times) >= MIN_REPEATS and sum(times) >= BUDGET_S * 1e3):
+        elif len(times) >= max_repeats or (len(times) >= min_repeats and sum(times) >= budget_s * 1e3):
             break
-    times.sort()
-    return Timing(percentile(times, 50), percentile(times, 20), percentile(times, 80), len(times))
+    return times
+
+
+# ------------------------------------------------- rotated blocks, trust
+# Each implementation is timed in its own block (warm-up, then its timed
+# calls back to back), blocks rotated over ROUNDS rounds (round r starts
+# with the r-th implementation), so a slow minute of the machine is shared
+# by all of them instead of landing on one. A measurement is trusted when
+# every implementation's p20-p80 spread is within SPREAD_MAX of its median
+# and other processes used at most OTHER_CPUS_MAX CPUs on average while it
+# ran (CPU only); otherwise it is repeated up to RETRIES times and the
+# attempt with the narrowest spread is kept, marked untrusted if it still
+# fails. (A run on a busy machine once printed a 44x speedup, unmarked.)
+ROUNDS, RETRIES, SPREAD_MAX, OTHER_CPUS_MAX = 3, 2, 0.10, 0.5
+
+
+def _cpu_jiffies() -> tuple[float, float] | None:
+    """(busy, total) seconds of all CPUs from /proc/stat (busy includes steal:
+    time the hypervisor gave to someone else), or None without /proc."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return None
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    total = sum(fields[:8])
+    return (total - idle) / hz, total / hz
+
+
+class OtherLoad:
+    """Mean number of CPUs that other processes (and the hypervisor's steal)
+    kept busy between start() and stop(): the machine's busy time minus this
+    process's CPU time (all its threads: ours, torch's, ONNX Runtime's),
+    over the wall time. None where /proc/stat is missing."""
+
+    def start(self) -> "OtherLoad":
+        self._stat, self._cpu, self._wall = _cpu_jiffies(), time.process_time(), time.perf_counter()
+        return self
+
+    def stop(self) -> float | None:
+        stat, cpu, wall = _cpu_jiffies(), time.process_time(), time.perf_counter()
+        if stat is None or self._stat is None or wall <= self._wall:
+            return None
+        others = (stat[0] - self._stat[0]) - (cpu - self._cpu)
+        return round(max(0.0, others) / (wall - self._wall), 2)
+
+
+@dataclass
+class Measurement:
+    timings: dict[str, Timing]
+    other_cpus: float | None  # OtherLoad over the kept attempt
+    attempts: int
+
+    def trusted(self, name: str, device: torch.device) -> bool:
+        busy = device.type == "cpu" and self.other_cpus is not None and self.other_cpus > OTHER_CPUS_MAX
+        return self.timings[name].spread <= SPREAD_MAX and not busy
+
+
+def measure_rotated(steps: dict[str, Callable[[], None]], device: torch.device, warmup: int = 1,
+                    repeats: int | None = None, rounds: int = ROUNDS,
+                    retries: int = RETRIES) -> Measurement:
+    """Median and p20/p80 of every implementation in ``steps`` (name -> one
+    call), each timed in its own block per round, blocks rotated over
+    ``rounds`` rounds; ``repeats`` timed calls per implementation in all
+    (split over the rounds), or adaptive (MIN/MAX_REPEATS, BUDGET_S, split
+    over the rounds)."""
+    names = list(steps)
+    per_block = None if repeats is None else max(1, -(-repeats // rounds))
+    best: Measurement | None = None
+    for attempt in range(1 + retries):
+        load = OtherLoad().start()
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                times[name] += measure(steps[name], device, warmup, per_block, BUDGET_S / rounds,
+                                       max(2, -(-MIN_REPEATS // rounds)), max(2, MAX_REPEATS // rounds))
+        m = Measurement({n: timing_of(t) for n, t in times.items()}, load.stop(), attempt + 1)
+        if all(m.trusted(n, device) for n in names):
+            best = m
+            break
+        if best is None or _worst_spread(m) < _worst_spread(best):
+            best = m
+    best.attempts = attempt + 1
+    return best
+
+
+def _worst_spread(m: Measurement) -> float:
+    return max(t.spread for t in m.timings.values())
 
 
 # ------------------------------------------------------------------ memory

@@ -4,7 +4,9 @@ backend is timed.
 
 Both sides run the whole module forward — the input projection included —
 on the same input, and in training the same backward (same dy, input that
-requires grad, every parameter's grad).
+requires grad, every parameter's grad). A packed shape (variable lengths)
+is fed as a PackedSequence and its output unpacked to padded [T, B, N*H]:
+both conversions are part of the timed work, as in a user's model.
 """
 from __future__ import annotations
 
@@ -15,8 +17,9 @@ from typing import Callable, ContextManager
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .shapes import Shape
+from .shapes import Shape, lengths as shape_lengths
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, "fp64": torch.float64}
 BASELINE = "torch"  # the backend column of the nn.LSTM rows (cuDNN on GPU, native/oneDNN on CPU)
@@ -52,6 +55,7 @@ class Inputs:
     dy: torch.Tensor   # [T, B, N*H]  upstream grad of the output
     dh: torch.Tensor   # [L*N, B, H]  upstream grad of h_n (check only)
     dc: torch.Tensor   # [L*N, B, H]  upstream grad of c_n (check only)
+    lengths: torch.Tensor | None = None  # [B] int64 on the CPU (packed shapes), else None
 
 
 def make_inputs(shape: Shape, dtype: str, device: torch.device, seed: int = 1) -> Inputs:
@@ -61,7 +65,19 @@ def make_inputs(shape: Shape, dtype: str, device: torch.device, seed: int = 1) -
         return torch.randn(*size, generator=g).to(device=device, dtype=DTYPES[dtype])
 
     T, B, D, H, LN = shape.T, shape.B, shape.D, shape.H, shape.L * shape.N
-    return Inputs(randn(T, B, D), randn(T, B, shape.N * H), randn(LN, B, H), randn(LN, B, H))
+    lengths = shape_lengths(shape)
+    return Inputs(randn(T, B, D), randn(T, B, shape.N * H), randn(LN, B, H), randn(LN, B, H),
+                  None if lengths is None else torch.tensor(lengths, dtype=torch.int64))
+
+
+def forward(model: nn.Module, x: torch.Tensor, lengths: torch.Tensor | None):
+    """``model(x)`` -> (output [T, B, N*H], (h_n, c_n)); with lengths, through a
+    PackedSequence (enforce_sorted=False: the lengths are in no order) and
+    back to padded output (zero past each length)."""
+    if lengths is None:
+        return model(x)
+    out, state = model(pack_padded_sequence(x, lengths, enforce_sorted=False))
+    return pad_packed_sequence(out, total_length=x.shape[0])[0], state
 
 
 def _no_range(name: str):
@@ -74,10 +90,11 @@ def make_step(model: nn.Module, inputs: Inputs, mode: str,
     forward + backward of the output with dy, grads of the input and of every
     parameter (reset to None first so no step accumulates into the last).
     ``annotate("forward" | "backward")`` wraps each phase (the profiler's ranges)."""
+    lengths = inputs.lengths
     if mode == "inference":
         def step():
             with torch.no_grad(), annotate("forward"):
-                model(inputs.x)
+                forward(model, inputs.x, lengths)
         return step
 
     x = inputs.x.detach().clone().requires_grad_(True)
@@ -86,7 +103,7 @@ def make_step(model: nn.Module, inputs: Inputs, mode: str,
         x.grad = None
         model.zero_grad(set_to_none=True)
         with annotate("forward"):
-            out, _ = model(x)
+            out, _ = forward(model, x, lengths)
         with annotate("backward"):
             out.backward(inputs.dy)
     return step
@@ -122,11 +139,11 @@ def results_of(model: nn.Module, inputs: Inputs, mode: str, dtype: torch.dtype |
     x = inputs.x if dtype is None else inputs.x.to(dtype)
     if mode == "inference":
         with torch.no_grad():
-            out, (h, c) = model(x)
+            out, (h, c) = forward(model, x, inputs.lengths)
         return {"output": out, "h_n": h, "c_n": c}
     x = x.detach().clone().requires_grad_(True)
     model.zero_grad(set_to_none=True)
-    out, (h, c) = model(x)
+    out, (h, c) = forward(model, x, inputs.lengths)
     grads = [g if dtype is None else g.to(dtype) for g in (inputs.dy, inputs.dh, inputs.dc)]
     torch.autograd.backward((out, h, c), grads)
     got = {"output": out.detach(), "h_n": h.detach(), "c_n": c.detach(), "input.grad": x.grad}
@@ -161,8 +178,9 @@ class Oracle:
             self.baseline_err = max(scaled_errors(self.want, want32).values())
             self.want = want32
 
-    def check(self, got: dict[str, torch.Tensor]) -> Check:
+    def check(self, got: dict[str, torch.Tensor], bound: float | None = None) -> Check:
+        """``bound``: a peer's own bound (peers.Peer.tolerance), else the dtype's."""
         errs = scaled_errors(got, self.want)
         worst = max(errs, key=errs.get)
-        bound = TOLERANCE[self.dtype] + 2 * self.baseline_err
+        bound = bound if bound is not None else TOLERANCE[self.dtype] + 2 * self.baseline_err
         return Check(ok=errs[worst] <= bound, max_err=errs[worst], bound=bound, worst=worst)

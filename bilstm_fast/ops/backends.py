@@ -39,9 +39,17 @@ dtype and A the accumulation dtype: float64 for float64 input, else float32)::
         dgx [T, B, N, 4H] X, zero where t >= L_b; dh0 [N, B, P], dc0 [N, B, H] X;
         dw_hr [N, P, H] X, or None without projection.
 
+    gemms (optional): a module with the layer's other GEMMs on the backend's
+        own kernels, for the calls it supports (same dtypes and device):
+        linear(x [M, D], w [G, D], bias [G] or None) -> [M, G]      projection
+        matmul(a, b, trans_a=False) -> a @ b or a^T @ b              its backward
+        recurrent_weight_grad(dgx, y, h0, lengths) -> dW_hh [N, 4H, H]
+        Without it the op uses torch's GEMMs (cuBLAS, MKL / oneDNN).
+
 All tensors reach a backend contiguous. Values of ``gates``/``cells`` at t >= L_b
 are unspecified and never read. ``dw_hh`` is not a backend's job: the op
-computes it with GEMMs over strided views (ops/recurrence.py).
+computes it with GEMMs over strided views (ops/recurrence.py), or with the
+backend's ``gemms``.
 """
 from __future__ import annotations
 

@@ -9,7 +9,9 @@ and float64 without projection. What it declines (``unsupported_reason``, so
 bfloat16 (no fp16/bf16 kernels yet: the accumulate-in-fp32 path would need a
 convert pass per step that this first version does not have), non-CPU tensors.
 
-This file only allocates the outputs and calls: the compiled module checks
+The layer's other GEMMs (input projection, dx, dW_ih, dW_hh) run on the
+same micro-GEMM (``gemms`` = ops/cpu_gemm.py). This file only allocates the
+outputs and calls: the compiled module checks
 every tensor once at its boundary (csrc/common/tensor_arg.h) and raises
 ValueError naming the argument. Tensors are passed as the objects themselves
 and held by this frame for the whole call, so every pointer outlives the
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import torch
 
+from . import cpu_gemm as gemms  # noqa: F401  the layer op's other GEMMs (backends.py)
 from . import native
 
 NAME = "cpu"

@@ -7,8 +7,10 @@ Two torch.library custom ops, both differentiable:
 
 ``lstm_layer(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0, lengths)``
     what BiLSTM runs per layer: the input projection of both directions as
-    one vendor GEMM (``torch.addmm``) followed by the fused recurrence. Its
-    backward is the recurrence backward plus three GEMMs (dx, dW_ih, db).
+    one GEMM followed by the fused recurrence. Its backward is the
+    recurrence backward plus the GEMMs dx, dW_ih, db. The GEMMs are the
+    backend's own where it brings them (``gemms``, backends.py: the cpu
+    backend's micro-GEMM), else torch's (``torch.addmm``: cuBLAS, MKL).
     One op per layer is also what an exporter maps to ONNX's LSTM node.
 ``lstm_recurrence(gx, w_hh, h0, c0, lengths, w_hr)``
     the recurrence alone, for callers with their own projection.
@@ -49,26 +51,30 @@ def _concrete(backend: str, like: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
     points below pass a name they resolved (a constant under torch.compile);
     a caller that reaches the op through the dispatcher (TorchScript:
     torch.ops.bilstm_fast.lstm_layer) passes the module's "auto", resolved
-    here by the same rule. like: gx or dy [T, B, N, *]."""
+    here by the same rule. like: x, gx or dy ([T, B, ...])."""
     if backends.split_name(backend)[0] != "auto":
         return backend
     N, G, P = w_hh.shape
     return _resolve(backend, like, N, G // 4, P, w_hr, lengths, like.shape[1])
 
 
-def _run_forward(gx, w_hh, w_hr, h0, c0, lengths, backend, keep):
-    mod, plan = backends.parse(_concrete(backend, gx, w_hh, w_hr, lengths))
+def _run_forward(mod, plan, gx, w_hh, w_hr, h0, c0, lengths, keep):
     return tuple(mod.forward(gx, w_hh, w_hr, h0, c0, lengths, keep, plan))
 
 
-def _input_gates(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], N: int) -> Tensor:
-    """gx [T, B, N, 4H] = x W_ih^T + b_ih + b_hh for both directions: one GEMM."""
+def _input_gates(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], N: int,
+                 gemms=None) -> Tensor:
+    """gx [T, B, N, 4H] = x W_ih^T + b_ih + b_hh for both directions: one GEMM,
+    the backend's (``gemms``, backends.py) or torch's."""
     T, B, D = x.shape
     x2 = x.reshape(T * B, D)
-    if b_ih is None:
+    bias = None if b_ih is None else b_ih + b_hh
+    if gemms is not None:
+        gx = gemms.linear(x2, w_ih, bias)
+    elif bias is None:
         gx = torch.mm(x2, w_ih.t())
     else:
-        gx = torch.addmm(b_ih + b_hh, x2, w_ih.t())
+        gx = torch.addmm(bias, x2, w_ih.t())
     return gx.view(T, B, N, w_ih.shape[0] // N)
 
 
@@ -87,8 +93,9 @@ def _lstm_layer_op(
     backend: str,
     keep_for_backward: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    gx = _input_gates(x, w_ih, b_ih, b_hh, w_hh.shape[0])
-    return _run_forward(gx, w_hh, w_hr, h0, c0, lengths, backend, keep_for_backward)
+    mod, plan = backends.parse(_concrete(backend, x, w_hh, w_hr, lengths))
+    gx = _input_gates(x, w_ih, b_ih, b_hh, w_hh.shape[0], getattr(mod, "gemms", None))
+    return _run_forward(mod, plan, gx, w_hh, w_hr, h0, c0, lengths, keep_for_backward)
 
 
 @_lstm_layer_op.register_fake
@@ -110,7 +117,8 @@ def _lstm_recurrence_op(
     backend: str,
     keep_for_backward: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _run_forward(gx, w_hh, w_hr, h0, c0, lengths, backend, keep_for_backward)
+    mod, plan = backends.parse(_concrete(backend, gx, w_hh, w_hr, lengths))
+    return _run_forward(mod, plan, gx, w_hh, w_hr, h0, c0, lengths, keep_for_backward)
 
 
 @_lstm_recurrence_op.register_fake
@@ -184,8 +192,14 @@ def _recurrence_grads(ctx, dy, dh_n, dc_n):
     dgx, dh0, dc0, dw_hr = _lstm_recurrence_backward_op(
         dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(),
         w_hh, w_hr, h0, c0, lengths, y, gates, cells, ctx.backend)
-    dw_hh = _recurrent_weight_grad(dgx, y, h0, lengths)
+    gemms = _gemms(ctx.backend, dy, w_hh, w_hr, lengths)
+    dw_hh = (gemms.recurrent_weight_grad if gemms is not None else _recurrent_weight_grad)(dgx, y, h0, lengths)
     return dgx, dw_hh, (dw_hr if w_hr is not None else None), dh0, dc0
+
+
+def _gemms(backend: str, like: Tensor, w_hh: Tensor, w_hr: Optional[Tensor], lengths: Optional[Tensor]):
+    """The backend's own GEMMs (backends.py: ``gemms``), or None for torch's."""
+    return getattr(backends.parse(_concrete(backend, like, w_hh, w_hr, lengths))[0], "gemms", None)
 
 
 def _double_backward(forward, inputs: Sequence[Optional[Tensor]], grads: Sequence[Tensor]):
@@ -226,10 +240,13 @@ def _layer_backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
     T, B, D = x.shape
     need = ctx.needs_input_grad
     dg2 = dgx.reshape(T * B, w_ih.shape[0])                       # [T*B, N*4H]
+    x2 = x.reshape(T * B, D)
+    gemms = _gemms(ctx.backend, dy, ctx.saved_tensors[4], ctx.saved_tensors[5], ctx.saved_tensors[8])
+    mm = gemms.matmul if gemms is not None else (lambda a, b, trans_a=False: (a.t() if trans_a else a) @ b)
     # Only the GEMMs someone needs (layer 0's x is data: its dx would be a
     # [T*B, N*4H] x [N*4H, D] GEMM for nothing).
-    dx = torch.mm(dg2, w_ih).view(T, B, D) if need[0] else None
-    dw_ih = torch.mm(dg2.t(), x.reshape(T * B, D)) if need[1] else None
+    dx = mm(dg2, w_ih).view(T, B, D) if need[0] else None
+    dw_ih = mm(dg2, x2, trans_a=True) if need[1] else None
     db = dg2.sum(0) if b_ih is not None and (need[2] or need[3]) else None
     return dx, dw_ih, db, db, dw_hh, dw_hr, dh0, dc0, None, None, None
 

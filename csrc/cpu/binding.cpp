@@ -1,10 +1,10 @@
-// pybind11 module bilstm_fast._cpu: the CPU recurrence kernels.
+// pybind11 module bilstm_fast._cpu: the CPU recurrence kernels and the GEMMs around them.
 //
 // Takes torch tensors (as plain Python objects: no torch headers, no torch
 // library, one build for every torch version), checks each one once at the
 // boundary (csrc/common/tensor_arg.h), fills the argument struct, releases
 // the GIL and runs the kernels. Python (bilstm_fast/ops/cpu_lstm.py) only
-// allocates the outputs and calls.
+// allocates the outputs and calls (ops/cpu_gemm.py for the GEMMs).
 //
 // Legend (docs/design.md §0): T steps, B batch, N directions (1 or 2), H hidden size, X the
 // input dtype (float32 or float64, also the workspace dtype here).
@@ -12,6 +12,7 @@
 #include <pybind11/stl.h>
 
 #include <string>
+#include <vector>
 
 #include "common/tensor_arg.h"
 #include "lstm_driver.h"
@@ -84,10 +85,86 @@ void backward(py::handle dy, py::handle dh_n, py::handle dc_n, py::handle w_hh, 
   run_backward(p, nt);
 }
 
+// out [M, G] = x [M, D] @ w [G, D]^T + bias [G]: the input projection of the
+// layer op on the recurrence's micro-GEMM (bilstm_fast/ops/cpu_gemm.py says
+// why not torch's). x and w: last dim dense; bias and out contiguous.
+void linear(py::handle x, py::handle w, py::handle bias, py::handle out, int num_threads) {
+  const bilstm::TensorArg ax = bilstm::read("x", x), aw = bilstm::read("w", w);
+  const DType X = float_dtype(ax);
+  GemmParams p;
+  p.M = bilstm::size_of(ax, 2, 0, "[M, D]"), p.K = ax.shape[1];
+  p.N = bilstm::size_of(aw, 2, 0, "[G, D]");
+  const View vx = bilstm::expect(ax, X, kCpu, {{"M", p.M}, {"D", p.K}});
+  const View vw = bilstm::expect(aw, X, kCpu, {{"G", p.N}, {"D", p.K}});
+  p.a = vx.ptr, p.lda = vx.stride[0], p.ldk = 1;
+  p.bkind = BKind::w_rows, p.b = vw.ptr, p.ldb = vw.stride[0];
+  p.bias = bilstm::expect_optional("bias", bias, X, kCpu, {{"G", p.N}}).ptr;
+  const View vo = bilstm::expect(bilstm::read("out", out), X, kCpu, {{"M", p.M}, {"G", p.N}},
+                                 bilstm::Layout::kContiguous);
+  p.c = vo.ptr, p.ldc = vo.stride[0];
+  const int nt = check_threads(num_threads);
+  py::gil_scoped_release nogil;
+  run_gemm({p}, X, nt);
+}
+
+// out [M, N] = a [M, K] @ b [K, N], or a^T @ b with a [K, M] (trans_a): the
+// backward GEMMs of the input projection (dx = dG W_ih, dW_ih = dG^T x).
+void matmul(py::handle a, py::handle b, py::handle out, bool trans_a, int num_threads) {
+  const bilstm::TensorArg aa = bilstm::read("a", a), ab = bilstm::read("b", b);
+  const DType X = float_dtype(aa);
+  GemmParams p;
+  const int64_t r0 = bilstm::size_of(aa, 2, 0, trans_a ? "[K, M]" : "[M, K]"), r1 = aa.shape[1];
+  p.M = trans_a ? r1 : r0, p.K = trans_a ? r0 : r1;
+  p.N = bilstm::size_of(ab, 2, 1, "[K, N]");
+  // a^T is read through a's strides: a needs no dense dimension of its own
+  // beyond the last (checked), which is the K stride of a^T.
+  const View va = trans_a ? bilstm::expect(aa, X, kCpu, {{"K", p.K}, {"M", p.M}})
+                          : bilstm::expect(aa, X, kCpu, {{"M", p.M}, {"K", p.K}});
+  const View vb = bilstm::expect(ab, X, kCpu, {{"K", p.K}, {"N", p.N}});
+  p.a = va.ptr;
+  p.lda = trans_a ? 1 : va.stride[0];
+  p.ldk = trans_a ? va.stride[0] : 1;
+  p.bkind = BKind::k_rows, p.b = vb.ptr, p.ldb = vb.stride[0];
+  const View vo = bilstm::expect(bilstm::read("out", out), X, kCpu, {{"M", p.M}, {"N", p.N}},
+                                 bilstm::Layout::kContiguous);
+  p.c = vo.ptr, p.ldc = vo.stride[0];
+  const int nt = check_threads(num_threads);
+  py::gil_scoped_release nogil;
+  run_gemm({p}, X, nt);
+}
+
+// dw [N, 4H, H] = for each direction n, sum over (t, b) of dgx[t, b, n]^T h_{t-1}[b]
+// (ops/recurrence.py's _recurrent_weight_grad says which h_{t-1}); dgx contiguous.
+void recurrent_weight_grad(py::handle dgx, py::handle y, py::handle h0, py::handle lengths, py::handle dw,
+                           int num_threads) {
+  const bilstm::TensorArg ag = bilstm::read("dgx", dgx);
+  int64_t T, B, N, H;
+  bilstm::lstm_sizes(ag, T, B, N, H);
+  const DType X = float_dtype(ag);
+  const int64_t es = bilstm::dtype_size(X);
+  const View vg = bilstm::expect(ag, X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"4H", 4 * H}},
+                                 bilstm::Layout::kContiguous);
+  const View vy = bilstm::expect(bilstm::read("y", y), X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
+  const View vh = bilstm::expect(bilstm::read("h0", h0), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
+  const View vw = bilstm::expect(bilstm::read("dw", dw), X, kCpu, {{"N", N}, {"4H", 4 * H}, {"H", H}});
+  const int64_t* lens = bilstm::expect_lengths(lengths, kCpu, B, T);
+  std::vector<GemmParams> problems(N);
+  for (int64_t n = 0; n < N; ++n) {
+    GemmParams& p = problems[n];
+    p.M = 4 * H, p.N = H, p.K = T * B;
+    p.a = static_cast<const char*>(vg.ptr) + es * n * 4 * H, p.lda = 1, p.ldk = N * 4 * H;
+    p.bkind = BKind::prev_hidden, p.y = vy, p.h0 = vh, p.lengths = lens, p.T = T, p.batch = B, p.dir = n;
+    p.c = static_cast<char*>(vw.ptr) + es * n * vw.stride[0], p.ldc = vw.stride[1];
+  }
+  const int nt = check_threads(num_threads);
+  py::gil_scoped_release nogil;
+  run_gemm(problems, X, nt);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cpu, m) {
-  m.doc() = "bilstm_fast C++ CPU recurrence kernels (takes torch tensors; see bilstm_fast/ops/cpu_lstm.py)";
+  m.doc() = "bilstm_fast C++ CPU kernels: the recurrence and its GEMMs (takes torch tensors; see bilstm_fast/ops/cpu_lstm.py, cpu_gemm.py)";
   m.def("forward", &forward,
         "LSTM recurrence forward on CPU tensors (float32 / float64; the last dim of each dense):\n"
         "gx [T,B,N,4H], w_hh [N,4H,H], h0/c0 [N,B,H], lengths [B] int64 (1..T) or None;\n"
@@ -99,6 +176,16 @@ PYBIND11_MODULE(_cpu, m) {
         "lengths [B] or None, gates [T,B,N,4H], cells [T,B,N,H]; outputs dgx [T,B,N,4H], dh0/dc0 [N,B,H].",
         py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("w_hh"), py::arg("c0"), py::arg("lengths"),
         py::arg("gates"), py::arg("cells"), py::arg("dgx"), py::arg("dh0"), py::arg("dc0"), py::arg("num_threads"));
+  m.def("linear", &linear,
+        "out [M,G] = x [M,D] @ w [G,D]^T + bias [G] (bias may be None): the input projection.",
+        py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("out"), py::arg("num_threads"));
+  m.def("matmul", &matmul,
+        "out [M,N] = a [M,K] @ b [K,N], or a^T @ b for a [K,M] with trans_a (the projection's backward).",
+        py::arg("a"), py::arg("b"), py::arg("out"), py::arg("trans_a"), py::arg("num_threads"));
+  m.def("recurrent_weight_grad", &recurrent_weight_grad,
+        "dw [N,4H,H] = sum over (t, b) of dgx[t,b,n]^T h_{t-1}[b] per direction n: dgx [T,B,N,4H] contiguous,\n"
+        "y [T,B,N,H], h0 [N,B,H], lengths [B] or None.",
+        py::arg("dgx"), py::arg("y"), py::arg("h0"), py::arg("lengths"), py::arg("dw"), py::arg("num_threads"));
   m.attr("dtype_codes") = bilstm::dtype_codes();
   m.def("isa", [] { return std::string(active_kernels().isa); },
         "The kernel build in use: 'avx512', 'avx2' or 'baseline' (SSE2).");

@@ -1,10 +1,14 @@
 #include "lstm_driver.h"
 
+#include <algorithm>
+#include <array>
+#include <cstring>
 #include <atomic>
 #include <memory>
-#include <type_traits>
 #include <mutex>
+#include <numeric>
 #include <stdexcept>
+#include <type_traits>
 
 #include "thread_pool.h"
 
@@ -22,51 +26,132 @@ bool cpu_has(const char* isa) {
   return std::string(isa) == "baseline";
 }
 
-const KernelSet* all_kernels[] = {
+const KernelTable* all_kernels[] = {
 #ifdef BILSTM_CPU_X86
-    &kernels_avx512(), &kernels_avx2(),
+    &kernel_table_avx512(), &kernel_table_avx2(),
 #endif
-    &kernels_baseline()};
+    &kernel_table_baseline()};
 
-const KernelSet* pick_default() {
-  for (const KernelSet* k : all_kernels)
+const KernelTable* pick_default() {
+  for (const KernelTable* k : all_kernels)
     if (cpu_has(k->isa)) return k;
-  return &kernels_baseline();
+  return &kernel_table_baseline();
 }
 
-std::atomic<const KernelSet*> g_active{pick_default()};
+std::atomic<const KernelTable*> g_active{pick_default()};
 
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
+// Bump allocator over one scratch slot: every piece 64-byte aligned.
+class Arena {
+ public:
+  void add(int64_t bytes) { total_ += round_up(bytes, 64); }
+  void start(int slot) { base_ = static_cast<char*>(scratch(slot, static_cast<size_t>(total_) + 64)); }
+  void* take(int64_t bytes) {
+    void* p = base_;
+    base_ += round_up(bytes, 64);
+    return p;
+  }
+
+ private:
+  int64_t total_ = 0;
+  char* base_ = nullptr;
+};
+
+// -------------------------------------------------------------------- GEMM
+// Each problem's output columns are cut in whole panels into jobs, two per
+// thread of its share (kJobsPerThread: a thread that starts late leaves more
+// than a token share to the others, run_jobs); every job packs only its own
+// columns of B and runs over all M rows: no synchronization.
+constexpr int64_t kJobsPerThread = 2;
+
+void run_gemm_impl(const std::vector<GemmParams>& problems, DType dt, int P) {
+  const KernelTable& ks = *g_active.load();
+  const int64_t esize = dt == DType::f64 ? 8 : 4, NR = 2 * ks.vec_bytes / esize;
+  const int64_t np = static_cast<int64_t>(problems.size());
+  std::vector<GemmJob> jobs;
+  int64_t max_n = 0;
+  for (int64_t i = 0; i < np; ++i) {
+    const GemmParams& p = problems[i];
+    if (p.M < 1 || p.N < 1) continue;
+    const int64_t panels = (p.N + NR - 1) / NR;
+    const int64_t share = (P + np - 1 - i) / np;  // threads of this problem
+    const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(panels, P > 1 ? kJobsPerThread * share : 1));
+    for (int64_t c = 0; c < parts; ++c)
+      jobs.push_back(GemmJob{&p, panels * c / parts * NR, std::min(p.N, panels * (c + 1) / parts * NR)});
+    max_n = std::max(max_n, p.N);
+  }
+  if (jobs.empty()) return;
+  Arena arena;
+  for (const GemmJob& j : jobs)
+    arena.add(esize * round_up(j.n1 - j.n0, NR) * j.p->K);
+  arena.add(esize * max_n);
+  std::lock_guard<std::mutex> lock(ThreadPool::call_mutex());
+  arena.start(0);
+  for (GemmJob& j : jobs)
+    j.bpack = arena.take(esize * round_up(j.n1 - j.n0, NR) * j.p->K);
+  void* zero = arena.take(esize * max_n);
+  std::memset(zero, 0, static_cast<size_t>(esize * max_n));
+  for (GemmJob& j : jobs) j.zero_row = zero;
+  const GemmFn kernel = ks.gemm[kernel_index(dt)];
+  ThreadPool::instance().run_jobs(static_cast<int>(jobs.size()), P, [&](int j) { kernel(jobs[j]); });
+}
+
+// -------------------------------------------------------------- recurrence
 struct Plan {
   int nthreads = 1;
-  std::vector<std::vector<Job>> jobs;            // per thread, run in order
+  std::vector<std::vector<RecJob>> jobs;              // per thread, run in order
+  std::vector<RowGroup> groups;
+  std::vector<std::vector<int64_t>> group_rows;
   std::vector<std::unique_ptr<Barrier>> barriers;
 };
 
-// How threads share the work (P threads, N directions, B rows, Hq hidden units
-// in units of `unit` = 4L):
+// Rows by decreasing length (ties by batch row), so that the rows still
+// running at a step are a prefix of every group in both directions.
+std::vector<int64_t> row_order(int64_t B, const int64_t* lengths) {
+  std::vector<int64_t> order(B);
+  std::iota(order.begin(), order.end(), 0);
+  if (lengths)
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return lengths[a] > lengths[b]; });
+  return order;
+}
+
+// How threads share the work (P threads, N directions, B rows, Hp hidden units
+// in panels of NR):
 //  * P <= N: whole directions per thread -- the two directions are
 //    independent, so no synchronization at all. With 2 cores and a
 //    bidirectional layer this is always the case.
 //  * P > N: P/N threads per direction, splitting the batch rows when there
 //    are >= 8 rows per thread (no barrier; each thread streams all of W_hh,
-//    which at >= 8 rows is amortized), else splitting the hidden units (each
-//    thread keeps only its slice of W_hh hot and the threads of a direction
-//    meet at a barrier once per step).
-Plan make_plan(int64_t N, int64_t B, int64_t Hq, int64_t unit, int P) {
+//    which at >= 8 rows is amortized; rows are dealt round-robin in length
+//    order so that every thread gets long and short sequences alike), else
+//    splitting the hidden units (each thread keeps only its slice of W_hh hot
+//    and the threads of a direction meet at a barrier once per step).
+Plan make_plan(int64_t N, int64_t B, int64_t Hp, int64_t NR, int P, const int64_t* lengths) {
   Plan plan;
+  const std::vector<int64_t> order = row_order(B, lengths);
+  const int64_t tpd_max = std::max<int64_t>(1, P / N);
+  const bool split_batch = P > N && B >= 8 * tpd_max;
+  const int64_t tpd = P <= N ? 1 : split_batch ? tpd_max : std::min(tpd_max, Hp / NR);
+  const int64_t groups_per_dir = split_batch ? tpd : 1;
+  plan.group_rows.resize(N * groups_per_dir);
+  plan.groups.resize(N * groups_per_dir);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < groups_per_dir; ++c) {
+      std::vector<int64_t>& rows = plan.group_rows[n * groups_per_dir + c];
+      for (int64_t i = c; i < B; i += groups_per_dir) rows.push_back(order[i]);
+      plan.groups[n * groups_per_dir + c].rows = rows.data();
+      plan.groups[n * groups_per_dir + c].nrows = static_cast<int64_t>(rows.size());
+    }
   if (P <= N) {
     plan.nthreads = P;
     plan.jobs.resize(P);
-    for (int64_t n = 0; n < N; ++n) plan.jobs[n % P].push_back(Job{n, 0, B, 0, Hq});
+    for (int64_t n = 0; n < N; ++n) plan.jobs[n % P].push_back(RecJob{n, 0, Hp, &plan.groups[n]});
     return plan;
   }
-  int64_t tpd = P / N;
-  const int64_t units = Hq / unit;
-  const bool split_batch = B >= 8 * tpd;
-  if (!split_batch) tpd = std::min(tpd, units);
   plan.nthreads = static_cast<int>(tpd * N);
   plan.jobs.resize(plan.nthreads);
+  const int64_t panels = Hp / NR;
   for (int64_t n = 0; n < N; ++n) {
     Barrier* bar = nullptr;
     if (!split_batch && tpd > 1) {
@@ -74,13 +159,10 @@ Plan make_plan(int64_t N, int64_t B, int64_t Hq, int64_t unit, int P) {
       bar = plan.barriers.back().get();
     }
     for (int64_t c = 0; c < tpd; ++c) {
-      Job j{n, 0, B, 0, Hq, bar};
-      if (split_batch) {
-        j.b0 = B * c / tpd;
-        j.b1 = B * (c + 1) / tpd;
-      } else {
-        j.lo = units * c / tpd * unit;
-        j.hi = units * (c + 1) / tpd * unit;
+      RecJob j{n, 0, Hp, &plan.groups[n * groups_per_dir + (split_batch ? c : 0)], bar};
+      if (!split_batch) {
+        j.lo = panels * c / tpd * NR;
+        j.hi = panels * (c + 1) / tpd * NR;
       }
       plan.jobs[n * tpd + c].push_back(j);
     }
@@ -89,56 +171,67 @@ Plan make_plan(int64_t N, int64_t B, int64_t Hq, int64_t unit, int P) {
 }
 
 template <class Params>
-void run(const Params& p, int num_threads) {
+void run_recurrence(const Params& p, int num_threads) {
   const DType dt = p.dtype;
   constexpr bool forward = std::is_same_v<Params, FwdParams>;
-  const KernelSet& ks = *g_active.load();
+  const KernelTable& ks = *g_active.load();
+  const int64_t esize = dt == DType::f64 ? 8 : 4, NR = 2 * ks.vec_bytes / esize;
+  const int64_t Hp = round_up(p.H, NR), G = 4 * p.H;
+  std::lock_guard<std::mutex> lock(ThreadPool::call_mutex());
+  Plan plan = make_plan(p.N, p.B, Hp, NR, num_threads < 1 ? 1 : num_threads, p.lengths);
+
+  // Scratch: per group h, c, g (cpu_kernels.h: RowGroup), per job its packed
+  // W_hh slice: forward 4 gates x (hi-lo) units x H, backward (hi-lo) x 4H.
+  Arena arena;
+  auto group_sizes = [&](const RowGroup& g) {
+    const int64_t nr = g.nrows;
+    return std::array<int64_t, 3>{esize * (forward ? 2 : 1) * nr * Hp, esize * nr * Hp,
+                                  esize * (forward ? nr * 4 * Hp : 2 * nr * G)};
+  };
+  for (const RowGroup& g : plan.groups)
+    for (int64_t sz : group_sizes(g)) arena.add(sz);
+  for (auto& tj : plan.jobs)
+    for (RecJob& j : tj) arena.add(esize * (j.hi - j.lo) * G);
+  arena.start(0);
+  for (RowGroup& g : plan.groups) {
+    const auto sz = group_sizes(g);
+    g.h = arena.take(sz[0]);
+    g.c = arena.take(sz[1]);
+    g.g = arena.take(sz[2]);
+  }
+  for (auto& tj : plan.jobs)
+    for (RecJob& j : tj) j.wpack = arena.take(esize * (j.hi - j.lo) * G);
+
   const auto kernel = [&] {
     if constexpr (forward) return ks.forward[kernel_index(dt)];
     else return ks.backward[kernel_index(dt)];
   }();
-  const int64_t esize = dt == DType::f64 ? 8 : 4;
-  const int64_t L = ks.vec_bytes / esize, unit = 4 * L;
-  Buffers buf;
-  buf.Hq = (p.H + unit - 1) / unit * unit;
-  std::lock_guard<std::mutex> lock(ThreadPool::call_mutex());
-  Plan plan = make_plan(p.N, p.B, buf.Hq, unit, num_threads < 1 ? 1 : num_threads);
-
-  // Scratch: packed weights of every job ((hi-lo) * 4H elements each), then
-  // per direction h ([2][B][Hq] forward, [B][Hq] backward) and c ([B][Hq]).
-  int64_t wp_elems = 0;
-  for (auto& tj : plan.jobs)
-    for (Job& j : tj) wp_elems += ((j.hi - j.lo) * 4 * p.H + 15) / 16 * 16;
-  const int64_t hsz = (forward ? 2 : 1) * p.B * buf.Hq, csz = p.B * buf.Hq;
-  char* wp = static_cast<char*>(scratch(0, esize * wp_elems + 64));
-  char* st = static_cast<char*>(scratch(1, esize * p.N * (hsz + csz) + 64));
-  for (auto& tj : plan.jobs)
-    for (Job& j : tj) {
-      j.wpack = wp;
-      wp += esize * (((j.hi - j.lo) * 4 * p.H + 15) / 16 * 16);
-    }
-  for (int64_t n = 0; n < p.N; ++n) {
-    buf.h[n] = st + esize * n * (hsz + csz);
-    buf.c[n] = st + esize * (n * (hsz + csz) + hsz);
+  if (plan.barriers.empty()) {  // no job waits for another: claimed dynamically
+    std::vector<const RecJob*> all;
+    for (auto& tj : plan.jobs)
+      for (const RecJob& j : tj) all.push_back(&j);
+    ThreadPool::instance().run_jobs(static_cast<int>(all.size()), plan.nthreads,
+                                    [&](int j) { kernel(p, *all[j], Hp); });
+  } else {
+    ThreadPool::instance().run(plan.nthreads, [&](int tid) {
+      for (const RecJob& j : plan.jobs[tid]) kernel(p, j, Hp);
+    });
   }
-  ThreadPool::instance().run(plan.nthreads, [&](int tid) {
-    for (const Job& j : plan.jobs[tid]) kernel(p, j, buf);
-  }, /*independent=*/plan.barriers.empty());
 }
 
 }  // namespace
 
-const KernelSet& active_kernels() { return *g_active.load(); }
+const KernelTable& active_kernels() { return *g_active.load(); }
 
 std::vector<std::string> supported_isas() {
   std::vector<std::string> out;
-  for (const KernelSet* k : all_kernels)
+  for (const KernelTable* k : all_kernels)
     if (cpu_has(k->isa)) out.push_back(k->isa);
   return out;
 }
 
 void set_isa(const std::string& name) {
-  for (const KernelSet* k : all_kernels)
+  for (const KernelTable* k : all_kernels)
     if (name == k->isa && cpu_has(k->isa)) {
       g_active.store(k);
       return;
@@ -146,8 +239,12 @@ void set_isa(const std::string& name) {
   throw std::invalid_argument("isa: '" + name + "' is not built or not supported by this CPU");
 }
 
-void run_forward(const FwdParams& p, int num_threads) { run(p, num_threads); }
+void run_gemm(const std::vector<GemmParams>& problems, DType dt, int num_threads) {
+  run_gemm_impl(problems, dt, num_threads < 1 ? 1 : num_threads);
+}
 
-void run_backward(const BwdParams& p, int num_threads) { run(p, num_threads); }
+void run_forward(const FwdParams& p, int num_threads) { run_recurrence(p, num_threads); }
+
+void run_backward(const BwdParams& p, int num_threads) { run_recurrence(p, num_threads); }
 
 }  // namespace bilstm_cpu

@@ -1,15 +1,17 @@
-// The fused LSTM recurrence kernels, one source for every dtype and ISA.
+// The CPU kernels, one source for every dtype and ISA: the input projection,
+// the forward recurrence and the backward (dh/dc) recurrence, all built on
+// one register-tiled micro-GEMM.
 //
-// CMake compiles this file several times (CMakeLists.txt): once per ISA with
-// BILSTM_ISA (namespace suffix), BILSTM_VEC_BYTES (SIMD width) and that ISA's
-// -m flags; lstm_driver.cpp picks one build at run time
-// (__builtin_cpu_supports). -march=native is never used, so the module runs
-// on any x86-64 CPU. The kernels are templated over the scalar type T (float
-// or double: T is both the storage and the accumulation type).
+// CMake compiles this file once per ISA (CMakeLists.txt) with BILSTM_ISA
+// (namespace suffix), BILSTM_VEC_BYTES (SIMD width) and that ISA's -m flags;
+// lstm_driver.cpp picks one build at run time (__builtin_cpu_supports).
+// -march=native is never used, so the module runs on any x86-64 CPU. The
+// kernels are templated over the scalar type T (float or double: T is both
+// the storage and the accumulation type).
 //
-// Legend: T steps, B batch, N directions, H hidden, L = lanes per vector
-// (BILSTM_VEC_BYTES / sizeof(T)), Hq = H rounded up to 4L, MB = batch rows per
-// register tile.
+// Legend: T steps, B batch, N directions, H hidden, D input features,
+// L = lanes per vector (BILSTM_VEC_BYTES / sizeof(T)), NR = 2L columns per
+// packed weight panel, MR = 6 rows per register tile, Hp = H rounded up to NR.
 //
 // Everything here is inside namespace bilstm_cpu::BILSTM_ISA and uses no
 // std:: templates that another build of this file could also instantiate:
@@ -20,7 +22,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "lstm_cpu.h"
+#include "cpu_kernels.h"
 #include "thread_pool.h"
 
 #ifndef BILSTM_ISA
@@ -32,43 +34,70 @@ namespace BILSTM_ISA {
 namespace {
 
 constexpr int kVecBytes = BILSTM_VEC_BYTES;
-// Tuning knobs. K chunk: bytes of packed weights reused from L1 by every row
-// block (16 KB = half the L1d). Software prefetch distance along the weight
-// stream (0 = off). Sweep on the 2-vCPU EPYC (single-thread CPU time, T=64
-// B=1/8 H=256 and T=16 B=128 H=512): KC 4-32 KB x prefetch 0-16 KB were all
-// within +-8%, the noise of this shared machine, so the simplest is kept.
-#ifndef BILSTM_KC_BYTES
-#define BILSTM_KC_BYTES 16384
-#endif
-#ifndef BILSTM_PF_BYTES
-#define BILSTM_PF_BYTES 0
-#endif
-
-// Rows per register tile: MB rows x 4 vectors of accumulators. 16 vector
-// registers (SSE2, AVX2) -> 3 x 4 = 12 accumulators + broadcasts; 32
-// (AVX-512) -> 6 x 4 = 24.
-constexpr int MB = kVecBytes == 64 ? 6 : 3;
 
 template <class T> struct VecOf;
 template <> struct VecOf<float> { typedef float type __attribute__((vector_size(kVecBytes))); };
 template <> struct VecOf<double> { typedef double type __attribute__((vector_size(kVecBytes))); };
 
 template <class T> using Vec = typename VecOf<T>::type;
+// The same vector at element alignment: unaligned loads/stores without a
+// memcpy through the stack.
+template <class T> struct VecUOf;
+template <> struct VecUOf<float> { typedef float type __attribute__((vector_size(kVecBytes), aligned(4))); };
+template <> struct VecUOf<double> { typedef double type __attribute__((vector_size(kVecBytes), aligned(8))); };
+template <class T> using VecU = typename VecUOf<T>::type;
 template <class T> constexpr int lanes() { return kVecBytes / static_cast<int>(sizeof(T)); }
+template <class T> constexpr int panel_cols() { return 2 * lanes<T>(); }  // NR
 
 inline int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
 
-// Loads/stores of n <= L elements (n < L only in the last tile when H % L != 0).
-template <class T> inline Vec<T> loadu(const T* p, int n) {
+// Vector loads/stores (unaligned unless _a); the _n forms take n <= L elements (n < L only at the last vector of a row
+// when H % L != 0), zero-filling the rest on load. (A memcpy of a run-time
+// size is a libc call: when every access took that path it was ~16% of a
+// T=64, B=32 forward -- perf, before the fixed-size fast path.)
+template <class T> inline Vec<T> loadu(const T* p) { return *reinterpret_cast<const VecU<T>*>(p); }
+template <class T> inline void storeu(T* p, Vec<T> v) { *reinterpret_cast<VecU<T>*>(p) = v; }
+template <class T> inline Vec<T> load_n(const T* p, int n) {
+  if (n == lanes<T>()) return loadu(p);
   Vec<T> v = {};
   std::memcpy(&v, p, sizeof(T) * static_cast<size_t>(n));
   return v;
 }
-template <class T> inline void storeu(T* p, Vec<T> v, int n) {
-  std::memcpy(p, &v, sizeof(T) * static_cast<size_t>(n));
+template <class T> inline void store_n(T* p, Vec<T> v, int n) {
+  if (n == lanes<T>()) storeu(p, v);
+  else std::memcpy(p, &v, sizeof(T) * static_cast<size_t>(n));
 }
 template <class T> inline Vec<T> load_a(const T* p) { return *reinterpret_cast<const Vec<T>*>(p); }
 template <class T> inline void store_a(T* p, Vec<T> v) { *reinterpret_cast<Vec<T>*>(p) = v; }
+
+#if BILSTM_VEC_BYTES == 32
+// r[0..7] = the rows of an 8 x 8 float block -> its columns: in-lane
+// interleaves of row pairs, then of pairs of pairs, then the 128-bit halves
+// (what vunpck*ps / vshufps / vperm2f128 do; GCC picks the instructions).
+inline void transpose8(Vec<float>* r) {
+  typedef int I __attribute__((vector_size(32)));
+  const I lo1 = {0, 8, 1, 9, 4, 12, 5, 13}, hi1 = {2, 10, 3, 11, 6, 14, 7, 15};
+  const I lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
+  const I lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
+  Vec<float> t[8], s[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shuffle(r[i], r[i + 1], lo1);
+    t[i + 1] = __builtin_shuffle(r[i], r[i + 1], hi1);
+  }
+  for (int h = 0; h < 2; ++h) {  // s[q + 4h]: column q of rows 4h..4h+3, lanes {q, q + 4}
+    s[4 * h] = __builtin_shuffle(t[4 * h], t[4 * h + 2], lo2);
+    s[4 * h + 1] = __builtin_shuffle(t[4 * h], t[4 * h + 2], hi2);
+    s[4 * h + 2] = __builtin_shuffle(t[4 * h + 1], t[4 * h + 3], lo2);
+    s[4 * h + 3] = __builtin_shuffle(t[4 * h + 1], t[4 * h + 3], hi2);
+  }
+  for (int q = 0; q < 4; ++q) {
+    r[q] = __builtin_shuffle(s[q], s[q + 4], lo4);
+    r[q + 4] = __builtin_shuffle(s[q], s[q + 4], hi4);
+  }
+}
+#else
+inline void transpose8(Vec<float>*) {}  // only the 8-lane build calls it
+#endif
 
 // ---------------------------------------------------------------- activations
 // float: vectorized rational tanh (below); double: libm, element by element
@@ -76,11 +105,9 @@ template <class T> inline void store_a(T* p, Vec<T> v) { *reinterpret_cast<Vec<T
 // would cost more than the GEMM of a B=1 step.
 // tanh as a rational function (the [13/6] minimax fit Eigen uses for float,
 // max error a few ulp on [-7.99, 7.99], +-1 to float precision beyond, NaN
-// kept): one
-// division and 11 FMAs, no exp. sigmoid(x) = 0.5 + 0.5 * tanh(x / 2).
+// kept): one division and 11 FMAs, no exp. sigmoid(x) = 0.5 + 0.5 tanh(x/2).
 // Measured against a Cephes-style vector exp with 1 / (1 + exp(-x)): equal
-// or ~2% faster at B=128, H=512 (58.9 vs 57.4 GFLOP/s, mean of 3 runs on a
-// loaded machine), with one polynomial for both activations.
+// or ~2% faster at B=128, H=512, with one polynomial for both activations.
 inline Vec<float> vtanh(const Vec<float> x0) {
   Vec<float> x = x0;
   // Clamp written so that NaN passes through (a comparison with NaN is
@@ -119,289 +146,428 @@ inline Vec<double> vtanh(Vec<double> x) {
 }
 
 // ------------------------------------------------------------ the micro-GEMM
-// acc[m][q] (+)= sum_k A[m, k] * W[k, q, :] for m < M rows, q < 4 vectors:
-//   A    rows of the left operand, row stride lda (h_{t-1} forward, dG backward)
-//   W    packed [K][4][L], 64-byte aligned
-// Forward the 4 vectors are the 4 gates of L hidden units (so the cell update
-// runs on the accumulators with no extra pass); backward they are 4 tiles of
-// L output columns. acc lives in `tile` ([M][4][L]) between K chunks.
-template <class T, int M>
-inline void micro_gemm(const T* A, int64_t lda, const T* W, int64_t K, T* tile, bool first) {
-  constexpr int L = lanes<T>();
-  using V = Vec<T>;
-  V acc[M][4];
-  for (int m = 0; m < M; ++m)
-    for (int q = 0; q < 4; ++q) acc[m][q] = first ? V{} : load_a(tile + (m * 4 + q) * L);
-  for (int64_t k = 0; k < K; ++k) {
-    const T* w = W + k * 4 * L;
-    if (BILSTM_PF_BYTES) __builtin_prefetch(w + BILSTM_PF_BYTES / sizeof(T), 0, 3);
-    const V w0 = load_a(w), w1 = load_a(w + L), w2 = load_a(w + 2 * L), w3 = load_a(w + 3 * L);
-    for (int m = 0; m < M; ++m) {
-      const T a = A[m * lda + k];
-      acc[m][0] += a * w0;
-      acc[m][1] += a * w1;
-      acc[m][2] += a * w2;
-      acc[m][3] += a * w3;
-    }
-  }
-  for (int m = 0; m < M; ++m)
-    for (int q = 0; q < 4; ++q) store_a(tile + (m * 4 + q) * L, acc[m][q]);
-}
+// Every product here -- the input projection, the forward step's h W_hh^T,
+// the backward step's dG W_hh and the weight gradients -- is C = A Wp over
+// a packed weight panel:
+//   A   [M][K], A[m][k] at A + m*lda + k*ldk (x, h_{t-1}, dG_t; dG^T for the
+//       weight gradients: ldk = the row stride, lda = 1), read in place
+//   Wp  one panel [K][NR]: NR consecutive output columns, 64-byte aligned
+//   C   [M][NR] rows with stride ldc; the first nc <= NR columns are stored
+// Register tile: MR = 6 rows x 2 vectors = 12 accumulators + 2 weight
+// vectors + 1 broadcast = 15 of AVX2's 16 registers; per k 2 weight loads and
+// 6 broadcasts feed 12 FMAs. (The 3 rows x 4 vectors tile of the first
+// version needs 4 weight vectors + 12 accumulators + a broadcast = 17
+// registers, so GCC re-read one weight vector from memory per row.)
+// With fewer rows the FMA chains get too few to hide the FMA latency
+// (4 cycles, 2 pipes: 8 chains needed), so M <= 3 also splits k over KU
+// accumulator sets (M=1: 4 sets = 8 chains; the B=1 case).
+constexpr int MR = 6;
 
-// One row (batch 1, the latency case): two accumulator sets over even/odd k,
-// so 8 independent FMA chains instead of 4 -- with 4 the loop is bound by
-// the 4-cycle FMA latency, not by the weight stream.
-template <class T>
-inline void micro_gemm_1row(const T* A, const T* W, int64_t K, T* tile, bool first) {
-  constexpr int L = lanes<T>();
+enum class Init { zero, bias, accumulate };  // C = A Wp | C = bias + A Wp | C += A Wp
+
+// Not inlined: inlined into gemm() GCC kept the accumulators of the 5-row
+// tile on the stack (a vfmadd with a memory accumulator per FMA: perf on a
+// T=64 B=1 call, where the projection runs 5- and 6-row tiles).
+template <class T, int M, int KU>
+__attribute__((noinline)) void micro_gemm(const T* A, int64_t lda, int64_t ldk, const T* Wp, int64_t K, T* C, int64_t ldc,
+                       int nc, Init init, const T* bias) {
+  constexpr int L = lanes<T>(), NR = panel_cols<T>();
   using V = Vec<T>;
-  V a0[4], a1[4];
-  for (int q = 0; q < 4; ++q) {
-    a0[q] = first ? V{} : load_a(tile + q * L);
-    a1[q] = V{};
-  }
+  V acc[KU][M][2];
+  for (int u = 0; u < KU; ++u)
+    for (int m = 0; m < M; ++m) acc[u][m][0] = acc[u][m][1] = V{};
   int64_t k = 0;
-  for (; k + 1 < K; k += 2) {
-    const T* w = W + k * 4 * L;
-    if (BILSTM_PF_BYTES) {
-      __builtin_prefetch(w + BILSTM_PF_BYTES / sizeof(T), 0, 3);
-      __builtin_prefetch(w + BILSTM_PF_BYTES / sizeof(T) + 4 * L, 0, 3);
-    }
-    const T x0 = A[k], x1 = A[k + 1];
-    for (int q = 0; q < 4; ++q) {
-      a0[q] += x0 * load_a(w + q * L);
-      a1[q] += x1 * load_a(w + (4 + q) * L);
+  for (; k + KU <= K; k += KU) {
+#ifdef BILSTM_PF_BYTES  // software prefetch along the panel: off, chosen by sweep (fwd T32 B8 H256,
+    // kernel_ab.sh, 2 runs: 1, 4 and 16 KB ahead within +-3% of none; the
+    // hardware prefetcher already streams the panels)
+    __builtin_prefetch(reinterpret_cast<const char*>(Wp + k * NR) + BILSTM_PF_BYTES, 0, 3);
+#endif
+    for (int u = 0; u < KU; ++u) {
+      const V w0 = load_a(Wp + (k + u) * NR), w1 = load_a(Wp + (k + u) * NR + L);
+      for (int m = 0; m < M; ++m) {
+        const T a = A[m * lda + (k + u) * ldk];
+        acc[u][m][0] += a * w0;
+        acc[u][m][1] += a * w1;
+      }
     }
   }
-  if (k < K)
-    for (int q = 0; q < 4; ++q) a0[q] += A[k] * load_a(W + k * 4 * L + q * L);
-  for (int q = 0; q < 4; ++q) store_a(tile + q * L, a0[q] + a1[q]);
+  for (; k < K; ++k) {
+    const V w0 = load_a(Wp + k * NR), w1 = load_a(Wp + k * NR + L);
+    for (int m = 0; m < M; ++m) {
+      const T a = A[m * lda + k * ldk];
+      acc[0][m][0] += a * w0;
+      acc[0][m][1] += a * w1;
+    }
+  }
+  for (int u = 1; u < KU; ++u)
+    for (int m = 0; m < M; ++m) {
+      acc[0][m][0] += acc[u][m][0];
+      acc[0][m][1] += acc[u][m][1];
+    }
+  if (nc == NR && init == Init::zero) {  // every recurrence step: straight from the registers
+    for (int m = 0; m < M; ++m) {
+      storeu(C + m * ldc, acc[0][m][0]);
+      storeu(C + m * ldc + L, acc[0][m][1]);
+    }
+    return;
+  }
+  const int n0 = nc < L ? nc : L, n1 = nc - n0;
+  V b0 = {}, b1 = {};
+  if (init == Init::bias) {
+    b0 = load_n(bias, n0);
+    if (n1 > 0) b1 = load_n(bias + L, n1);
+  }
+  for (int m = 0; m < M; ++m) {
+    T* c = C + m * ldc;
+    V c0 = acc[0][m][0] + b0, c1 = acc[0][m][1] + b1;
+    if (init == Init::accumulate) {
+      c0 += load_n(c, n0);
+      if (n1 > 0) c1 += load_n(c + L, n1);
+    }
+    if (nc == NR) {
+      storeu(c, c0);
+      storeu(c + L, c1);
+    } else {
+      store_n(c, c0, n0);
+      if (n1 > 0) store_n(c + L, c1, n1);
+    }
+  }
 }
 
 template <class T>
-inline void micro_gemm_rows(int m, const T* A, int64_t lda, const T* W, int64_t K, T* tile, bool first) {
-  // MB is 3 or 6; the tail of a row range takes a smaller instantiation.
+inline void micro_gemm_rows(int m, const T* A, int64_t lda, int64_t ldk, const T* Wp, int64_t K, T* C,
+                            int64_t ldc, int nc, Init init, const T* bias) {
   switch (m) {
-    case 1: micro_gemm_1row<T>(A, W, K, tile, first); break;
-    case 2: micro_gemm<T, 2>(A, lda, W, K, tile, first); break;
-    case 3: micro_gemm<T, 3>(A, lda, W, K, tile, first); break;
-#if BILSTM_VEC_BYTES == 64
-    case 4: micro_gemm<T, 4>(A, lda, W, K, tile, first); break;
-    case 5: micro_gemm<T, 5>(A, lda, W, K, tile, first); break;
-    case 6: micro_gemm<T, 6>(A, lda, W, K, tile, first); break;
-#endif
+    case 1: micro_gemm<T, 1, 4>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+    case 2: micro_gemm<T, 2, 2>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+    case 3: micro_gemm<T, 3, 2>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+    case 4: micro_gemm<T, 4, 1>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+    case 5: micro_gemm<T, 5, 1>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+    case 6: micro_gemm<T, 6, 1>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
     default: break;
   }
 }
 
-// K chunk of the micro-GEMM in k steps: KC * 4L * sizeof(T) = BILSTM_KC_BYTES.
-template <class T> constexpr int64_t kc_elems() {
-  return BILSTM_KC_BYTES / (4 * lanes<T>() * static_cast<int64_t>(sizeof(T)));
-}
+// Tuning knobs: rows of A per block (MC) and the K chunk (KC; K up to
+// KC_MAX is one chunk). The block's A chunk ([MC][KC]) stays in L2 while
+// every weight panel's chunk ([KC][NR], L1-resident) passes over it, reused
+// by all of the block's row tiles; partial sums go through C between chunks.
+#ifndef BILSTM_MC_ROWS
+#define BILSTM_MC_ROWS 192
+#endif
+#ifndef BILSTM_KC
+#define BILSTM_KC 256
+#endif
+#ifndef BILSTM_KC_MAX
+#define BILSTM_KC_MAX 640
+#endif
 
-// out[rows][4][L] = A[rows, 0:K] x W[0:K][4][L] for `rows` rows of A.
+// C[0:M][0:ncols] (init) A[0:M][0:K] x Wp, Wp = ceil(ncols/NR) panels
+// [K][NR] one after the other. Rows are cut into balanced tiles of <= MR
+// (8 rows: 4 + 4, not 6 + 2).
 template <class T>
-inline void gemm_panel(const T* A, int64_t lda, int64_t rows, const T* W, int64_t K, T* out) {
-  constexpr int L = lanes<T>();
-  const int64_t KC = kc_elems<T>();
+void gemm(int64_t M, int64_t K, const T* A, int64_t lda, int64_t ldk, const T* Wp, int64_t ncols, T* C,
+          int64_t ldc, Init init, const T* bias) {
+  constexpr int NR = panel_cols<T>();
+  const int64_t npanels = (ncols + NR - 1) / NR;
+  const int64_t KC = K <= BILSTM_KC_MAX ? K : BILSTM_KC;
   for (int64_t k0 = 0; k0 < K; k0 += KC) {
-    const int64_t kn = imin(KC, K - k0);
-    for (int64_t r = 0; r < rows; r += MB) {
-      const int m = static_cast<int>(imin(MB, rows - r));
-      micro_gemm_rows<T>(m, A + r * lda + k0, lda, W + k0 * 4 * L, kn, out + r * 4 * L, k0 == 0);
+    const int64_t kc = imin(KC, K - k0);
+    const Init in = k0 == 0 ? init : Init::accumulate;
+    for (int64_t m0 = 0; m0 < M; m0 += BILSTM_MC_ROWS) {
+      const int64_t mb = imin(BILSTM_MC_ROWS, M - m0);
+      const int64_t tiles = (mb + MR - 1) / MR;
+      for (int64_t p = 0; p < npanels; ++p) {
+        const int nc = static_cast<int>(imin(NR, ncols - p * NR));
+        const T* wp = Wp + (p * K + k0) * NR;
+        for (int64_t i = 0; i < tiles; ++i) {
+          const int64_t r0 = m0 + mb * i / tiles, r1 = m0 + mb * (i + 1) / tiles;
+          micro_gemm_rows<T>(static_cast<int>(r1 - r0), A + r0 * lda + k0 * ldk, lda, ldk, wp, kc,
+                             C + r0 * ldc + p * NR, ldc, nc, in, in == Init::bias ? bias + p * NR : nullptr);
+        }
+      }
     }
   }
 }
 
-inline bool valid(const int64_t* lengths, int64_t b, int64_t t) { return !lengths || t < lengths[b]; }
+// ------------------------------------------------------------------ packing
+// Panels of NR output columns, [K][NR] each, zero past the last column.
+// "nt": column c < nvalid of the product is row c of a row-major matrix
+// (rows `ld` apart: W_ih, and for the forward step one gate's block of
+// W_hh), columns nvalid..ncols-1 are zero (padding). A transpose: with 8
+// float lanes (AVX2) each 8 x 8 block goes through registers (3 rounds of
+// shuffles); otherwise element by element, k outer. Measured on [2048, 300]
+// fp32, one thread, best of 20, on a loaded machine: 0.137 ms register
+// transpose vs 0.262 ms element by element with run-time strides (GCC
+// vectorized the element loop only when K was a compile-time constant); the
+// element loop with a pointer per row was ~9% of a T=64 B=1 inference call
+// (perf), more than the projection GEMM it fed.
+template <class T>
+void pack_nt(int64_t ncols, int64_t nvalid, int64_t K, const T* base, int64_t ld, T* dst) {
+  constexpr int NR = panel_cols<T>(), L = lanes<T>();
+  for (int64_t p = 0; p * NR < ncols; ++p) {
+    const int64_t c0 = p * NR, nv = imin(NR, nvalid - c0);  // valid columns of this panel
+    T* d = dst + p * K * NR;
+    int64_t k = 0;
+    if constexpr (L == 8 && sizeof(T) == 4) {
+      if (nv == NR)
+        for (; k + L <= K; k += L)
+          for (int half = 0; half < 2; ++half) {
+            Vec<T> r[L];
+            for (int c = 0; c < L; ++c) r[c] = loadu(base + (c0 + half * L + c) * ld + k);
+            transpose8(r);
+            for (int kk = 0; kk < L; ++kk) storeu(d + (k + kk) * NR + half * L, r[kk]);
+          }
+    }
+    for (; k < K; ++k)
+      for (int c = 0; c < NR; ++c) d[k * NR + c] = c < nv ? base[(c0 + c) * ld + k] : T(0);
+  }
+}
+
+// "nn": column c of the product is column c0 + c of a row-major [K][ld]
+// matrix (W_hh read as [4H][H] for the backward step): each panel row is a
+// contiguous copy of NR elements, zero past `ncols` valid columns.
+template <class T, class RowFn>
+void pack_nn(int64_t ncols, int64_t K, RowFn krow, int64_t c0, T* dst) {
+  constexpr int NR = panel_cols<T>();
+  for (int64_t p = 0; p * NR < ncols; ++p) {
+    const int64_t nc = imin(NR, ncols - p * NR);
+    T* d = dst + p * K * NR;
+    for (int64_t k = 0; k < K; ++k) {
+      const T* s = krow(k) + c0 + p * NR;
+      for (int64_t c = 0; c < nc; ++c) d[k * NR + c] = s[c];
+      for (int64_t c = nc; c < NR; ++c) d[k * NR + c] = T(0);
+    }
+  }
+}
 
 template <class T> inline T* at(const View& v, int64_t i0, int64_t i1, int64_t i2) {
   return static_cast<T*>(v.ptr) + i0 * v.stride[0] + i1 * v.stride[1] + i2 * v.stride[2];
 }
+template <class T> inline T* at2(const View& v, int64_t i0, int64_t i1) {
+  return static_cast<T*>(v.ptr) + i0 * v.stride[0] + i1 * v.stride[1];
+}
+
+// Rows 0..na-1 of a group are the ones with length > t (rows are sorted by
+// decreasing length); na only moves one way in a call, so this is O(1)
+// amortized per step.
+inline int64_t active_rows(const int64_t* lengths, const RowGroup& g, int64_t t, int64_t na) {
+  if (!lengths) return g.nrows;
+  while (na > 0 && lengths[g.rows[na - 1]] <= t) --na;
+  while (na < g.nrows && lengths[g.rows[na]] > t) ++na;
+  return na;
+}
+
+// ------------------------------------------------ GEMMs outside the recurrence
+// C[:, n0:n1] = A B[:, n0:n1] (+ bias[n0:n1]): packs the job's columns of B
+// once (first touch by the thread that uses them), then one GEMM over all M
+// rows.
+template <class T>
+void gemm_job(const GemmJob& job) {
+  const GemmParams& p = *job.p;
+  T* bp = static_cast<T*>(job.bpack);
+  const int64_t ncols = job.n1 - job.n0;
+  const T* b = static_cast<const T*>(p.b);
+  switch (p.bkind) {
+    case BKind::w_rows:
+      pack_nt<T>(ncols, ncols, p.K, b + job.n0 * p.ldb, p.ldb, bp);
+      break;
+    case BKind::k_rows:
+      pack_nn<T>(ncols, p.K, [&](int64_t k) { return b + k * p.ldb; }, job.n0, bp);
+      break;
+    case BKind::prev_hidden: {
+      const T* zero = static_cast<const T*>(job.zero_row);
+      pack_nn<T>(ncols, p.K, [&](int64_t k) -> const T* {
+        const int64_t t = k / p.batch, bb = k % p.batch, len = p.lengths ? p.lengths[bb] : p.T;
+        if (p.dir == 0) return t == 0 ? at<const T>(p.h0, 0, bb, 0) : at<const T>(p.y, t - 1, bb, 0);
+        if (t == len - 1) return at<const T>(p.h0, 1, bb, 0);
+        return t + 1 < len ? at<const T>(p.y, t + 1, bb, 1) : zero;
+      }, job.n0, bp);
+      break;
+    }
+  }
+  const T* bias = static_cast<const T*>(p.bias);
+  gemm<T>(p.M, p.K, static_cast<const T*>(p.a), p.lda, p.ldk, bp, ncols, static_cast<T*>(p.c) + job.n0, p.ldc,
+          bias ? Init::bias : Init::zero, bias ? bias + job.n0 : nullptr);
+}
 
 // ------------------------------------------------------------------ forward
-// Job: direction n, rows [b0, b1), hidden units [lo, hi). Per step the job
-// computes G = gx_t + h_{t-1} W_hh^T for its hidden tiles and rows, then the
-// cell update on the result, writes h_t into the other half of the
-// double-buffered h and meets the other threads of its rows at the barrier
-// (only when the hidden units are split: one barrier per step).
+// Job: direction n, the rows of its group, hidden units [lo, hi). Per step:
+//   1. G[i][gate][j] = h_{t-1}[i] W_hh[gate*H + j]^T for the running rows i
+//      and the job's units j: one GEMM per gate over the job's panels
+//   2. the cell update on G + gx_t, writing h_t into the other half of the
+//      double-buffered h, y, and (training) the activated gates and c_t
+//   3. the barrier, when several jobs split the group's units
+// Rows that are not running (t >= L_b) get y = 0 and keep their state; both
+// halves of h start as h0, so a row that starts late (direction 1) reads h0.
 template <class T>
-void forward_job(const FwdParams& p, const Job& job, const Buffers& buf) {
+void forward_job(const FwdParams& p, const RecJob& job, int64_t Hp) {
   constexpr int L = lanes<T>();
   using V = Vec<T>;
-  const int64_t T_ = p.T, B = p.B, H = p.H, Hq = buf.Hq, n = job.n;
-  const int64_t hi_h = imin(job.hi, H);          // last real hidden unit + 1
-  const int64_t ntiles = (hi_h - job.lo + L - 1) / L;
-  const int64_t rows = job.b1 - job.b0;
-  T* wp = static_cast<T*>(job.wpack);           // [ntiles][H][4][L]
-  T* hbuf = static_cast<T*>(buf.h[n]);          // [2][B][Hq]
-  T* cbuf = static_cast<T*>(buf.c[n]);          // [B][Hq]
+  const RowGroup& grp = *job.group;
+  const int64_t T_ = p.T, H = p.H, n = job.n, lo = job.lo, hi = job.hi, nr = grp.nrows;
+  const int64_t hi_h = imin(hi, H), units = hi - lo;
+  T* hbuf = static_cast<T*>(grp.h);    // [2][nr][Hp]
+  T* cbuf = static_cast<T*>(grp.c);    // [nr][Hp]
+  T* gbuf = static_cast<T*>(grp.g);    // [nr][4][Hp]
 
-  // Pack this job's slice of W_hh[n] (once per call), gate-interleaved:
-  // wp[tile][k][g][l] = W_hh[n][g*H + tile*L + l][k], zero past H.
-  // Loop order: read whole rows of W_hh (contiguous), scatter into the
-  // tile's block (H*4L elements, L1/L2-resident). The k-outer order
-  // (reading 8 elements H apart) made packing ~25% of a T=16, B=128 call.
-  for (int64_t tile = 0; tile < ntiles; ++tile)
-    for (int g = 0; g < 4; ++g)
-      for (int l = 0; l < L; ++l) {
-        const int64_t j = job.lo + tile * L + l;
-        T* dst = wp + (tile * H * 4 + g) * L + l;
-        const T* src = j < H ? at<const T>(p.w_hh, n, g * H + j, 0) : nullptr;
-        for (int64_t k = 0; k < H; ++k) dst[k * 4 * L] = src ? src[k] : T(0);
-      }
-  for (int64_t b = job.b0; b < job.b1; ++b)
-    for (int64_t j = job.lo; j < job.hi; ++j) {
-      hbuf[b * Hq + j] = j < H ? *at<const T>(p.h0, n, b, j) : T(0);
-      cbuf[b * Hq + j] = j < H ? *at<const T>(p.c0, n, b, j) : T(0);
+  // Gate g's panels of this job's units, packed now: wp + g * gstride,
+  // [units/NR][H][NR]. Packed per call, never cached across calls: a cached
+  // copy can go stale (a write through .data or .numpy() bumps no version
+  // counter), and this packing is ~(hi-lo)*4H element copies against the
+  // T*B*(hi-lo)*4H FMAs of the recurrence.
+  T* wp = static_cast<T*>(job.wpack);
+  const int64_t gstride = units * H;
+  for (int g = 0; g < 4; ++g)  // gate g's rows lo.. of W_hh[n], zero past H
+    pack_nt<T>(units, H - lo, H, at<const T>(p.w_hh, n, g * H + imin(lo, H - 1), 0), p.w_hh.stride[1],
+               wp + g * gstride);
+  for (int64_t i = 0; i < nr; ++i) {
+    const int64_t b = grp.rows[i];
+    for (int64_t j = lo; j < hi; ++j) {
+      const T h0 = j < H ? *at<const T>(p.h0, n, b, j) : T(0);
+      hbuf[i * Hp + j] = hbuf[(nr + i) * Hp + j] = h0;
+      cbuf[i * Hp + j] = j < H ? *at<const T>(p.c0, n, b, j) : T(0);
     }
+  }
   if (job.barrier) job.barrier->wait();  // every slice of h0 is in place
 
-  // Accumulator tiles of one hidden tile for all rows: [rows][4][L].
-  alignas(64) T tile_acc_stack[16 * 4 * 64 / sizeof(T)];
-  T* tile_acc = rows <= 16 ? tile_acc_stack
-                           : static_cast<T*>(__builtin_alloca(sizeof(T) * rows * 4 * L + 64));
-  tile_acc = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(tile_acc) + 63) & ~uintptr_t(63));
   const bool keep = p.gates.ptr != nullptr;  // write gates / cells for the backward
-
+  int64_t na = p.lengths ? 0 : nr;
   for (int64_t s = 0; s < T_; ++s) {
     const int64_t t = n == 0 ? s : T_ - 1 - s;
-    const T* hc = hbuf + (s & 1) * B * Hq;      // h_{t-1}, [B][Hq]
-    T* hn = hbuf + ((s + 1) & 1) * B * Hq;      // h_t
-    for (int64_t tile = 0; tile < ntiles; ++tile) {
-      const int64_t j0 = job.lo + tile * L;
-      const int nl = static_cast<int>(imin(L, H - j0));
-      gemm_panel<T>(hc + job.b0 * Hq, Hq, rows, wp + tile * H * 4 * L, H, tile_acc);
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t b = job.b0 + r;
-        T* yp = at<T>(p.y, t, b, n) + j0;
-        if (!valid(p.lengths, b, t)) {          // frozen state, zero output
-          std::memcpy(hn + b * Hq + j0, hc + b * Hq + j0, sizeof(T) * L);
-          storeu<T>(yp, V{}, nl);
-          continue;
-        }
-        const T* gxp = at<const T>(p.gx, t, b, n) + j0;
-        const T* acc = tile_acc + r * 4 * L;
-        const V i = vsigmoid(load_a(acc) + loadu(gxp, nl));
-        const V f = vsigmoid(load_a(acc + L) + loadu(gxp + H, nl));
-        const V g = vtanh(load_a(acc + 2 * L) + loadu(gxp + 2 * H, nl));
-        const V o = vsigmoid(load_a(acc + 3 * L) + loadu(gxp + 3 * H, nl));
-        const V c = f * load_a(cbuf + b * Hq + j0) + i * g;
+    na = active_rows(p.lengths, grp, t, na);
+    const T* hc = hbuf + (s & 1) * nr * Hp;  // h_{t-1}
+    T* hn = hbuf + ((s + 1) & 1) * nr * Hp;  // h_t
+    if (na > 0)
+      for (int g = 0; g < 4; ++g)
+        gemm<T>(na, H, hc, Hp, 1, wp + g * gstride, units, gbuf + g * Hp + lo, 4 * Hp, Init::zero, nullptr);
+    for (int64_t i = 0; i < na; ++i) {
+      const int64_t b = grp.rows[i];
+      const T* gi = gbuf + i * 4 * Hp;
+      const T* gxp = at<const T>(p.gx, t, b, n);
+      T* yp = at<T>(p.y, t, b, n);
+      T* ci = cbuf + i * Hp;
+      T* hi_ = hn + i * Hp;
+      const bool last = n == 0 ? t == (p.lengths ? p.lengths[b] : T_) - 1 : t == 0;
+      for (int64_t j = lo; j < hi_h; j += L) {
+        const int nl = static_cast<int>(imin(L, H - j));
+        const V i_ = vsigmoid(load_a(gi + j) + load_n(gxp + j, nl));
+        const V f = vsigmoid(load_a(gi + Hp + j) + load_n(gxp + H + j, nl));
+        const V g = vtanh(load_a(gi + 2 * Hp + j) + load_n(gxp + 2 * H + j, nl));
+        const V o = vsigmoid(load_a(gi + 3 * Hp + j) + load_n(gxp + 3 * H + j, nl));
+        const V c = f * load_a(ci + j) + i_ * g;
         const V h = o * vtanh(c);
-        store_a(cbuf + b * Hq + j0, c);
-        store_a(hn + b * Hq + j0, h);
-        storeu(yp, h, nl);
+        store_a(ci + j, c);
+        store_a(hi_ + j, h);
+        store_n(yp + j, h, nl);
         if (keep) {
-          T* gp = at<T>(p.gates, t, b, n) + j0;
-          storeu(gp, i, nl);
-          storeu(gp + H, f, nl);
-          storeu(gp + 2 * H, g, nl);
-          storeu(gp + 3 * H, o, nl);
-          storeu(at<T>(p.cells, t, b, n) + j0, c, nl);
+          T* gp = at<T>(p.gates, t, b, n);
+          store_n(gp + j, i_, nl);
+          store_n(gp + H + j, f, nl);
+          store_n(gp + 2 * H + j, g, nl);
+          store_n(gp + 3 * H + j, o, nl);
+          store_n(at<T>(p.cells, t, b, n) + j, c, nl);
+        }
+        if (last) {
+          store_n(at<T>(p.h_n, n, b, j), h, nl);
+          store_n(at<T>(p.c_n, n, b, j), c, nl);
         }
       }
+    }
+    for (int64_t i = na; i < nr; ++i) {  // not running at t: y = 0
+      T* yp = at<T>(p.y, t, grp.rows[i], n);
+      for (int64_t j = lo; j < hi_h; ++j) yp[j] = T(0);
     }
     if (job.barrier) job.barrier->wait();
   }
-  const T* hf = hbuf + (T_ & 1) * B * Hq;
-  for (int64_t b = job.b0; b < job.b1; ++b)
-    for (int64_t j = job.lo; j < hi_h; ++j) {
-      *at<T>(p.h_n, n, b, j) = hf[b * Hq + j];
-      *at<T>(p.c_n, n, b, j) = cbuf[b * Hq + j];
-    }
 }
 
 // ----------------------------------------------------------------- backward
-// Job: direction n, rows [b0, b1), hidden units [lo, hi) (a multiple of 4L).
-// Per step (reverse order):
-//   1. elementwise, own units j: dG_t[:, j of each gate] from dh, dc, dy and
-//      the saved gates / cell states -> written straight into dgx[t]
-//   2. barrier (all of dG_t is written)
-//   3. dh[:, own units] = dG_t W_hh[:, own units]  (reduction over 4H)
-// Both phases touch only the job's own units of dh/dc, so one barrier per
-// step suffices (dgx[t] of the next step is a different row of memory).
+// Job: direction n, the rows of its group, hidden units [lo, hi). Per step,
+// in the reverse of the direction's forward order:
+//   1. elementwise, own units j of the running rows: dG_t from dh + dy_t, dc
+//      and the saved gates / cell states -> dgx[t] (the op's output) and the
+//      group's dG buffer (compact [4H] rows: the next GEMM's A operand)
+//   2. barrier (all of dG_t is written), when several jobs split the units
+//   3. dh[:, own units] = dG_t W_hh[:, own units]: one GEMM, K = 4H
+// Both phases touch only the job's own units of dh/dc; dG is double-buffered
+// so the next step's writes never race this step's GEMM reads on another
+// thread (a thread writes half s&1 again only after the next barrier, which
+// every thread reaches after its GEMM of this step). Rows that are not
+// running keep dh/dc (= dh_n/dc_n until they start, dh0/dc0 after they end).
 template <class T>
-void backward_job(const BwdParams& p, const Job& job, const Buffers& buf) {
+void backward_job(const BwdParams& p, const RecJob& job, int64_t Hp) {
   constexpr int L = lanes<T>();
   using V = Vec<T>;
-  const int64_t T_ = p.T, H = p.H, Hq = buf.Hq, n = job.n, G = 4 * H;
-  const int64_t hi_h = imin(job.hi, H);
-  const int64_t ngroups = (job.hi - job.lo) / (4 * L);
-  const int64_t rows = job.b1 - job.b0;
-  T* wp = static_cast<T*>(job.wpack);           // [ngroups][4H][4][L]
-  T* dh = static_cast<T*>(buf.h[n]);            // [B][Hq]
-  T* dc = static_cast<T*>(buf.c[n]);            // [B][Hq]
+  const RowGroup& grp = *job.group;
+  const int64_t T_ = p.T, H = p.H, n = job.n, lo = job.lo, hi = job.hi, nr = grp.nrows, G = 4 * H;
+  const int64_t hi_h = imin(hi, H), units = hi - lo;
+  T* wp = static_cast<T*>(job.wpack);  // [units/NR panels][4H][NR]
+  T* dh = static_cast<T*>(grp.h);      // [nr][Hp]
+  T* dc = static_cast<T*>(grp.c);      // [nr][Hp]
+  T* dgb = static_cast<T*>(grp.g);     // [2][nr][4H]
 
-  // wp[grp][r][u][l] = W_hh[n][r][grp*4L + u*L + l], zero past H.
-  // (rows of W_hh are contiguous in k: this order reads them sequentially)
-  for (int64_t grp = 0; grp < ngroups; ++grp)
-    for (int64_t r = 0; r < G; ++r) {
-      const T* src = at<const T>(p.w_hh, n, r, 0);
-      T* dst = wp + (grp * G + r) * 4 * L;
-      for (int64_t c = 0; c < 4 * L; ++c) {
-        const int64_t k = job.lo + grp * 4 * L + c;
-        dst[c] = k < H ? src[k] : T(0);
-      }
+  pack_nn<T>(imin(units, H - lo), G, [&](int64_t k) { return at<const T>(p.w_hh, n, k, 0); }, lo, wp);
+  for (int64_t i = 0; i < nr; ++i) {
+    const int64_t b = grp.rows[i];
+    for (int64_t j = lo; j < hi; ++j) {
+      dh[i * Hp + j] = j < H ? *at<const T>(p.dh_n, n, b, j) : T(0);
+      dc[i * Hp + j] = j < H ? *at<const T>(p.dc_n, n, b, j) : T(0);
     }
-  for (int64_t b = job.b0; b < job.b1; ++b)
-    for (int64_t j = job.lo; j < job.hi; ++j) {
-      dh[b * Hq + j] = j < H ? *at<const T>(p.dh_n, n, b, j) : T(0);
-      dc[b * Hq + j] = j < H ? *at<const T>(p.dc_n, n, b, j) : T(0);
-    }
+  }
 
-  alignas(64) T tile_acc_stack[16 * 4 * 64 / sizeof(T)];
-  T* tile_acc = rows <= 16 ? tile_acc_stack
-                           : static_cast<T*>(__builtin_alloca(sizeof(T) * rows * 4 * L + 64));
-  tile_acc = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(tile_acc) + 63) & ~uintptr_t(63));
-  const int64_t ldg = p.dgx.stride[1];
-
+  int64_t na = p.lengths ? 0 : nr;
   for (int64_t s = T_ - 1; s >= 0; --s) {
     const int64_t t = n == 0 ? s : T_ - 1 - s;
-    // time of the step before this one, whose cell state is c_{t-1}
-    const int64_t tp = n == 0 ? t - 1 : t + 1;
-    for (int64_t b = job.b0; b < job.b1; ++b) {
-      T* dg = at<T>(p.dgx, t, b, n);
-      if (!valid(p.lengths, b, t)) {
-        for (int64_t j = job.lo; j < hi_h; ++j)
-          for (int g = 0; g < 4; ++g) dg[g * H + j] = T(0);
-        continue;
-      }
-      const bool has_prev = s > 0 && valid(p.lengths, b, tp);
+    const int64_t tp = n == 0 ? t - 1 : t + 1;  // the step before t in this direction
+    na = active_rows(p.lengths, grp, t, na);
+    T* dgs = dgb + (s & 1) * nr * G;
+    for (int64_t i = 0; i < na; ++i) {
+      const int64_t b = grp.rows[i];
+      const bool has_prev = s > 0 && (!p.lengths || tp < p.lengths[b]);
       const T* cprev = has_prev ? at<const T>(p.cells, tp, b, n) : at<const T>(p.c0, n, b, 0);
       const T* gt = at<const T>(p.gates, t, b, n);
       const T* ct = at<const T>(p.cells, t, b, n);
       const T* dyp = at<const T>(p.dy, t, b, n);
-      for (int64_t j0 = job.lo; j0 < hi_h; j0 += L) {
-        const int nl = static_cast<int>(imin(L, H - j0));
-        const V i = loadu(gt + j0, nl), f = loadu(gt + H + j0, nl);
-        const V g = loadu(gt + 2 * H + j0, nl), o = loadu(gt + 3 * H + j0, nl);
-        const V tc = vtanh(loadu(ct + j0, nl));
-        const V dho = load_a(dh + b * Hq + j0) + loadu(dyp + j0, nl);
-        const V dct = load_a(dc + b * Hq + j0) + dho * o * (T(1) - tc * tc);
-        const V cp = loadu(cprev + j0, nl);
-        storeu(dg + j0, dct * g * i * (T(1) - i), nl);
-        storeu(dg + H + j0, dct * cp * f * (T(1) - f), nl);
-        storeu(dg + 2 * H + j0, dct * i * (T(1) - g * g), nl);
-        storeu(dg + 3 * H + j0, dho * tc * o * (T(1) - o), nl);
-        store_a(dc + b * Hq + j0, dct * f);
+      T* dg = at<T>(p.dgx, t, b, n);
+      T* dgi = dgs + i * G;
+      for (int64_t j = lo; j < hi_h; j += L) {
+        const int nl = static_cast<int>(imin(L, H - j));
+        const V i_ = load_n(gt + j, nl), f = load_n(gt + H + j, nl);
+        const V g = load_n(gt + 2 * H + j, nl), o = load_n(gt + 3 * H + j, nl);
+        const V tc = vtanh(load_n(ct + j, nl));
+        const V dho = load_a(dh + i * Hp + j) + load_n(dyp + j, nl);
+        const V dct = load_a(dc + i * Hp + j) + dho * o * (T(1) - tc * tc);
+        const V cp = load_n(cprev + j, nl);
+        const V dgi_ = dct * g * i_ * (T(1) - i_), dgf = dct * cp * f * (T(1) - f);
+        const V dgg = dct * i_ * (T(1) - g * g), dgo = dho * tc * o * (T(1) - o);
+        store_n(dg + j, dgi_, nl);
+        store_n(dg + H + j, dgf, nl);
+        store_n(dg + 2 * H + j, dgg, nl);
+        store_n(dg + 3 * H + j, dgo, nl);
+        store_n(dgi + j, dgi_, nl);
+        store_n(dgi + H + j, dgf, nl);
+        store_n(dgi + 2 * H + j, dgg, nl);
+        store_n(dgi + 3 * H + j, dgo, nl);
+        store_a(dc + i * Hp + j, dct * f);
       }
     }
+    for (int64_t i = na; i < nr; ++i) {  // not running at t: dG = 0
+      T* dg = at<T>(p.dgx, t, grp.rows[i], n);
+      for (int g = 0; g < 4; ++g)
+        for (int64_t j = lo; j < hi_h; ++j) dg[g * H + j] = T(0);
+    }
     if (job.barrier) job.barrier->wait();
-    const T* dgt = at<const T>(p.dgx, t, job.b0, n);  // [rows][4H], row stride ldg
-    for (int64_t grp = 0; grp < ngroups; ++grp) {
-      const int64_t k0 = job.lo + grp * 4 * L;
-      if (k0 >= H) break;
-      gemm_panel<T>(dgt, ldg, rows, wp + grp * G * 4 * L, G, tile_acc);
-      for (int64_t r = 0; r < rows; ++r)
-        if (valid(p.lengths, job.b0 + r, t))
-          std::memcpy(dh + (job.b0 + r) * Hq + k0, tile_acc + r * 4 * L, sizeof(T) * 4 * L);
+    if (na > 0 && lo < H) gemm<T>(na, G, dgs, G, 1, wp, hi_h - lo, dh + lo, Hp, Init::zero, nullptr);
+  }
+  for (int64_t i = 0; i < nr; ++i) {
+    const int64_t b = grp.rows[i];
+    for (int64_t j = lo; j < hi_h; ++j) {
+      *at<T>(p.dh0, n, b, j) = dh[i * Hp + j];
+      *at<T>(p.dc0, n, b, j) = dc[i * Hp + j];
     }
   }
-  for (int64_t b = job.b0; b < job.b1; ++b)
-    for (int64_t j = job.lo; j < hi_h; ++j) {
-      *at<T>(p.dh0, n, b, j) = dh[b * Hq + j];
-      *at<T>(p.dc0, n, b, j) = dc[b * Hq + j];
-    }
 }
 
 }  // namespace
@@ -413,9 +579,10 @@ void backward_job(const BwdParams& p, const Job& job, const Buffers& buf) {
 #define BILSTM_STR2(a) #a
 #define BILSTM_STR(a) BILSTM_STR2(a)
 
-const KernelSet& BILSTM_CAT(kernels_, BILSTM_ISA)() {
-  static const KernelSet k = {
+const KernelTable& BILSTM_CAT(kernel_table_, BILSTM_ISA)() {
+  static const KernelTable k = {
       BILSTM_STR(BILSTM_ISA), BILSTM_VEC_BYTES,
+      {&BILSTM_ISA::gemm_job<float>, &BILSTM_ISA::gemm_job<double>},
       {&BILSTM_ISA::forward_job<float>, &BILSTM_ISA::forward_job<double>},
       {&BILSTM_ISA::backward_job<float>, &BILSTM_ISA::backward_job<double>}};
   return k;

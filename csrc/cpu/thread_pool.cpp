@@ -5,6 +5,7 @@
 #include <new>
 
 #include <cstdlib>
+#include <string>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -91,48 +92,77 @@ void ThreadPool::worker_loop(int tid, uint64_t seen) {
     // (torch's own OpenMP threads need the cores between our calls).
     for (int i = 0; i < kSpins && generation_.load(std::memory_order_acquire) == seen; ++i)
       BILSTM_SPIN();
+    Mode mode;
     {
       std::unique_lock<std::mutex> lk(m_);
       cv_.wait(lk, [&] { return generation_.load(std::memory_order_acquire) != seen; });
       if (stop_) return;
       seen = generation_.load(std::memory_order_acquire);
+      mode = mode_;
+    }
+    if (mode == Mode::jobs) {
+      claim_jobs();  // joins the call if it is still open; nobody waits for us otherwise
+      continue;
     }
     if (tid < active_) (*fn_)(tid);
     remaining_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
 
-void ThreadPool::run(int nthreads, const std::function<void(int)>& fn, bool independent) {
-  if (nthreads <= 1) {
-    fn(0);
-    return;
+namespace {
+constexpr uint32_t kOpen = 1u << 31;
+}  // namespace
+
+void ThreadPool::claim_jobs() {
+  uint32_t s = job_state_.load(std::memory_order_acquire);
+  while ((s & kOpen) && !job_state_.compare_exchange_weak(s, s + 1, std::memory_order_acq_rel)) {
   }
-#ifdef _OPENMP
-  // Independent jobs (one direction per thread, or batch slices) run on the
-  // OpenMP runtime already in the process: torch's own libgomp (the loader
-  // reuses the loaded libgomp.so.1), whose workers are still spinning after
-  // torch's last parallel op -- the input-projection GEMM just before us.
-  // Our own pool workers had to compete with those spinning threads for the
-  // cores: BiLSTM at T=64 D=300 H=256 fp32, 2 threads, took 3.38 / 12.3 /
-  // 46.1 ms at B=1 / 8 / 32 vs 2.91 / 10.3 / 34.9 ms with OMP_WAIT_POLICY=
-  // PASSIVE (measured). Jobs with a step barrier need all their threads at
-  // once, which an OpenMP team need not grant, so they stay on the pool.
-  if (independent && !g_forked_child && !omp_in_parallel()) {
-#pragma omp parallel num_threads(nthreads)
-    {
-      const int got = omp_get_num_threads();
-      for (int tid = omp_get_thread_num(); tid < nthreads; tid += got) fn(tid);
-    }
-    return;
-  }
-#endif
-  while (static_cast<int>(workers_.size()) < nthreads - 1) {
+  if (!(s & kOpen)) return;  // closed: the caller and the others did every job
+  for (int j; (j = job_next_.fetch_add(1, std::memory_order_relaxed)) < job_count_;) (*job_fn_)(j);
+  job_state_.fetch_sub(1, std::memory_order_release);
+}
+
+void ThreadPool::ensure_workers(int n) {
+  while (static_cast<int>(workers_.size()) < n) {
     const int tid = static_cast<int>(workers_.size()) + 1;
     const uint64_t seen = generation_.load();
     workers_.emplace_back([this, tid, seen] { worker_loop(tid, seen); });
   }
+}
+
+// The caller never waits for a worker that has not started: it publishes the
+// jobs, claims them like any worker, then closes the call and waits only for
+// the workers that joined it (each finishing the job it holds). A worker
+// that wakes after that finds the call closed and goes back to waiting.
+void ThreadPool::run_jobs_on_pool(int njobs, int nthreads, const std::function<void(int)>& fn) {
+  ensure_workers(nthreads - 1);
+  job_fn_ = &fn;
+  job_count_ = njobs;
+  job_next_.store(0, std::memory_order_relaxed);
+  job_state_.store(kOpen, std::memory_order_release);
   {
     std::lock_guard<std::mutex> lk(m_);
+    mode_ = Mode::jobs;
+    generation_.fetch_add(1, std::memory_order_acq_rel);
+  }
+  cv_.notify_all();
+  for (int j; (j = job_next_.fetch_add(1, std::memory_order_relaxed)) < njobs;) fn(j);
+  job_state_.fetch_and(~kOpen, std::memory_order_acq_rel);
+  for (int i = 0; job_state_.load(std::memory_order_acquire) != 0; ++i) {
+    if (i < kSpins) BILSTM_SPIN();
+    else std::this_thread::yield();
+  }
+}
+
+void ThreadPool::run(int nthreads, const std::function<void(int)>& fn) {
+  if (nthreads <= 1) {
+    fn(0);
+    return;
+  }
+  ensure_workers(nthreads - 1);
+  {
+    std::lock_guard<std::mutex> lk(m_);
+    mode_ = Mode::together;
     fn_ = &fn;
     active_ = nthreads;
     remaining_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
@@ -144,6 +174,44 @@ void ThreadPool::run(int nthreads, const std::function<void(int)>& fn, bool inde
     if (i < kSpins) BILSTM_SPIN();
     else std::this_thread::yield();
   }
+}
+
+// Independent jobs run on the OpenMP runtime already in the process: torch's
+// own libgomp (the loader reuses the loaded libgomp.so.1), whose workers are
+// still spinning after torch's last parallel op. Our own pool workers had to
+// compete with those spinning threads for the cores: BiLSTM at T=64 D=300
+// H=256 fp32, 2 threads, took 3.38 / 12.3 / 46.1 ms at B=1 / 8 / 32 vs
+// 2.91 / 10.3 / 34.9 ms with OMP_WAIT_POLICY=PASSIVE (measured). Jobs are
+// claimed from a counter, not dealt out by thread number: with one direction
+// per thread, a worker that starts late (asleep, or its core busy with
+// another process) used to hold the call up by its whole delay; now the
+// caller runs the second direction itself once it is done with the first.
+// BILSTM_CPU_POOL=own runs independent jobs on our pool instead of OpenMP
+// (read once): an OpenMP region ends at a barrier that waits for every
+// thread of the team, also one that was descheduled before it found a job.
+bool use_openmp() {
+  static const bool omp = [] {
+    const char* v = std::getenv("BILSTM_CPU_POOL");
+    return !(v && std::string(v) == "own");
+  }();
+  return omp;
+}
+
+void ThreadPool::run_jobs(int njobs, int nthreads, const std::function<void(int)>& fn) {
+  if (nthreads > njobs) nthreads = njobs;
+  if (nthreads <= 1) {
+    for (int j = 0; j < njobs; ++j) fn(j);
+    return;
+  }
+#ifdef _OPENMP
+  if (use_openmp() && !g_forked_child && !omp_in_parallel()) {
+    std::atomic<int> next{0};
+#pragma omp parallel num_threads(nthreads)
+    for (int j; (j = next.fetch_add(1, std::memory_order_relaxed)) < njobs;) fn(j);
+    return;
+  }
+#endif
+  run_jobs_on_pool(njobs, nthreads, fn);
 }
 
 void* scratch(int slot, size_t bytes) {
