@@ -16,8 +16,9 @@ import pytest
 from bilstm_fast.bench.cli import DEFAULT_BACKENDS
 from bilstm_fast.bench.device import default_device, environment, set_tf32
 from bilstm_fast.bench.peers import PEERS
-from bilstm_fast.bench.shapes import MODES, QUICK, default_sweep
-from bilstm_fast.bench.workload import BASELINE
+from bilstm_fast.bench.shapes import MODES, QUICK, Shape, default_sweep
+from bilstm_fast.bench.workload import (BASELINE, Oracle, build_baseline, build_bilstm, impl_label,
+                                        make_inputs, make_step, results_of)
 
 DTYPE = "fp32"
 
@@ -44,6 +45,31 @@ def pytest_generate_tests(metafunc):
         if device.type == "cpu":
             impls += list(PEERS)
         metafunc.parametrize("impl", impls)
+
+
+def checked_step(shape: Shape, dtype: str, mode: str, impl: str, device, threads: int):
+    """(step, label) of one implementation for a benchmark: nn.LSTM
+    (BASELINE), a BiLSTM backend or a peer (bench/peers.py), checked against
+    nn.LSTM with the same weights first, as bilstm-bench does (a wrong result
+    fails the test, never gets timed)."""
+    peer = PEERS.get(impl)
+    baseline = build_baseline(shape, dtype, device)
+    inputs = make_inputs(shape, dtype, device)
+    label = peer.label if peer else impl_label(impl, device.type)
+    if impl == BASELINE:
+        return make_step(baseline, inputs, mode), label
+    oracle = Oracle(baseline, inputs, mode, dtype)
+    if peer:
+        ours = peer.build(baseline, threads)
+        check = oracle.check(ours.results(inputs, mode), bound=peer.tolerance)
+        step = ours.step(inputs, mode)
+    else:
+        ours = build_bilstm(baseline, impl)
+        check = oracle.check(results_of(ours, inputs, mode))
+        step = make_step(ours, inputs, mode)
+    print(f"{shape.label} {impl}: {check.detail}")
+    assert check.ok, f"{label} does not match nn.LSTM: {check.detail}"
+    return step, label
 
 
 @pytest.fixture(autouse=True, scope="session")

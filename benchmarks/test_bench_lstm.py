@@ -22,8 +22,9 @@ from bilstm_fast.bench.device import default_device
 from bilstm_fast.bench.peers import PEERS
 from bilstm_fast.bench.shapes import flops
 from bilstm_fast.bench.timing import synchronized
-from bilstm_fast.bench.workload import (BASELINE, Oracle, build_baseline, build_bilstm, impl_label,
-                                        make_inputs, make_step, results_of)
+from bilstm_fast.bench.workload import BASELINE
+
+from conftest import checked_step
 
 
 def test_lstm(benchmark, bench_case, impl):
@@ -36,23 +37,7 @@ def test_lstm(benchmark, bench_case, impl):
             pytest.skip(f"peer {impl!r}: {why}")
     elif impl != BASELINE and backend_status()[impl] is not None:
         pytest.skip(f"backend {impl!r} unavailable: {backend_status()[impl]}")
-    baseline = build_baseline(shape, dtype, device)
-    inputs = make_inputs(shape, dtype, device)
-    label = peer.label if peer else impl_label(impl, device.type)
-    step = make_step(baseline, inputs, mode)
-    if impl != BASELINE:
-        oracle = Oracle(baseline, inputs, mode, dtype)
-        if peer:
-            ours = peer.build(baseline, torch.get_num_threads())
-            check = oracle.check(ours.results(inputs, mode), bound=peer.tolerance)
-            step = ours.step(inputs, mode)
-        else:
-            ours = build_bilstm(baseline, impl)
-            check = oracle.check(results_of(ours, inputs, mode))
-            step = make_step(ours, inputs, mode)
-        print(check.detail)
-        assert check.ok, f"{label} does not match nn.LSTM: {check.detail}"
-
+    step, label = checked_step(shape, dtype, mode, impl, device, torch.get_num_threads())
     gflop = flops(shape, mode) / 1e9
     benchmark.group = f"{shape.label} {dtype} {mode}"
     benchmark.extra_info.update(bilstm_bench=1, backend=impl, impl=label, gflop=gflop, **shape.as_dict())

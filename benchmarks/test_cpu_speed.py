@@ -25,8 +25,9 @@ import torch
 
 from bilstm_fast.bench.peers import PEERS
 from bilstm_fast.bench.shapes import Shape, flops
-from bilstm_fast.bench.workload import (BASELINE, Oracle, build_baseline, build_bilstm, make_inputs,
-                                        make_step, results_of)
+from bilstm_fast.bench.workload import BASELINE
+
+from conftest import checked_step
 
 THREADS = 2
 # name: (shape, mode, rounds)
@@ -64,21 +65,7 @@ def test_cpu_speed(benchmark, case, impl):
         why = peer.unavailable_reason() or peer.unsupported_reason(mode, "fp32", device)
         if why:
             pytest.skip(f"peer {impl!r}: {why}")
-    baseline = build_baseline(shape, "fp32", device)
-    inputs = make_inputs(shape, "fp32", device)
-    step = make_step(baseline, inputs, mode)
-    if impl != BASELINE:  # same results as the baseline before timing anything
-        oracle = Oracle(baseline, inputs, mode, "fp32")
-        if peer is not None:
-            model = peer.build(baseline, THREADS)
-            check = oracle.check(model.results(inputs, mode), bound=peer.tolerance)
-            step = model.step(inputs, mode)
-        else:
-            model = build_bilstm(baseline, impl)
-            check = oracle.check(results_of(model, inputs, mode))
-            step = make_step(model, inputs, mode)
-        print(f"{case} {impl}: {check.detail}")
-        assert check.ok, check.detail
+    step, _ = checked_step(shape, "fp32", mode, impl, device, THREADS)
     gflop = flops(shape, mode) / 1e9
     benchmark.group = f"cpu {case}: {shape.label} {mode} fp32 {THREADS} threads"
     benchmark.extra_info.update(case=case, impl=impl, gflop=gflop, threads=THREADS)

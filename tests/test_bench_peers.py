@@ -123,6 +123,20 @@ def test_a_wide_spread_is_remeasured_then_marked_untrusted():
     assert not m.trusted("jittery", torch.device("cpu"))
 
 
+def test_a_slow_case_is_not_remeasured(monkeypatch):
+    """Re-measuring stops once a case's attempts took RETRY_WITHIN_S: on a
+    machine loaded by others every attempt fails its trust check."""
+    calls = {"n": 0}
+
+    def jittery():
+        calls["n"] += 1
+        time.sleep(0.004 if calls["n"] % 2 else 0.001)
+
+    monkeypatch.setattr(timing, "RETRY_WITHIN_S", 0.0)
+    m = timing.measure_rotated({"jittery": jittery}, torch.device("cpu"), warmup=0, repeats=6, rounds=2, retries=2)
+    assert m.attempts == 1 and not m.trusted("jittery", torch.device("cpu"))
+
+
 def test_other_load_is_measured_from_proc_stat():
     load = timing.OtherLoad().start()
     t0 = time.perf_counter()
