@@ -7,7 +7,9 @@
 // lstm_driver.cpp picks one build at run time (__builtin_cpu_supports).
 // -march=native is never used, so the module runs on any x86-64 CPU. The
 // kernels are templated over the scalar type T (float or double: T is both
-// the storage and the accumulation type).
+// the storage and the accumulation type); the recurrence also over the
+// storage type S = X (float, double, f16, bf16) with T = Acc<S> (float for
+// f16 / bf16), the GEMMs over B's storage type (docs/cpu.md, "fp16 / bf16").
 //
 // Legend: T steps, B batch, N directions, H hidden, D input features,
 // L = lanes per vector (BILSTM_VEC_BYTES / sizeof(T)), NR = 2L columns per
