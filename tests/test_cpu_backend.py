@@ -193,16 +193,15 @@ def test_auto_picks_cpu_and_declines_what_it_does_not_do():
     _cpu()
     spec = backends.CallSpec(device="cpu", dtype=torch.float32, N=2, H=8, P=8, proj=False, lengths=True)
     assert cpu_lstm.unsupported_reason(spec) is None
-    assert cpu_lstm.unsupported_reason(spec._replace(dtype=torch.float64)) is None
-    for bad in (spec._replace(dtype=torch.bfloat16), spec._replace(dtype=torch.float16),
-                spec._replace(proj=True, P=4), spec._replace(device="cuda")):
+    for dt in (torch.float64, torch.float16, torch.bfloat16):   # fp16/bf16: tests/test_cpu_half.py
+        assert cpu_lstm.unsupported_reason(spec._replace(dtype=dt)) is None
+    for bad in (spec._replace(proj=True, P=4), spec._replace(device="cuda")):
         why = cpu_lstm.unsupported_reason(bad)
         print(bad, "->", why)
         assert isinstance(why, str) and why
-    # and auto then runs them on the reference backend (bf16 here)
-    gx, w_hh, h0, c0, _ = _inputs(3, 2, 2, 4, torch.float32, None)
-    y, _, _ = lstm_recurrence(*(t.bfloat16() for t in (gx, w_hh, h0, c0)))
-    assert y.dtype == torch.bfloat16
+    # and auto then runs them on the reference backend (proj_size here)
+    spec_proj = (spec.device, spec.dtype, spec.N, spec.H, 4, True, spec.lengths)
+    assert backends.resolve_backend("auto", *spec_proj) == "reference"
 
 
 def test_bad_input_is_a_clear_error():
@@ -230,8 +229,10 @@ def test_bad_input_is_a_clear_error():
         call(lengths=torch.tensor([1, 4]))
     with pytest.raises(ValueError, match=r"h0: the last dimension must be contiguous"):
         call(h0=torch.empty(N, B, 2 * H)[..., ::2])
-    with pytest.raises(ValueError, match=r"gx: the cpu kernels run torch.float32 and torch.float64, "
-                                         r"got torch.float16"):
+    with pytest.raises(ValueError, match=r"gx: the cpu kernels run torch.float32, torch.float64, "
+                                         r"torch.float16 and torch.bfloat16, got torch.int32"):
+        call(gx=gx.int())
+    with pytest.raises(ValueError, match=r"w_hh: expected dtype torch.float16, got torch.float32"):
         call(gx=gx.half())
     with pytest.raises(ValueError, match=r"h_n: expected dtype torch.float32, got torch.float64"):
         call(h_n=hn.double())

@@ -107,8 +107,13 @@ def test_shapes_are_checked():
         mod.linear(x, torch.randn(5, 4), None, torch.empty(3, 4), 1)
     with pytest.raises(ValueError, match=r"bias: expected dtype torch.float32, got torch.float64"):
         mod.linear(x, torch.randn(5, 4), torch.randn(5, dtype=torch.float64), torch.empty(3, 5), 1)
-    with pytest.raises(ValueError, match=r"the cpu kernels run torch.float32 and torch.float64"):
+    # A (and C, bias) in float32 / float64; only B may be fp16 / bf16 (cpu_gemm.py converts A)
+    with pytest.raises(ValueError, match=r"a: the cpu GEMMs take torch.float32 and torch.float64, got torch.float16"):
         mod.matmul(x.half(), x.half().t(), torch.empty(3, 3, dtype=torch.half), False, 1)
+    with pytest.raises(ValueError, match=r"b: expected dtype torch.float64, got torch.float16"):
+        mod.matmul(x.double(), x.half().t().contiguous(), torch.empty(3, 3, dtype=torch.double), False, 1)
+    with pytest.raises(ValueError, match=r"out: expected dtype torch.float32, got torch.float16"):
+        mod.matmul(x, x.half().t().contiguous(), torch.empty(3, 3, dtype=torch.half), False, 1)
     with pytest.raises(TypeError, match=r"b: expected a torch.Tensor"):
         mod.matmul(x, [1.0], torch.empty(3, 3), False, 1)
 

@@ -18,6 +18,18 @@ cached: a cached copy can go stale (a write through ``.data`` or
 ``.numpy()`` bumps no version counter; issue 9's stale-cache bug), and
 packing W_ih is D*G element copies against the M*D*G FMAs of the product.
 
+float16 / bfloat16 (X): the products run on the same micro-GEMM in float32
+(A) and are rounded to X once, as torch's own CPU GEMMs for these dtypes
+accumulate in float32 too. The operand that is packed (B: W_ih, W_ih again
+for dx, x for dW_ih, y / h0 for dW_hh) is read in X and converted while
+packed; the other one (A: x, dG) and the output go through a float32 copy
+here. Why not torch's fp16/bf16 GEMMs: on this CPU (Zen 3, no AVX512-FP16 /
+BF16) they are ~10x slower than fp32 -- the input projection of T64 B1 D300
+H256 ([64, 300] x [300, 2048]), one thread, CPU time, medians of 30, 2 Dec
+2026, load average ~4 on 2 cores: torch fp16 12.9 ms, bf16 14.6 ms; fp32
+copies + this micro-GEMM 1.5-2.2 ms (fp32 itself 1.1-1.2 ms); at [512, 300]
+(B8) torch fp16 95-99 ms, bf16 109-111 ms, fp32 copies + ours 9.5-11.5 ms.
+
 Every tensor is passed as itself and checked once by the compiled module
 (csrc/common/tensor_arg.h); this frame holds it for the whole call.
 """
@@ -30,29 +42,36 @@ from torch import Tensor
 
 from . import native
 
-DTYPES = (torch.float32, torch.float64)
+DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def _threads() -> int:
     return max(1, torch.get_num_threads())
 
 
+def _acc(t: Optional[Tensor]) -> Optional[Tensor]:
+    """A float32 copy of an fp16 / bf16 operand that is not packed (A, bias)."""
+    return t if t is None or t.dtype not in _HALF else t.float()
+
+
 def linear(x: Tensor, w: Tensor, bias: Optional[Tensor]) -> Tensor:
     """x [M, D] @ w [G, D]^T + bias [G] -> [M, G] (bias may be None)."""
     if x.numel() == 0 or w.numel() == 0:   # nothing for the kernels (they take no empty tensors)
         return torch.addmm(bias, x, w.t()) if bias is not None else x @ w.t()
-    out = x.new_empty(x.shape[0], w.shape[0])
-    native.require("_cpu").linear(x, w, bias, out, _threads())
-    return out
+    out = x.new_empty(x.shape[0], w.shape[0], dtype=torch.float32 if x.dtype in _HALF else x.dtype)
+    native.require("_cpu").linear(_acc(x), w, _acc(bias), out, _threads())
+    return out.to(x.dtype)
 
 
 def matmul(a: Tensor, b: Tensor, trans_a: bool = False) -> Tensor:
     """a [M, K] @ b [K, N] -> [M, N], or a^T @ b for a [K, M] (trans_a)."""
     if a.numel() == 0 or b.numel() == 0:
         return (a.t() if trans_a else a) @ b
-    out = a.new_empty(a.shape[1] if trans_a else a.shape[0], b.shape[1])
-    native.require("_cpu").matmul(a, b, out, trans_a, _threads())
-    return out
+    out = a.new_empty(a.shape[1] if trans_a else a.shape[0], b.shape[1],
+                      dtype=torch.float32 if a.dtype in _HALF else a.dtype)
+    native.require("_cpu").matmul(_acc(a), b, out, trans_a, _threads())
+    return out.to(a.dtype)
 
 
 def recurrent_weight_grad(dgx: Tensor, y: Tensor, h0: Tensor, lengths: Optional[Tensor]) -> Tensor:
@@ -61,7 +80,7 @@ def recurrent_weight_grad(dgx: Tensor, y: Tensor, h0: Tensor, lengths: Optional[
     GEMM per direction (threads split between them), h_{t-1} packed straight
     from y and h0."""
     T, B, N, G = dgx.shape
-    dw = dgx.new_empty(N, G, G // 4)
-    native.require("_cpu").recurrent_weight_grad(dgx.contiguous(), y.contiguous(), h0.contiguous(),
+    dw = dgx.new_empty(N, G, G // 4, dtype=torch.float32 if dgx.dtype in _HALF else dgx.dtype)
+    native.require("_cpu").recurrent_weight_grad(_acc(dgx).contiguous(), y.contiguous(), h0.contiguous(),
                                                  lengths, dw, _threads())
-    return dw
+    return dw.to(dgx.dtype)

@@ -7,7 +7,8 @@
 // allocates the outputs and calls (ops/cpu_gemm.py for the GEMMs).
 //
 // Legend (docs/design.md §0): T steps, B batch, N directions (1 or 2), H hidden size, X the
-// input dtype (float32 or float64, also the workspace dtype here).
+// input dtype (float32, float64, float16, bfloat16), A the accumulation / workspace dtype
+// (float64 for float64, else float32).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -24,12 +25,31 @@ using bilstm::kCpu;
 
 namespace {
 
-// X from the first sequence tensor; the cpu kernels run float32 and float64.
+// X from the first sequence tensor of the recurrence: float32, float64, float16, bfloat16.
 DType float_dtype(const bilstm::TensorArg& a) {
-  if (a.dtype != DType::f32 && a.dtype != DType::f64)
-    throw py::value_error(std::string(a.name) + ": the cpu kernels run torch.float32 and torch.float64, got " +
-                          bilstm::dtype_name(a.dtype));
+  if (a.dtype != DType::f32 && a.dtype != DType::f64 && a.dtype != DType::f16 && a.dtype != DType::bf16)
+    throw py::value_error(std::string(a.name) +
+                          ": the cpu kernels run torch.float32, torch.float64, torch.float16 and "
+                          "torch.bfloat16, got " + bilstm::dtype_name(a.dtype));
   return a.dtype;
+}
+
+// A = acc_dtype(X): the workspace (gates, cells) and all accumulation.
+DType acc_dtype(DType x) { return x == DType::f64 ? DType::f64 : DType::f32; }
+
+// The GEMMs' dtypes: A (of the A operand, bias and C) from `a`, float32 or
+// float64; B (`b`) in A, or in float16 / bfloat16 when A is float32 (B is
+// converted while packed; cpu_gemm.py passes fp16/bf16 layers' other operands
+// as float32). Returns B's dtype, the kernel's index.
+DType gemm_dtype(const bilstm::TensorArg& a, const bilstm::TensorArg& b) {
+  if (a.dtype != DType::f32 && a.dtype != DType::f64)
+    throw py::value_error(std::string(a.name) + ": the cpu GEMMs take torch.float32 and torch.float64, got " +
+                          bilstm::dtype_name(a.dtype));
+  if (b.dtype == a.dtype || (a.dtype == DType::f32 && (b.dtype == DType::f16 || b.dtype == DType::bf16)))
+    return b.dtype;
+  throw py::value_error(std::string(b.name) + ": expected dtype " + bilstm::dtype_name(a.dtype) +
+                        (a.dtype == DType::f32 ? " (or torch.float16 / torch.bfloat16)" : "") + ", got " +
+                        bilstm::dtype_name(b.dtype));
 }
 
 int check_threads(int n) {
@@ -54,8 +74,8 @@ void forward(py::handle gx, py::handle w_hh, py::handle h0, py::handle c0, py::h
   p.c_n = bilstm::expect(bilstm::read("c_n", c_n), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
   if (gates.is_none() != cells.is_none())
     throw py::value_error("gates, cells: pass both workspace tensors or neither");
-  p.gates = bilstm::expect_optional("gates", gates, X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"4H", 4 * H}});
-  p.cells = bilstm::expect_optional("cells", cells, X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
+  p.gates = bilstm::expect_optional("gates", gates, acc_dtype(X), kCpu, {{"T", T}, {"B", B}, {"N", N}, {"4H", 4 * H}});
+  p.cells = bilstm::expect_optional("cells", cells, acc_dtype(X), kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
   const int nt = check_threads(num_threads);
   py::gil_scoped_release nogil;
   run_forward(p, nt);
@@ -64,14 +84,14 @@ void forward(py::handle gx, py::handle w_hh, py::handle h0, py::handle c0, py::h
 void backward(py::handle dy, py::handle dh_n, py::handle dc_n, py::handle w_hh, py::handle c0,
               py::handle lengths, py::handle gates, py::handle cells, py::handle dgx, py::handle dh0,
               py::handle dc0, int num_threads) {
-  const bilstm::TensorArg ag = bilstm::read("gates", gates);
+  const bilstm::TensorArg ag = bilstm::read("gates", gates), ady = bilstm::read("dy", dy);
   BwdParams p;
   bilstm::lstm_sizes(ag, p.T, p.B, p.N, p.H);
   const int64_t T = p.T, B = p.B, N = p.N, H = p.H;
-  const DType X = p.dtype = float_dtype(ag);
-  p.gates = bilstm::expect(ag, X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"4H", 4 * H}});
-  p.cells = bilstm::expect(bilstm::read("cells", cells), X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
-  p.dy = bilstm::expect(bilstm::read("dy", dy), X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
+  const DType X = p.dtype = float_dtype(ady);
+  p.gates = bilstm::expect(ag, acc_dtype(X), kCpu, {{"T", T}, {"B", B}, {"N", N}, {"4H", 4 * H}});
+  p.cells = bilstm::expect(bilstm::read("cells", cells), acc_dtype(X), kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
+  p.dy = bilstm::expect(ady, X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
   p.dh_n = bilstm::expect(bilstm::read("dh_n", dh_n), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
   p.dc_n = bilstm::expect(bilstm::read("dc_n", dc_n), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
   p.w_hh = bilstm::expect(bilstm::read("w_hh", w_hh), X, kCpu, {{"N", N}, {"4H", 4 * H}, {"H", H}});
@@ -90,12 +110,12 @@ void backward(py::handle dy, py::handle dh_n, py::handle dc_n, py::handle w_hh, 
 // why not torch's). x and w: last dim dense; bias and out contiguous.
 void linear(py::handle x, py::handle w, py::handle bias, py::handle out, int num_threads) {
   const bilstm::TensorArg ax = bilstm::read("x", x), aw = bilstm::read("w", w);
-  const DType X = float_dtype(ax);
+  const DType X = ax.dtype, WB = gemm_dtype(ax, aw);
   GemmParams p;
   p.M = bilstm::size_of(ax, 2, 0, "[M, D]"), p.K = ax.shape[1];
   p.N = bilstm::size_of(aw, 2, 0, "[G, D]");
   const View vx = bilstm::expect(ax, X, kCpu, {{"M", p.M}, {"D", p.K}});
-  const View vw = bilstm::expect(aw, X, kCpu, {{"G", p.N}, {"D", p.K}});
+  const View vw = bilstm::expect(aw, WB, kCpu, {{"G", p.N}, {"D", p.K}});
   p.a = vx.ptr, p.lda = vx.stride[0], p.ldk = 1;
   p.bkind = BKind::w_rows, p.b = vw.ptr, p.ldb = vw.stride[0];
   p.bias = bilstm::expect_optional("bias", bias, X, kCpu, {{"G", p.N}}).ptr;
@@ -104,14 +124,14 @@ void linear(py::handle x, py::handle w, py::handle bias, py::handle out, int num
   p.c = vo.ptr, p.ldc = vo.stride[0];
   const int nt = check_threads(num_threads);
   py::gil_scoped_release nogil;
-  run_gemm({p}, X, nt);
+  run_gemm({p}, WB, nt);
 }
 
 // out [M, N] = a [M, K] @ b [K, N], or a^T @ b with a [K, M] (trans_a): the
 // backward GEMMs of the input projection (dx = dG W_ih, dW_ih = dG^T x).
 void matmul(py::handle a, py::handle b, py::handle out, bool trans_a, int num_threads) {
   const bilstm::TensorArg aa = bilstm::read("a", a), ab = bilstm::read("b", b);
-  const DType X = float_dtype(aa);
+  const DType X = aa.dtype, WB = gemm_dtype(aa, ab);
   GemmParams p;
   const int64_t r0 = bilstm::size_of(aa, 2, 0, trans_a ? "[K, M]" : "[M, K]"), r1 = aa.shape[1];
   p.M = trans_a ? r1 : r0, p.K = trans_a ? r0 : r1;
@@ -120,7 +140,7 @@ void matmul(py::handle a, py::handle b, py::handle out, bool trans_a, int num_th
   // beyond the last (checked), which is the K stride of a^T.
   const View va = trans_a ? bilstm::expect(aa, X, kCpu, {{"K", p.K}, {"M", p.M}})
                           : bilstm::expect(aa, X, kCpu, {{"M", p.M}, {"K", p.K}});
-  const View vb = bilstm::expect(ab, X, kCpu, {{"K", p.K}, {"N", p.N}});
+  const View vb = bilstm::expect(ab, WB, kCpu, {{"K", p.K}, {"N", p.N}});
   p.a = va.ptr;
   p.lda = trans_a ? 1 : va.stride[0];
   p.ldk = trans_a ? va.stride[0] : 1;
@@ -130,22 +150,23 @@ void matmul(py::handle a, py::handle b, py::handle out, bool trans_a, int num_th
   p.c = vo.ptr, p.ldc = vo.stride[0];
   const int nt = check_threads(num_threads);
   py::gil_scoped_release nogil;
-  run_gemm({p}, X, nt);
+  run_gemm({p}, WB, nt);
 }
 
 // dw [N, 4H, H] = for each direction n, sum over (t, b) of dgx[t, b, n]^T h_{t-1}[b]
 // (ops/recurrence.py's _recurrent_weight_grad says which h_{t-1}); dgx contiguous.
+// dgx and dw in A (float32 / float64); y and h0 in A, or fp16 / bf16 with A = float32.
 void recurrent_weight_grad(py::handle dgx, py::handle y, py::handle h0, py::handle lengths, py::handle dw,
                            int num_threads) {
-  const bilstm::TensorArg ag = bilstm::read("dgx", dgx);
+  const bilstm::TensorArg ag = bilstm::read("dgx", dgx), ay = bilstm::read("y", y);
   int64_t T, B, N, H;
   bilstm::lstm_sizes(ag, T, B, N, H);
-  const DType X = float_dtype(ag);
+  const DType X = ag.dtype, WB = gemm_dtype(ag, ay);
   const int64_t es = bilstm::dtype_size(X);
   const View vg = bilstm::expect(ag, X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"4H", 4 * H}},
                                  bilstm::Layout::kContiguous);
-  const View vy = bilstm::expect(bilstm::read("y", y), X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
-  const View vh = bilstm::expect(bilstm::read("h0", h0), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
+  const View vy = bilstm::expect(ay, WB, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
+  const View vh = bilstm::expect(bilstm::read("h0", h0), WB, kCpu, {{"N", N}, {"B", B}, {"H", H}});
   const View vw = bilstm::expect(bilstm::read("dw", dw), X, kCpu, {{"N", N}, {"4H", 4 * H}, {"H", H}});
   const int64_t* lens = bilstm::expect_lengths(lengths, kCpu, B, T);
   std::vector<GemmParams> problems(N);
@@ -158,7 +179,7 @@ void recurrent_weight_grad(py::handle dgx, py::handle y, py::handle h0, py::hand
   }
   const int nt = check_threads(num_threads);
   py::gil_scoped_release nogil;
-  run_gemm(problems, X, nt);
+  run_gemm(problems, WB, nt);
 }
 
 }  // namespace
@@ -166,7 +187,8 @@ void recurrent_weight_grad(py::handle dgx, py::handle y, py::handle h0, py::hand
 PYBIND11_MODULE(_cpu, m) {
   m.doc() = "bilstm_fast C++ CPU kernels: the recurrence and its GEMMs (takes torch tensors; see bilstm_fast/ops/cpu_lstm.py, cpu_gemm.py)";
   m.def("forward", &forward,
-        "LSTM recurrence forward on CPU tensors (float32 / float64; the last dim of each dense):\n"
+        "LSTM recurrence forward on CPU tensors (X = float32 / float64 / float16 / bfloat16; the last dim of\n"
+        "each dense; gates/cells in A = float32, float64 for float64):\n"
         "gx [T,B,N,4H], w_hh [N,4H,H], h0/c0 [N,B,H], lengths [B] int64 (1..T) or None;\n"
         "outputs (written) y [T,B,N,H], h_n/c_n [N,B,H], gates [T,B,N,4H] and cells [T,B,N,H] (or both None).",
         py::arg("gx"), py::arg("w_hh"), py::arg("h0"), py::arg("c0"), py::arg("lengths"), py::arg("y"),

@@ -86,14 +86,16 @@ using GemmFn = void (*)(const GemmJob&);
 using RecFwdFn = void (*)(const FwdParams&, const RecJob&, int64_t Hp);
 using RecBwdFn = void (*)(const BwdParams&, const RecJob&, int64_t Hp);
 
-// The kernels of one ISA build of lstm_kernel.cpp. Index 0 = float, 1 = double
-// (kernel_index(), lstm_cpu.h).
+// The kernels of one ISA build of lstm_kernel.cpp, by X: 0 = float, 1 = double,
+// 2 = float16, 3 = bfloat16 (kernel_index(), lstm_cpu.h). X = fp16/bf16: the
+// recurrence computes in A = float; a GEMM takes A and C in float and only B
+// in X (converted while packed).
 struct KernelTable {
   const char* isa;
   int vec_bytes;       // SIMD register width the kernels use; NR = 2 * vec_bytes / sizeof(T)
-  GemmFn gemm[2];
-  RecFwdFn forward[2];
-  RecBwdFn backward[2];
+  GemmFn gemm[4];
+  RecFwdFn forward[4];
+  RecBwdFn backward[4];
 };
 
 const KernelTable& kernel_table_avx512();

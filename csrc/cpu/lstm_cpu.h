@@ -19,7 +19,10 @@ using bilstm::View;
 using FwdParams = bilstm::FwdArgs;
 using BwdParams = bilstm::BwdArgs;
 
-// Index of a dtype's kernel in a KernelTable (cpu_kernels.h): 0 float, 1 double.
-inline int kernel_index(DType d) { return d == DType::f64 ? 1 : 0; }
+// Index of a dtype's kernel in a KernelTable (cpu_kernels.h): 0 float, 1 double,
+// 2 float16, 3 bfloat16.
+inline int kernel_index(DType d) {
+  return d == DType::f64 ? 1 : d == DType::f16 ? 2 : d == DType::bf16 ? 3 : 0;
+}
 
 }  // namespace bilstm_cpu

@@ -19,9 +19,12 @@ namespace {
 bool cpu_has(const char* isa) {
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
+  // f16c: the fp16 conversions of both builds (every AVX2 CPU has it).
   if (std::string(isa) == "avx512")
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
-  if (std::string(isa) == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("f16c");
+  if (std::string(isa) == "avx2")
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 #endif
   return std::string(isa) == "baseline";
 }
@@ -175,6 +178,8 @@ void run_recurrence(const Params& p, int num_threads) {
   const DType dt = p.dtype;
   constexpr bool forward = std::is_same_v<Params, FwdParams>;
   const KernelTable& ks = *g_active.load();
+  // esize: A's element size (fp16 / bf16 compute in float; their panels, in
+  // X or float, fit the same bytes).
   const int64_t esize = dt == DType::f64 ? 8 : 4, NR = 2 * ks.vec_bytes / esize;
   const int64_t Hp = round_up(p.H, NR), G = 4 * p.H;
   std::lock_guard<std::mutex> lock(ThreadPool::call_mutex());

@@ -14,10 +14,11 @@ std::vector<std::string> supported_isas();      // the builds this CPU can run, 
 void set_isa(const std::string& name);          // throws std::invalid_argument if unsupported
 
 // All block until done. num_threads >= 1. run_gemm runs independent GEMMs
-// (e.g. dW_hh of each direction) together, the threads split among them.
+// (e.g. dW_hh of each direction) together, the threads split among them. dt:
+// B's dtype (A and C are f32 when it is f16 / bf16, else dt).
 void run_gemm(const std::vector<GemmParams>& problems, DType dt, int num_threads);
 
-// The recurrence; p.dtype is f32 or f64.
+// The recurrence; p.dtype (X) is f32, f64, f16 or bf16 (A = f32 for the last two).
 void run_forward(const FwdParams& p, int num_threads);
 void run_backward(const BwdParams& p, int num_threads);
 

@@ -7,7 +7,9 @@
 // lstm_driver.cpp picks one build at run time (__builtin_cpu_supports).
 // -march=native is never used, so the module runs on any x86-64 CPU. The
 // kernels are templated over the scalar type T (float or double: T is both
-// the storage and the accumulation type).
+// the storage and the accumulation type); the recurrence also over the
+// storage type S = X (float, double, f16, bf16) with T = Acc<S> (float for
+// f16 / bf16), the GEMMs over B's storage type (docs/cpu.md, "fp16 / bf16").
 //
 // Legend: T steps, B batch, N directions, H hidden, D input features,
 // L = lanes per vector (BILSTM_VEC_BYTES / sizeof(T)), NR = 2L columns per
@@ -24,6 +26,10 @@
 
 #include "cpu_kernels.h"
 #include "thread_pool.h"
+
+#if defined(__F16C__) || defined(__AVX2__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #ifndef BILSTM_ISA
 #error "compile with -DBILSTM_ISA=<name> -DBILSTM_VEC_BYTES=<16|32|64>"
@@ -69,6 +75,177 @@ template <class T> inline void store_n(T* p, Vec<T> v, int n) {
 }
 template <class T> inline Vec<T> load_a(const T* p) { return *reinterpret_cast<const Vec<T>*>(p); }
 template <class T> inline void store_a(T* p, Vec<T> v) { *reinterpret_cast<Vec<T>*>(p) = v; }
+
+// ------------------------------------------------- fp16 / bf16 storage (X)
+// X = float16 / bfloat16 tensors are read and written through these; all
+// arithmetic, the cell state and the workspace are in A = float
+// (docs/design.md §0). A load widens L 16-bit values to a Vec<float>, a store
+// rounds to nearest even (as torch's .to(dtype) does): F16C's vcvtph2ps /
+// vcvtps2ph for fp16 (the avx2 / avx512 builds), 16-bit shifts for bf16
+// (any build), the scalar bit-exact routines of torch's c10 (fp16_ieee_*)
+// for fp16 in the baseline (SSE2) build.
+struct f16 { uint16_t bits; };
+struct bf16 { uint16_t bits; };
+template <class S> struct AccOf { typedef S type; };  // A for X = S
+template <> struct AccOf<f16> { typedef float type; };
+template <> struct AccOf<bf16> { typedef float type; };
+template <class S> using Acc = typename AccOf<S>::type;
+template <class S> struct HalfOnly;  // defined for the 16-bit types only (SFINAE below)
+template <> struct HalfOnly<f16> { typedef Vec<float> vec; };
+template <> struct HalfOnly<bf16> { typedef Vec<float> vec; };
+template <class A, class B> struct Same { static constexpr bool value = false; };
+template <class A> struct Same<A, A> { static constexpr bool value = true; };
+
+typedef uint16_t H16 __attribute__((vector_size(kVecBytes / 2)));  // L 16-bit lanes
+typedef uint16_t H16U __attribute__((vector_size(kVecBytes / 2), aligned(2)));
+typedef uint32_t U32 __attribute__((vector_size(kVecBytes)));
+
+inline float f32_from_bits(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline uint32_t f32_bits(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
+
+inline float to_acc(float x) { return x; }
+inline double to_acc(double x) { return x; }
+inline float to_acc(bf16 x) { return f32_from_bits(static_cast<uint32_t>(x.bits) << 16); }
+inline float to_acc(f16 x) {
+#ifdef __F16C__
+  return _cvtsh_ss(x.bits);
+#else  // c10::detail::fp16_ieee_to_fp32_value
+  const uint32_t w = static_cast<uint32_t>(x.bits) << 16, sign = w & 0x80000000u, two_w = w + w;
+  const float normalized = f32_from_bits((two_w >> 4) + (0xE0u << 23)) * 0x1.0p-112f;
+  const float denormalized = f32_from_bits((two_w >> 17) | (126u << 23)) - 0.5f;
+  return f32_from_bits(sign | (two_w < (1u << 27) ? f32_bits(denormalized) : f32_bits(normalized)));
+#endif
+}
+template <class S> inline S from_acc(Acc<S> x) { return x; }
+template <> inline bf16 from_acc<bf16>(float x) {  // c10::BFloat16's round_to_nearest_even
+  if (x != x) return bf16{0x7FC0};
+  const uint32_t u = f32_bits(x);
+  return bf16{static_cast<uint16_t>((u + ((u >> 16) & 1) + 0x7FFFu) >> 16)};
+}
+template <> inline f16 from_acc<f16>(float x) {
+#ifdef __F16C__
+  return f16{static_cast<uint16_t>(_cvtss_sh(x, _MM_FROUND_TO_NEAREST_INT))};
+#else  // c10::detail::fp16_ieee_from_fp32_value
+  float base = (std::fabs(x) * 0x1.0p+112f) * 0x1.0p-110f;
+  const uint32_t w = f32_bits(x), shl1_w = w + w, sign = w & 0x80000000u;
+  uint32_t bias = shl1_w & 0xFF000000u;
+  if (bias < 0x71000000u) bias = 0x71000000u;
+  base = f32_from_bits((bias >> 1) + 0x07800000u) + base;
+  const uint32_t bits = f32_bits(base);
+  const uint32_t nonsign = ((bits >> 13) & 0x00007C00u) + (bits & 0x00000FFFu);
+  return f16{static_cast<uint16_t>((sign >> 16) | (shl1_w > 0xFF000000u ? 0x7E00u : nonsign))};
+#endif
+}
+// Element conversion S -> W (the identity when they are the same type).
+template <class W, class S> inline W cvt(S x) {
+  if constexpr (Same<W, S>::value) return x;
+  else return from_acc<W>(to_acc(x));
+}
+
+// L 16-bit lanes <-> one Vec<float>.
+template <class S> inline Vec<float> widen(H16 h);
+template <class S> inline H16 narrow(Vec<float> v);
+template <> inline Vec<float> widen<bf16>(H16 h) {
+#if defined(__AVX2__) && BILSTM_VEC_BYTES == 32
+  // (__builtin_convertvector made 5 instructions of this: 2 x 128-bit vpmovzxwd + a shift +
+  // an insert, which made the bf16 B=1 step 0.63x of fp32's; this is vpmovzxwd ymm + vpslld.)
+  return reinterpret_cast<Vec<float>>(_mm256_slli_epi32(_mm256_cvtepu16_epi32(reinterpret_cast<__m128i>(h)), 16));
+#elif defined(__AVX512F__) && BILSTM_VEC_BYTES == 64
+  return reinterpret_cast<Vec<float>>(_mm512_slli_epi32(_mm512_cvtepu16_epi32(reinterpret_cast<__m256i>(h)), 16));
+#else
+  return reinterpret_cast<Vec<float>>(__builtin_convertvector(h, U32) << 16);
+#endif
+}
+template <> inline H16 narrow<bf16>(Vec<float> v) {
+  const U32 u = reinterpret_cast<U32>(v);
+  U32 r = (u + ((u >> 16) & 1u) + 0x7FFFu) >> 16;
+  r = v != v ? U32{} + 0x7FC0u : r;  // NaN -> the canonical quiet NaN, as c10
+  return __builtin_convertvector(r, H16);
+}
+template <> inline Vec<float> widen<f16>(H16 h) {
+#if defined(__F16C__) && BILSTM_VEC_BYTES == 32
+  return reinterpret_cast<Vec<float>>(_mm256_cvtph_ps(reinterpret_cast<__m128i>(h)));
+#elif defined(__AVX512F__) && BILSTM_VEC_BYTES == 64
+  return reinterpret_cast<Vec<float>>(_mm512_cvtph_ps(reinterpret_cast<__m256i>(h)));
+#else
+  Vec<float> v;
+  for (int l = 0; l < lanes<float>(); ++l) v[l] = to_acc(f16{h[l]});
+  return v;
+#endif
+}
+template <> inline H16 narrow<f16>(Vec<float> v) {
+#if defined(__F16C__) && BILSTM_VEC_BYTES == 32
+  return reinterpret_cast<H16>(_mm256_cvtps_ph(reinterpret_cast<__m256>(v), _MM_FROUND_TO_NEAREST_INT));
+#elif defined(__AVX512F__) && BILSTM_VEC_BYTES == 64
+  return reinterpret_cast<H16>(_mm512_cvtps_ph(reinterpret_cast<__m512>(v), _MM_FROUND_TO_NEAREST_INT));
+#else
+  H16 h;
+  for (int l = 0; l < lanes<float>(); ++l) h[l] = from_acc<f16>(v[l]).bits;
+  return h;
+#endif
+}
+// loadu / load_n / storeu / store_n for X = f16, bf16 (the float forms above
+// are the same calls on float pointers).
+template <class S> inline typename HalfOnly<S>::vec loadu(const S* p) {
+  return widen<S>(*reinterpret_cast<const H16U*>(p));
+}
+template <class S> inline typename HalfOnly<S>::vec load_n(const S* p, int n) {
+  if (n == lanes<float>()) return loadu(p);
+  H16 h = {};
+  std::memcpy(&h, p, 2 * static_cast<size_t>(n));
+  return widen<S>(h);
+}
+template <class S> inline void storeu(S* p, typename HalfOnly<S>::vec v) {
+  *reinterpret_cast<H16U*>(p) = narrow<S>(v);
+}
+template <class S> inline void store_n(S* p, typename HalfOnly<S>::vec v, int n) {
+  if (n == lanes<float>()) return storeu(p, v);
+  const H16 h = narrow<S>(v);
+  std::memcpy(p, &h, 2 * static_cast<size_t>(n));
+}
+// The two weight vectors (columns 0..L-1, L..2L-1) of one row of a packed
+// panel (64-byte aligned). fp16: two vcvtph2ps. bf16 panel rows are stored
+// interleaved, [c0, cL, c1, cL+1, ...] (col_pos): one load, then a
+// shift and a mask -- 2 vector ALU ops per row instead of 2 vpmovzxwd + 2
+// shifts, which made the B=1 step ALU-bound (1.14x of fp32's speed, 1.45x
+// for fp16; one thread, CPU time, T64 H256).
+template <class T> inline void load_w2(const T* p, Vec<T>& w0, Vec<T>& w1) {
+  w0 = load_a(p);
+  w1 = load_a(p + lanes<T>());
+}
+inline void load_w2(const f16* p, Vec<float>& w0, Vec<float>& w1) {
+  w0 = widen<f16>(*reinterpret_cast<const H16*>(p));
+  w1 = widen<f16>(*reinterpret_cast<const H16*>(p + lanes<float>()));
+}
+inline void load_w2(const bf16* p, Vec<float>& w0, Vec<float>& w1) {
+  const U32 x = *reinterpret_cast<const U32*>(p);
+  w0 = reinterpret_cast<Vec<float>>(x << 16);
+  w1 = reinterpret_cast<Vec<float>>(x & 0xFFFF0000u);
+}
+// Where column c (< NR) of a panel row is stored, and a whole row from its two vectors.
+template <class W> constexpr int col_pos(int c) { return c; }
+template <> constexpr int col_pos<bf16>(int c) { return 2 * (c % lanes<float>()) + c / lanes<float>(); }
+template <class W, class V> inline void store_row(W* d, V a, V b) {
+  storeu(d, a);
+  storeu(d + lanes<Acc<W>>(), b);
+}
+// bf16: the values came from bf16 (the panel's source is X), so truncation is exact.
+inline void store_row(bf16* d, Vec<float> a, Vec<float> b) {
+  typedef uint32_t U32U __attribute__((vector_size(kVecBytes), aligned(2)));
+  *reinterpret_cast<U32U*>(d) = (reinterpret_cast<U32>(a) >> 16) | (reinterpret_cast<U32>(b) & 0xFFFF0000u);
+}
+// The panel element type for X = S: float / double as A; for fp16 / bf16
+// BILSTM_HALF_PANELS=1 keeps W_hh in X in the panels (half the bytes
+// streamed per step, widened in the micro-kernel), 0 packs it as float.
+#ifndef BILSTM_HALF_PANELS
+#define BILSTM_HALF_PANELS 1
+#endif
+template <class S> struct PanelOf { typedef S type; };
+#if !BILSTM_HALF_PANELS
+template <> struct PanelOf<f16> { typedef float type; };
+template <> struct PanelOf<bf16> { typedef float type; };
+#endif
+template <class S> using Panel = typename PanelOf<S>::type;
 
 #if BILSTM_VEC_BYTES == 32
 // r[0..7] = the rows of an 8 x 8 float block -> its columns: in-lane
@@ -168,8 +345,8 @@ enum class Init { zero, bias, accumulate };  // C = A Wp | C = bias + A Wp | C +
 // Not inlined: inlined into gemm() GCC kept the accumulators of the 5-row
 // tile on the stack (a vfmadd with a memory accumulator per FMA: perf on a
 // T=64 B=1 call, where the projection runs 5- and 6-row tiles).
-template <class T, int M, int KU>
-__attribute__((noinline)) void micro_gemm(const T* A, int64_t lda, int64_t ldk, const T* Wp, int64_t K, T* C, int64_t ldc,
+template <class T, int M, int KU, class W = T>  // W: the panel's element type (T, or X = fp16/bf16)
+__attribute__((noinline)) void micro_gemm(const T* A, int64_t lda, int64_t ldk, const W* Wp, int64_t K, T* C, int64_t ldc,
                        int nc, Init init, const T* bias) {
   constexpr int L = lanes<T>(), NR = panel_cols<T>();
   using V = Vec<T>;
@@ -184,7 +361,8 @@ __attribute__((noinline)) void micro_gemm(const T* A, int64_t lda, int64_t ldk, 
     __builtin_prefetch(reinterpret_cast<const char*>(Wp + k * NR) + BILSTM_PF_BYTES, 0, 3);
 #endif
     for (int u = 0; u < KU; ++u) {
-      const V w0 = load_a(Wp + (k + u) * NR), w1 = load_a(Wp + (k + u) * NR + L);
+      V w0, w1;
+      load_w2(Wp + (k + u) * NR, w0, w1);
       for (int m = 0; m < M; ++m) {
         const T a = A[m * lda + (k + u) * ldk];
         acc[u][m][0] += a * w0;
@@ -193,7 +371,8 @@ __attribute__((noinline)) void micro_gemm(const T* A, int64_t lda, int64_t ldk, 
     }
   }
   for (; k < K; ++k) {
-    const V w0 = load_a(Wp + k * NR), w1 = load_a(Wp + k * NR + L);
+    V w0, w1;
+    load_w2(Wp + k * NR, w0, w1);
     for (int m = 0; m < M; ++m) {
       const T a = A[m * lda + k * ldk];
       acc[0][m][0] += a * w0;
@@ -235,16 +414,16 @@ __attribute__((noinline)) void micro_gemm(const T* A, int64_t lda, int64_t ldk, 
   }
 }
 
-template <class T>
-inline void micro_gemm_rows(int m, const T* A, int64_t lda, int64_t ldk, const T* Wp, int64_t K, T* C,
+template <class T, class W>
+inline void micro_gemm_rows(int m, const T* A, int64_t lda, int64_t ldk, const W* Wp, int64_t K, T* C,
                             int64_t ldc, int nc, Init init, const T* bias) {
   switch (m) {
-    case 1: micro_gemm<T, 1, 4>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
-    case 2: micro_gemm<T, 2, 2>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
-    case 3: micro_gemm<T, 3, 2>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
-    case 4: micro_gemm<T, 4, 1>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
-    case 5: micro_gemm<T, 5, 1>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
-    case 6: micro_gemm<T, 6, 1>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+    case 1: micro_gemm<T, 1, 4, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+    case 2: micro_gemm<T, 2, 2, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+    case 3: micro_gemm<T, 3, 2, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+    case 4: micro_gemm<T, 4, 1, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+    case 5: micro_gemm<T, 5, 1, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+    case 6: micro_gemm<T, 6, 1, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
     default: break;
   }
 }
@@ -266,8 +445,8 @@ inline void micro_gemm_rows(int m, const T* A, int64_t lda, int64_t ldk, const T
 // C[0:M][0:ncols] (init) A[0:M][0:K] x Wp, Wp = ceil(ncols/NR) panels
 // [K][NR] one after the other. Rows are cut into balanced tiles of <= MR
 // (8 rows: 4 + 4, not 6 + 2).
-template <class T>
-void gemm(int64_t M, int64_t K, const T* A, int64_t lda, int64_t ldk, const T* Wp, int64_t ncols, T* C,
+template <class T, class W = T>
+void gemm(int64_t M, int64_t K, const T* A, int64_t lda, int64_t ldk, const W* Wp, int64_t ncols, T* C,
           int64_t ldc, Init init, const T* bias) {
   constexpr int NR = panel_cols<T>();
   const int64_t npanels = (ncols + NR - 1) / NR;
@@ -280,10 +459,10 @@ void gemm(int64_t M, int64_t K, const T* A, int64_t lda, int64_t ldk, const T* W
       const int64_t tiles = (mb + MR - 1) / MR;
       for (int64_t p = 0; p < npanels; ++p) {
         const int nc = static_cast<int>(imin(NR, ncols - p * NR));
-        const T* wp = Wp + (p * K + k0) * NR;
+        const W* wp = Wp + (p * K + k0) * NR;
         for (int64_t i = 0; i < tiles; ++i) {
           const int64_t r0 = m0 + mb * i / tiles, r1 = m0 + mb * (i + 1) / tiles;
-          micro_gemm_rows<T>(static_cast<int>(r1 - r0), A + r0 * lda + k0 * ldk, lda, ldk, wp, kc,
+          micro_gemm_rows<T, W>(static_cast<int>(r1 - r0), A + r0 * lda + k0 * ldk, lda, ldk, wp, kc,
                              C + r0 * ldc + p * NR, ldc, nc, in, in == Init::bias ? bias + p * NR : nullptr);
         }
       }
@@ -303,41 +482,45 @@ void gemm(int64_t M, int64_t K, const T* A, int64_t lda, int64_t ldk, const T* W
 // vectorized the element loop only when K was a compile-time constant); the
 // element loop with a pointer per row was ~9% of a T=64 B=1 inference call
 // (perf), more than the projection GEMM it fed.
-template <class T>
-void pack_nt(int64_t ncols, int64_t nvalid, int64_t K, const T* base, int64_t ld, T* dst) {
+// S: the source's element type, W: the panel's (converted on the way).
+template <class S, class W = S>
+void pack_nt(int64_t ncols, int64_t nvalid, int64_t K, const S* base, int64_t ld, W* dst) {
+  using T = Acc<S>;
   constexpr int NR = panel_cols<T>(), L = lanes<T>();
   for (int64_t p = 0; p * NR < ncols; ++p) {
     const int64_t c0 = p * NR, nv = imin(NR, nvalid - c0);  // valid columns of this panel
-    T* d = dst + p * K * NR;
+    W* d = dst + p * K * NR;
     int64_t k = 0;
     if constexpr (L == 8 && sizeof(T) == 4) {
       if (nv == NR)
-        for (; k + L <= K; k += L)
+        for (; k + L <= K; k += L) {
+          Vec<T> r[2][L];
           for (int half = 0; half < 2; ++half) {
-            Vec<T> r[L];
-            for (int c = 0; c < L; ++c) r[c] = loadu(base + (c0 + half * L + c) * ld + k);
-            transpose8(r);
-            for (int kk = 0; kk < L; ++kk) storeu(d + (k + kk) * NR + half * L, r[kk]);
+            for (int c = 0; c < L; ++c) r[half][c] = loadu(base + (c0 + half * L + c) * ld + k);
+            transpose8(r[half]);
           }
+          for (int kk = 0; kk < L; ++kk) store_row(d + (k + kk) * NR, r[0][kk], r[1][kk]);
+        }
     }
     for (; k < K; ++k)
-      for (int c = 0; c < NR; ++c) d[k * NR + c] = c < nv ? base[(c0 + c) * ld + k] : T(0);
+      for (int c = 0; c < NR; ++c) d[k * NR + col_pos<W>(c)] = c < nv ? cvt<W>(base[(c0 + c) * ld + k]) : W{};
   }
 }
 
 // "nn": column c of the product is column c0 + c of a row-major [K][ld]
 // matrix (W_hh read as [4H][H] for the backward step): each panel row is a
-// contiguous copy of NR elements, zero past `ncols` valid columns.
-template <class T, class RowFn>
-void pack_nn(int64_t ncols, int64_t K, RowFn krow, int64_t c0, T* dst) {
+// contiguous copy of NR elements, zero past `ncols` valid columns. T: the
+// accumulation type (NR), W: the panel's, krow(k): the source row (converted).
+template <class T, class RowFn, class W>
+void pack_nn(int64_t ncols, int64_t K, RowFn krow, int64_t c0, W* dst) {
   constexpr int NR = panel_cols<T>();
   for (int64_t p = 0; p * NR < ncols; ++p) {
     const int64_t nc = imin(NR, ncols - p * NR);
-    T* d = dst + p * K * NR;
+    W* d = dst + p * K * NR;
     for (int64_t k = 0; k < K; ++k) {
-      const T* s = krow(k) + c0 + p * NR;
-      for (int64_t c = 0; c < nc; ++c) d[k * NR + c] = s[c];
-      for (int64_t c = nc; c < NR; ++c) d[k * NR + c] = T(0);
+      const auto* s = krow(k) + c0 + p * NR;
+      for (int c = 0; c < nc; ++c) d[k * NR + col_pos<W>(c)] = cvt<W>(s[c]);
+      for (int c = static_cast<int>(nc); c < NR; ++c) d[k * NR + col_pos<W>(c)] = W{};
     }
   }
 }
@@ -362,27 +545,28 @@ inline int64_t active_rows(const int64_t* lengths, const RowGroup& g, int64_t t,
 // ------------------------------------------------ GEMMs outside the recurrence
 // C[:, n0:n1] = A B[:, n0:n1] (+ bias[n0:n1]): packs the job's columns of B
 // once (first touch by the thread that uses them), then one GEMM over all M
-// rows.
-template <class T>
+// rows. SB: B's element type (T, or X = fp16/bf16 with T = float: B is
+// converted while packed; A, bias and C are T).
+template <class T, class SB = T>
 void gemm_job(const GemmJob& job) {
   const GemmParams& p = *job.p;
   T* bp = static_cast<T*>(job.bpack);
   const int64_t ncols = job.n1 - job.n0;
-  const T* b = static_cast<const T*>(p.b);
+  const SB* b = static_cast<const SB*>(p.b);
   switch (p.bkind) {
     case BKind::w_rows:
-      pack_nt<T>(ncols, ncols, p.K, b + job.n0 * p.ldb, p.ldb, bp);
+      pack_nt<SB>(ncols, ncols, p.K, b + job.n0 * p.ldb, p.ldb, bp);
       break;
     case BKind::k_rows:
       pack_nn<T>(ncols, p.K, [&](int64_t k) { return b + k * p.ldb; }, job.n0, bp);
       break;
     case BKind::prev_hidden: {
-      const T* zero = static_cast<const T*>(job.zero_row);
-      pack_nn<T>(ncols, p.K, [&](int64_t k) -> const T* {
+      const SB* zero = static_cast<const SB*>(job.zero_row);
+      pack_nn<T>(ncols, p.K, [&](int64_t k) -> const SB* {
         const int64_t t = k / p.batch, bb = k % p.batch, len = p.lengths ? p.lengths[bb] : p.T;
-        if (p.dir == 0) return t == 0 ? at<const T>(p.h0, 0, bb, 0) : at<const T>(p.y, t - 1, bb, 0);
-        if (t == len - 1) return at<const T>(p.h0, 1, bb, 0);
-        return t + 1 < len ? at<const T>(p.y, t + 1, bb, 1) : zero;
+        if (p.dir == 0) return t == 0 ? at<const SB>(p.h0, 0, bb, 0) : at<const SB>(p.y, t - 1, bb, 0);
+        if (t == len - 1) return at<const SB>(p.h0, 1, bb, 0);
+        return t + 1 < len ? at<const SB>(p.y, t + 1, bb, 1) : zero;
       }, job.n0, bp);
       break;
     }
@@ -401,8 +585,11 @@ void gemm_job(const GemmJob& job) {
 //   3. the barrier, when several jobs split the group's units
 // Rows that are not running (t >= L_b) get y = 0 and keep their state; both
 // halves of h start as h0, so a row that starts late (direction 1) reads h0.
-template <class T>
+// S = X; T = A (cell state, h, the gate buffer, gates / cells); W: the panels.
+template <class S>
 void forward_job(const FwdParams& p, const RecJob& job, int64_t Hp) {
+  using T = Acc<S>;
+  using W = Panel<S>;
   constexpr int L = lanes<T>();
   using V = Vec<T>;
   const RowGroup& grp = *job.group;
@@ -417,17 +604,17 @@ void forward_job(const FwdParams& p, const RecJob& job, int64_t Hp) {
   // copy can go stale (a write through .data or .numpy() bumps no version
   // counter), and this packing is ~(hi-lo)*4H element copies against the
   // T*B*(hi-lo)*4H FMAs of the recurrence.
-  T* wp = static_cast<T*>(job.wpack);
+  W* wp = static_cast<W*>(job.wpack);
   const int64_t gstride = units * H;
   for (int g = 0; g < 4; ++g)  // gate g's rows lo.. of W_hh[n], zero past H
-    pack_nt<T>(units, H - lo, H, at<const T>(p.w_hh, n, g * H + imin(lo, H - 1), 0), p.w_hh.stride[1],
+    pack_nt<S>(units, H - lo, H, at<const S>(p.w_hh, n, g * H + imin(lo, H - 1), 0), p.w_hh.stride[1],
                wp + g * gstride);
   for (int64_t i = 0; i < nr; ++i) {
     const int64_t b = grp.rows[i];
     for (int64_t j = lo; j < hi; ++j) {
-      const T h0 = j < H ? *at<const T>(p.h0, n, b, j) : T(0);
+      const T h0 = j < H ? to_acc(*at<const S>(p.h0, n, b, j)) : T(0);
       hbuf[i * Hp + j] = hbuf[(nr + i) * Hp + j] = h0;
-      cbuf[i * Hp + j] = j < H ? *at<const T>(p.c0, n, b, j) : T(0);
+      cbuf[i * Hp + j] = j < H ? to_acc(*at<const S>(p.c0, n, b, j)) : T(0);
     }
   }
   if (job.barrier) job.barrier->wait();  // every slice of h0 is in place
@@ -445,8 +632,8 @@ void forward_job(const FwdParams& p, const RecJob& job, int64_t Hp) {
     for (int64_t i = 0; i < na; ++i) {
       const int64_t b = grp.rows[i];
       const T* gi = gbuf + i * 4 * Hp;
-      const T* gxp = at<const T>(p.gx, t, b, n);
-      T* yp = at<T>(p.y, t, b, n);
+      const S* gxp = at<const S>(p.gx, t, b, n);
+      S* yp = at<S>(p.y, t, b, n);
       T* ci = cbuf + i * Hp;
       T* hi_ = hn + i * Hp;
       const bool last = n == 0 ? t == (p.lengths ? p.lengths[b] : T_) - 1 : t == 0;
@@ -470,14 +657,14 @@ void forward_job(const FwdParams& p, const RecJob& job, int64_t Hp) {
           store_n(at<T>(p.cells, t, b, n) + j, c, nl);
         }
         if (last) {
-          store_n(at<T>(p.h_n, n, b, j), h, nl);
-          store_n(at<T>(p.c_n, n, b, j), c, nl);
+          store_n(at<S>(p.h_n, n, b, j), h, nl);
+          store_n(at<S>(p.c_n, n, b, j), c, nl);
         }
       }
     }
     for (int64_t i = na; i < nr; ++i) {  // not running at t: y = 0
-      T* yp = at<T>(p.y, t, grp.rows[i], n);
-      for (int64_t j = lo; j < hi_h; ++j) yp[j] = T(0);
+      S* yp = at<S>(p.y, t, grp.rows[i], n);
+      for (int64_t j = lo; j < hi_h; ++j) yp[j] = S{};
     }
     if (job.barrier) job.barrier->wait();
   }
@@ -496,24 +683,27 @@ void forward_job(const FwdParams& p, const RecJob& job, int64_t Hp) {
 // thread (a thread writes half s&1 again only after the next barrier, which
 // every thread reaches after its GEMM of this step). Rows that are not
 // running keep dh/dc (= dh_n/dc_n until they start, dh0/dc0 after they end).
-template <class T>
+// S = X; T = A (dh, dc, the dG buffer; gates / cells are read in A).
+template <class S>
 void backward_job(const BwdParams& p, const RecJob& job, int64_t Hp) {
+  using T = Acc<S>;
+  using W = Panel<S>;
   constexpr int L = lanes<T>();
   using V = Vec<T>;
   const RowGroup& grp = *job.group;
   const int64_t T_ = p.T, H = p.H, n = job.n, lo = job.lo, hi = job.hi, nr = grp.nrows, G = 4 * H;
   const int64_t hi_h = imin(hi, H), units = hi - lo;
-  T* wp = static_cast<T*>(job.wpack);  // [units/NR panels][4H][NR]
+  W* wp = static_cast<W*>(job.wpack);  // [units/NR panels][4H][NR]
   T* dh = static_cast<T*>(grp.h);      // [nr][Hp]
   T* dc = static_cast<T*>(grp.c);      // [nr][Hp]
   T* dgb = static_cast<T*>(grp.g);     // [2][nr][4H]
 
-  pack_nn<T>(imin(units, H - lo), G, [&](int64_t k) { return at<const T>(p.w_hh, n, k, 0); }, lo, wp);
+  pack_nn<T>(imin(units, H - lo), G, [&](int64_t k) { return at<const S>(p.w_hh, n, k, 0); }, lo, wp);
   for (int64_t i = 0; i < nr; ++i) {
     const int64_t b = grp.rows[i];
     for (int64_t j = lo; j < hi; ++j) {
-      dh[i * Hp + j] = j < H ? *at<const T>(p.dh_n, n, b, j) : T(0);
-      dc[i * Hp + j] = j < H ? *at<const T>(p.dc_n, n, b, j) : T(0);
+      dh[i * Hp + j] = j < H ? to_acc(*at<const S>(p.dh_n, n, b, j)) : T(0);
+      dc[i * Hp + j] = j < H ? to_acc(*at<const S>(p.dc_n, n, b, j)) : T(0);
     }
   }
 
@@ -526,11 +716,12 @@ void backward_job(const BwdParams& p, const RecJob& job, int64_t Hp) {
     for (int64_t i = 0; i < na; ++i) {
       const int64_t b = grp.rows[i];
       const bool has_prev = s > 0 && (!p.lengths || tp < p.lengths[b]);
-      const T* cprev = has_prev ? at<const T>(p.cells, tp, b, n) : at<const T>(p.c0, n, b, 0);
+      const T* cprev = has_prev ? at<const T>(p.cells, tp, b, n) : nullptr;  // else c0 (X)
+      const S* c0p = at<const S>(p.c0, n, b, 0);
       const T* gt = at<const T>(p.gates, t, b, n);
       const T* ct = at<const T>(p.cells, t, b, n);
-      const T* dyp = at<const T>(p.dy, t, b, n);
-      T* dg = at<T>(p.dgx, t, b, n);
+      const S* dyp = at<const S>(p.dy, t, b, n);
+      S* dg = at<S>(p.dgx, t, b, n);
       T* dgi = dgs + i * G;
       for (int64_t j = lo; j < hi_h; j += L) {
         const int nl = static_cast<int>(imin(L, H - j));
@@ -539,7 +730,7 @@ void backward_job(const BwdParams& p, const RecJob& job, int64_t Hp) {
         const V tc = vtanh(load_n(ct + j, nl));
         const V dho = load_a(dh + i * Hp + j) + load_n(dyp + j, nl);
         const V dct = load_a(dc + i * Hp + j) + dho * o * (T(1) - tc * tc);
-        const V cp = load_n(cprev + j, nl);
+        const V cp = cprev ? load_n(cprev + j, nl) : load_n(c0p + j, nl);
         const V dgi_ = dct * g * i_ * (T(1) - i_), dgf = dct * cp * f * (T(1) - f);
         const V dgg = dct * i_ * (T(1) - g * g), dgo = dho * tc * o * (T(1) - o);
         store_n(dg + j, dgi_, nl);
@@ -554,9 +745,9 @@ void backward_job(const BwdParams& p, const RecJob& job, int64_t Hp) {
       }
     }
     for (int64_t i = na; i < nr; ++i) {  // not running at t: dG = 0
-      T* dg = at<T>(p.dgx, t, grp.rows[i], n);
+      S* dg = at<S>(p.dgx, t, grp.rows[i], n);
       for (int g = 0; g < 4; ++g)
-        for (int64_t j = lo; j < hi_h; ++j) dg[g * H + j] = T(0);
+        for (int64_t j = lo; j < hi_h; ++j) dg[g * H + j] = S{};
     }
     if (job.barrier) job.barrier->wait();
     if (na > 0 && lo < H) gemm<T>(na, G, dgs, G, 1, wp, hi_h - lo, dh + lo, Hp, Init::zero, nullptr);
@@ -564,8 +755,8 @@ void backward_job(const BwdParams& p, const RecJob& job, int64_t Hp) {
   for (int64_t i = 0; i < nr; ++i) {
     const int64_t b = grp.rows[i];
     for (int64_t j = lo; j < hi_h; ++j) {
-      *at<T>(p.dh0, n, b, j) = dh[i * Hp + j];
-      *at<T>(p.dc0, n, b, j) = dc[i * Hp + j];
+      *at<S>(p.dh0, n, b, j) = from_acc<S>(dh[i * Hp + j]);
+      *at<S>(p.dc0, n, b, j) = from_acc<S>(dc[i * Hp + j]);
     }
   }
 }
@@ -582,9 +773,12 @@ void backward_job(const BwdParams& p, const RecJob& job, int64_t Hp) {
 const KernelTable& BILSTM_CAT(kernel_table_, BILSTM_ISA)() {
   static const KernelTable k = {
       BILSTM_STR(BILSTM_ISA), BILSTM_VEC_BYTES,
-      {&BILSTM_ISA::gemm_job<float>, &BILSTM_ISA::gemm_job<double>},
-      {&BILSTM_ISA::forward_job<float>, &BILSTM_ISA::forward_job<double>},
-      {&BILSTM_ISA::backward_job<float>, &BILSTM_ISA::backward_job<double>}};
+      {&BILSTM_ISA::gemm_job<float>, &BILSTM_ISA::gemm_job<double>, &BILSTM_ISA::gemm_job<float, BILSTM_ISA::f16>,
+       &BILSTM_ISA::gemm_job<float, BILSTM_ISA::bf16>},
+      {&BILSTM_ISA::forward_job<float>, &BILSTM_ISA::forward_job<double>, &BILSTM_ISA::forward_job<BILSTM_ISA::f16>,
+       &BILSTM_ISA::forward_job<BILSTM_ISA::bf16>},
+      {&BILSTM_ISA::backward_job<float>, &BILSTM_ISA::backward_job<double>,
+       &BILSTM_ISA::backward_job<BILSTM_ISA::f16>, &BILSTM_ISA::backward_job<BILSTM_ISA::bf16>}};
   return k;
 }
 
