@@ -194,8 +194,9 @@ def test_auto_picks_cpu_and_declines_what_it_does_not_do():
     spec = backends.CallSpec(device="cpu", dtype=torch.float32, N=2, H=8, P=8, proj=False, lengths=True)
     assert cpu_lstm.unsupported_reason(spec) is None
     assert cpu_lstm.unsupported_reason(spec._replace(dtype=torch.float64)) is None
+    assert cpu_lstm.unsupported_reason(spec._replace(proj=True, P=4)) is None   # tests/test_cpu_proj.py
     for bad in (spec._replace(dtype=torch.bfloat16), spec._replace(dtype=torch.float16),
-                spec._replace(proj=True, P=4), spec._replace(device="cuda")):
+                spec._replace(device="cuda")):
         why = cpu_lstm.unsupported_reason(bad)
         print(bad, "->", why)
         assert isinstance(why, str) and why
