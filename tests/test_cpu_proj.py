@@ -270,3 +270,20 @@ def test_bad_projection_input_is_a_clear_error():
     with pytest.raises(ValueError, match=r"dw_hr: expected shape \[N=2, P=3, H=4\]"):
         mod.backward(torch.zeros(T, B, N, P), hn, cn, ins["w_hh"], ins["c0"], None, gates, cells, dgx, dh0,
                      dc0, 1, ins["w_hr"], torch.empty(N, H, P))
+
+
+def test_nan_in_one_sequence_matches_the_reference():
+    """A NaN in one sequence's input: NaN where the reference has NaN (that
+    sequence's outputs, and the weight gradients, dW_hr included), the other
+    sequences untouched; masked steps of the dW_hr GEMM's operands are zero,
+    not garbage."""
+    _cpu()
+    ins, cot, lens = _inputs(5, 3, 2, 9, 4, torch.float64, [5, 2, 4])
+    ins["gx"][1, 0, 0, 3] = float("nan")
+    got = _run("cpu", ins, cot, lens)
+    want = _run("reference", ins, cot, lens)
+    assert got["y"][:, 0].isnan().any() and not got["y"][:, 1:].isnan().any()
+    assert got["dw_hr"].isnan().any()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-12, equal_nan=True,
+                                   msg=lambda m, name=name: f"{name}: {m}")
