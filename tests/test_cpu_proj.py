@@ -6,13 +6,19 @@ Legend: T steps, B batch, N directions, H hidden, P proj_size.
 
 Thread counts exercise each way the driver splits the work
 (csrc/cpu/lstm_driver.cpp make_plan): 1 thread, 2 threads with N=2 (a
-direction each), 2-3 threads with N=1 (hidden units and the columns of h
-split, two barriers per step), 2 threads with N=1 and B >= 16 (batch split),
-4 threads with N=2 (hidden split + barriers, oversubscribed on 2 cores).
+direction each), 2-3 threads with N=1 (one thread per direction: with a
+projection the hidden units are not split by default), 2 threads with N=1
+and B >= 16 (batch split); and, under BILSTM_CPU_PROJ_SPLIT=units in a
+child process, the hidden units and the columns of h split with two
+barriers per step (2-4 threads, oversubscribed on 2 cores).
 """
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -287,3 +293,19 @@ def test_nan_in_one_sequence_matches_the_reference():
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-10, atol=1e-12, equal_nan=True,
                                    msg=lambda m, name=name: f"{name}: {m}")
+
+
+def test_hidden_unit_split_with_two_barriers():
+    """The split the driver does not choose by default (docs/cpu.md,
+    "Projection"), BILSTM_CPU_PROJ_SPLIT=units, read once per process: the op
+    tests above again in a child process, 2-4 threads splitting the hidden
+    units and the columns of h."""
+    _cpu()
+    here = Path(__file__).resolve()
+    env = {**os.environ, "BILSTM_CPU_PROJ_SPLIT": "units",
+           "PYTHONPATH": os.pathsep.join([str(here.parents[1]), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(here),
+                        "-k", "test_op_matches_reference or test_every_isa_build or test_nan_in_one"],
+                       env=env, capture_output=True, text=True, timeout=900)
+    print(r.stdout[-3000:], r.stderr[-3000:])
+    assert r.returncode == 0

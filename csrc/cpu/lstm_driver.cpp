@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
 #include <cstring>
 #include <atomic>
 #include <memory>
@@ -132,14 +133,28 @@ std::vector<int64_t> row_order(int64_t B, const int64_t* lengths) {
 //    order so that every thread gets long and short sequences alike), else
 //    splitting the hidden units (each thread keeps only its slice of W_hh hot
 //    and the threads of a direction meet at a barrier once per step).
-//  With a projection the threads that split a direction's units also split
-//  the Pp columns of h (the projection GEMM's output), in panels of NR.
+//  With a projection (Pp > 0) the hidden units are not split: those threads
+//  would meet twice per step, and on the 2-vCPU machine this was measured on
+//  that was 2-10x slower than one thread per direction (docs/cpu.md,
+//  "Projection"); the extra threads stay idle unless the batch is split.
+//  BILSTM_CPU_PROJ_SPLIT=units splits them anyway (to measure elsewhere):
+//  the threads also split the Pp columns of h (the projection GEMM's
+//  output), in panels of NR.
+bool proj_unit_split() {
+  static const bool on = [] {
+    const char* v = std::getenv("BILSTM_CPU_PROJ_SPLIT");
+    return v && std::string(v) == "units";
+  }();
+  return on;
+}
+
 Plan make_plan(int64_t N, int64_t B, int64_t Hp, int64_t NR, int P, const int64_t* lengths, int64_t Pp) {
   Plan plan;
   const std::vector<int64_t> order = row_order(B, lengths);
   const int64_t tpd_max = std::max<int64_t>(1, P / N);
   const bool split_batch = P > N && B >= 8 * tpd_max;
-  const int64_t tpd = P <= N ? 1 : split_batch ? tpd_max : std::min(tpd_max, Hp / NR);
+  const bool split_units = Pp == 0 || proj_unit_split();
+  const int64_t tpd = P <= N ? 1 : split_batch ? tpd_max : split_units ? std::min(tpd_max, Hp / NR) : 1;
   const int64_t groups_per_dir = split_batch ? tpd : 1;
   plan.group_rows.resize(N * groups_per_dir);
   plan.groups.resize(N * groups_per_dir);
@@ -193,7 +208,7 @@ void run_recurrence(const Params& p, int num_threads) {
   const bool proj = p.w_hr.ptr != nullptr;
   const int64_t P = proj ? p.P : p.H, Pp = round_up(P, NR);  // features of h
   std::lock_guard<std::mutex> lock(ThreadPool::call_mutex());
-  Plan plan = make_plan(p.N, p.B, Hp, NR, num_threads < 1 ? 1 : num_threads, p.lengths, Pp);
+  Plan plan = make_plan(p.N, p.B, Hp, NR, num_threads < 1 ? 1 : num_threads, p.lengths, proj ? Pp : 0);
 
   // Scratch: per group h, c, g (+ m, r with a projection; cpu_kernels.h:
   // RowGroup), per job its packed W_hh slice: forward 4 gates x (hi-lo) units
@@ -269,7 +284,11 @@ void run_recurrence(const Params& p, int num_threads) {
         g.ldb = p.N * p.H;
         g.c = static_cast<char*>(p.dw_hr.ptr) + esize * n * p.dw_hr.stride[0], g.ldc = p.dw_hr.stride[1];
       }
-      run_gemm_locked(problems, dt, num_threads < 1 ? 1 : num_threads);
+      // On as many threads as the recurrence used: N=1 at 2 threads runs the
+      // recurrence inline, and a parallel region for this small GEMM alone
+      // cost 10-20 ms per call on the loaded 2-vCPU machine (waking a thread
+      // whose core was taken) against ~0.1-0.5 ms of work at B <= 8.
+      run_gemm_locked(problems, dt, plan.nthreads);
     }
   }
 }
