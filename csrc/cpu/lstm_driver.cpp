@@ -262,6 +262,8 @@ void run_recurrence(const Params& p, int num_threads) {
     if constexpr (forward) return (proj ? ks.forward_proj : ks.forward)[kernel_index(dt)];
     else return (proj ? ks.backward_proj : ks.backward)[kernel_index(dt)];
   }();
+  if (!kernel)  // a table without this dtype's projected kernels (cpu_lstm.py declines those calls)
+    throw std::invalid_argument("the cpu kernels have no recurrence for this dtype with a projection");
   if (plan.barriers.empty()) {  // no job waits for another: claimed dynamically
     std::vector<const RecJob*> all;
     for (auto& tj : plan.jobs)

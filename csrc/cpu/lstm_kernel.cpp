@@ -577,8 +577,9 @@ void backward_job(const BwdParams& p, const RecJob& job, int64_t Hp) {
 // [plo, phi) of h for the projection GEMM (multiples of NR; either may be
 // empty). When several jobs share a group (the threads of one direction split
 // its units), each GEMM needs all of the previous phase's output, so they meet
-// twice per step (docs/cpu.md, "Projection", says why that and not another
-// split). Pp = P rounded up to NR.
+// twice per step; the driver makes such groups only under
+// BILSTM_CPU_PROJ_SPLIT=units (docs/cpu.md, "Projection", has the figures).
+// Pp = P rounded up to NR.
 template <class T>
 inline int64_t padded(int64_t x) { return (x + panel_cols<T>() - 1) / panel_cols<T>() * panel_cols<T>(); }
 
