@@ -30,7 +30,7 @@ DOC_SETTINGS = {"device", "dtypes", "modes", "backends", "peers", "rounds", "war
 DOC_ROW = ["shape", "T", "B", "D", "H", "L", "N", "packed", "dtype", "mode", "backend", "impl", "status",
            "detail", "max_err", "gflop", "ms_median", "ms_p20", "ms_p80", "repeats", "gflops",
            "pct_peak", "speedup", "peak_mem_mb", "vs_best_peer", "best_peer", "spread", "other_cpus",
-           "trusted", "attempts"]
+           "trusted", "attempts", "P"]
 
 
 def _quick_run(out: Path) -> Path:
@@ -119,11 +119,18 @@ def test_flops_match_a_hand_count():
     assert flops(Shape(T=2, B=3, D=5, H=4, L=2, N=1), "inference") == 2 * (144 + 4 * 4 * 8) * 6
     # docs/design.md §2's 2*8*B*T*H*(H+D) for one bidirectional layer
     assert flops(Shape(T=64, B=8, D=300, H=256), "inference") == 2 * 8 * 8 * 64 * 256 * (256 + 300)
+    # proj_size P=2: gates 4*4*(5+2) multiply-adds + the projection 2*4 per (t, b, direction);
+    # layer 2 reads both directions' projected outputs (2P = 4): 4*4*(4+2) + 2*4.
+    assert flops(Shape(T=2, B=3, D=5, H=4, L=1, N=2, P=2), "inference") == 2 * (112 + 8) * (2 * 3) * 2
+    assert flops(Shape(T=2, B=3, D=5, H=4, L=2, N=2, P=2), "inference") == 2 * (120 + 96 + 8) * (2 * 3) * 2
 
 
 def test_parse_shape():
     assert parse_shape("t=64, b=8,D=300,H=256,L=2") == Shape(64, 8, 300, 256, 2)
+    assert parse_shape("T=64,B=8,D=300,H=256,P=128") == Shape(64, 8, 300, 256, P=128)
+    assert Shape(64, 8, 300, 256, P=128).label == "T64 B8 D300 H256 P128 L1"
     for bad, says in (("T=64,B=8", "missing D, H"), ("T=64,B=8,D=3,H=x", "not an integer"),
+                      ("T=1,B=1,D=1,H=4,P=4", "must be < H"),
                       ("T=0,B=1,D=1,H=1", "must be >= 1"), ("T=1,B=1,D=1,H=1,N=3", "N=3"),
                       ("T=1,B=1,D=1,H=1,Q=2", "KEY=VALUE")):
         with pytest.raises(ValueError, match=says):
@@ -178,6 +185,18 @@ def test_nan_anywhere_is_a_mismatch():
     got = {"output": torch.tensor([1.0, float("nan"), 1.0]), "h_n": torch.full((2,), 1.5)}
     errs = workload.scaled_errors(got, want)
     assert errs["output"] == float("inf") and max(errs, key=errs.get) == "output"
+
+
+def test_a_proj_size_shape_is_checked_and_timed():
+    """P=... builds nn.LSTM(proj_size) and BiLSTM alike: the cpu and reference
+    backends match it (every gradient, weight_hr too) and are timed."""
+    shape = Shape(T=5, B=3, D=7, H=6, L=2, P=2)
+    rows = _run_one(["cpu", "reference"], shape=shape)
+    assert {(r.backend, r.mode) for r in rows} == {(b, m) for b in ("torch", "cpu", "reference")
+                                                   for m in ("inference", "training")}
+    for r in rows:
+        assert r.status == "ok" and r.ms_median is not None, (r.backend, r.mode, r.detail)
+        assert r.P == 2 and r.shape == "T5 B3 D7 H6 P2 L2" and r.gflop == flops(shape, r.mode) / 1e9
 
 
 def test_a_backend_that_raises_is_reported_as_error():

@@ -195,13 +195,17 @@ def test_auto_picks_cpu_and_declines_what_it_does_not_do():
     assert cpu_lstm.unsupported_reason(spec) is None
     for dt in (torch.float64, torch.float16, torch.bfloat16):   # fp16/bf16: tests/test_cpu_half.py
         assert cpu_lstm.unsupported_reason(spec._replace(dtype=dt)) is None
-    for bad in (spec._replace(proj=True, P=4), spec._replace(device="cuda")):
+    for dt in (torch.float32, torch.float64):                    # tests/test_cpu_proj.py
+        assert cpu_lstm.unsupported_reason(spec._replace(proj=True, P=4, dtype=dt)) is None
+    for bad in (spec._replace(proj=True, P=4, dtype=torch.float16), spec._replace(proj=True, P=4, dtype=torch.bfloat16),
+                spec._replace(device="cuda")):
         why = cpu_lstm.unsupported_reason(bad)
         print(bad, "->", why)
         assert isinstance(why, str) and why
-    # and auto then runs them on the reference backend (proj_size here)
-    spec_proj = (spec.device, spec.dtype, spec.N, spec.H, 4, True, spec.lengths)
+    # and auto then runs them on the reference backend (proj_size in fp16 here), fp32 proj_size on cpu
+    spec_proj = (spec.device, torch.float16, spec.N, spec.H, 4, True, spec.lengths)
     assert backends.resolve_backend("auto", *spec_proj) == "reference"
+    assert backends.resolve_backend("auto", spec.device, torch.float32, spec.N, spec.H, 4, True, True) == "cpu"
 
 
 def test_bad_input_is_a_clear_error():

@@ -120,8 +120,8 @@ def run_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--quick", action="store_true",
                    help=f"one small shape ({QUICK.label}), both modes, 3 repeats: seconds (CI)")
-    p.add_argument("--shape", type=_shape, action="append", metavar="T=..,B=..,D=..,H=..[,L=..][,N=..]",
-                   help="a shape to time (repeatable); N=1 for a unidirectional LSTM")
+    p.add_argument("--shape", type=_shape, action="append", metavar="T=..,B=..,D=..,H=..[,L=..][,N=..][,P=..]",
+                   help="a shape to time (repeatable); N=1 for a unidirectional LSTM, P=proj_size")
     for flag, dim, what in (("--seq-len", "T", "sequence lengths"), ("--batch", "B", "batch sizes"),
                             ("--input-size", "D", "input sizes"), ("--hidden", "H", "hidden sizes"),
                             ("--layers", "L", "layer counts")):
@@ -311,7 +311,7 @@ def profile_main(argv: list[str]) -> int:
                     "or aten ops (CPU) per forward and per backward.")
     _add_common(p)
     p.add_argument("--shape", type=_shape, default=parse_shape("T=64,B=32,D=300,H=256,L=1"),
-                   metavar="T=..,B=..,D=..,H=..[,L=..][,N=..]",
+                   metavar="T=..,B=..,D=..,H=..[,L=..][,N=..][,P=..]",
                    help="the shape (default: T=64,B=32,D=300,H=256,L=1)")
     p.add_argument("--quick", action="store_true", help=f"the small shape {QUICK.label}, 2 steps")
     p.add_argument("--backends", type=_list_of(str), default=["auto", "torch"],

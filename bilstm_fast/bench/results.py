@@ -3,7 +3,7 @@ docs/bench.md documents and tests/test_bench.py checks.
 
 A result file (JSON) holds one run::
 
-    schema        "bilstm_fast.bench/1"
+    schema        "bilstm_fast.bench/3"
     created_utc   ISO 8601 time the run finished
     command       the command line
     duration_s    wall time of the whole run
@@ -28,8 +28,9 @@ import re
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-SCHEMA = "bilstm_fast.bench/2"
-READABLE_SCHEMAS = ("bilstm_fast.bench/1", SCHEMA)  # /1: before peers and trust marks
+SCHEMA = "bilstm_fast.bench/3"
+# /1: before peers and trust marks; /2: before the P (proj_size) column
+READABLE_SCHEMAS = ("bilstm_fast.bench/1", "bilstm_fast.bench/2", SCHEMA)
 STATUSES = ("ok", "mismatch", "error")
 
 
@@ -66,6 +67,7 @@ class Row:
     other_cpus: float | None = None  # CPUs other processes kept busy while the case was timed
     trusted: bool | None = None    # spread and other_cpus within timing.SPREAD_MAX / OTHER_CPUS_MAX
     attempts: int = 0              # measurements of the case (re-measured while untrusted)
+    P: int = 0                     # proj_size of the shape (0 = none); last: older files lack it
 
 
 ROW_FIELDS = [f.name for f in fields(Row)]

@@ -2,7 +2,8 @@
 the CLI, the profiler and the pytest-benchmark suite (benchmarks/) get them.
 
 Legend: T steps, B batch, D input_size, H hidden_size, L layers,
-N directions (2 = bidirectional, the project's case; 1 is supported).
+N directions (2 = bidirectional, the project's case; 1 is supported),
+P proj_size (0 = no projection; h then has H features).
 A "packed" shape runs variable-length sequences (a PackedSequence, lengths
 T/4..T in no particular order: ``lengths``).
 """
@@ -23,12 +24,19 @@ class Shape:
     L: int = 1
     N: int = 2
     packed: bool = False  # variable lengths (``lengths``), fed as a PackedSequence
+    P: int = 0            # proj_size (nn.LSTM's), 0 = none; last so positional Shapes keep their meaning
 
     @property
     def label(self) -> str:
         """Short, unique, sortable-by-eye name used in tables, plots and CSV."""
         uni = " N1" if self.N == 1 else ""
-        return f"T{self.T} B{self.B} D{self.D} H{self.H} L{self.L}{uni}{' packed' if self.packed else ''}"
+        proj = f" P{self.P}" if self.P else ""
+        return f"T{self.T} B{self.B} D{self.D} H{self.H}{proj} L{self.L}{uni}{' packed' if self.packed else ''}"
+
+    @property
+    def out_features(self) -> int:
+        """Features of h per direction: P with a projection, else H."""
+        return self.P or self.H
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -59,14 +67,21 @@ def flops(shape: Shape, mode: str) -> int:
     A packed shape counts the valid steps only (sum of the lengths instead
     of B*T): the work an implementation has to do, whatever it spends on the
     padding.
+
+    With a projection (P = proj_size) the recurrent product has P inputs,
+    each step adds the projection h_t = m_t W_hr^T (2·N·B·T·P·H), and the
+    layers above read N·P features: 2·N·B·T·(4H·(P + D_l) + P·H).
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     steps = sum(lengths(shape)) if shape.packed else shape.B * shape.T
     total = 0
+    F = shape.out_features
     for layer in range(shape.L):
-        d = shape.D if layer == 0 else shape.N * shape.H
-        total += 2 * 4 * shape.N * steps * shape.H * (shape.H + d)
+        d = shape.D if layer == 0 else shape.N * F
+        total += 2 * 4 * shape.N * steps * shape.H * (F + d)
+        if shape.P:
+            total += 2 * shape.N * steps * shape.P * shape.H
     return total * (3 if mode == "training" else 1)
 
 
@@ -119,17 +134,18 @@ def default_sweep(device_type: str, modes=MODES) -> list[tuple[Shape, tuple[str,
     return [(s, ms) for s, ms in pairs if ms]
 
 
-_SPEC_KEYS = ("T", "B", "D", "H", "L", "N", "PACKED")
+_SPEC_KEYS = ("T", "B", "D", "H", "L", "N", "P", "PACKED")
 
 
 def parse_shape(spec: str) -> Shape:
-    """'T=64,B=8,D=300,H=256[,L=2][,N=1][,packed=1]' -> Shape (keys in any order and case)."""
+    """'T=64,B=8,D=300,H=256[,L=2][,N=1][,P=128][,packed=1]' -> Shape (keys in any
+    order and case; P = proj_size, < H as nn.LSTM requires)."""
     values: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
         key, sep, val = part.partition("=")
         key = key.strip().upper()
         if not sep or key not in _SPEC_KEYS:
-            raise ValueError(f"{part!r} is not KEY=VALUE with KEY one of T, B, D, H, L, N, packed "
+            raise ValueError(f"{part!r} is not KEY=VALUE with KEY one of T, B, D, H, L, N, P, packed "
                              f"(example: T=64,B=8,D=300,H=256,L=1)")
         try:
             values[key] = int(val)
@@ -146,5 +162,7 @@ def parse_shape(spec: str) -> Shape:
         raise ValueError(f"{spec!r} is missing {', '.join(missing)} (example: T=64,B=8,D=300,H=256)")
     if values.get("N", 2) not in (1, 2):
         raise ValueError(f"N={values['N']} must be 1 or 2 (directions)")
+    if values.get("P", 0) >= values["H"]:
+        raise ValueError(f"P={values['P']} must be < H={values['H']} (nn.LSTM's proj_size < hidden_size)")
     packed = bool(values.pop("PACKED", 0))
     return Shape(**values, packed=packed)

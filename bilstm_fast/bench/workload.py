@@ -33,7 +33,7 @@ def impl_label(backend: str, device_type: str) -> str:
 
 def build_baseline(shape: Shape, dtype: str, device: torch.device, seed: int = 0) -> nn.LSTM:
     torch.manual_seed(seed)
-    return nn.LSTM(shape.D, shape.H, num_layers=shape.L, bidirectional=shape.N == 2,
+    return nn.LSTM(shape.D, shape.H, num_layers=shape.L, bidirectional=shape.N == 2, proj_size=shape.P,
                    device=device, dtype=DTYPES[dtype])
 
 
@@ -43,8 +43,8 @@ def build_bilstm(baseline: nn.LSTM, backend: str) -> nn.Module:
 
     w = baseline.weight_ih_l0
     ours = BiLSTM(baseline.input_size, baseline.hidden_size, num_layers=baseline.num_layers,
-                  bidirectional=baseline.bidirectional, device=w.device, dtype=w.dtype,
-                  backend=backend)
+                  bidirectional=baseline.bidirectional, proj_size=baseline.proj_size, device=w.device,
+                  dtype=w.dtype, backend=backend)
     ours.load_state_dict(baseline.state_dict())
     return ours
 
@@ -52,8 +52,8 @@ def build_bilstm(baseline: nn.LSTM, backend: str) -> nn.Module:
 @dataclass
 class Inputs:
     x: torch.Tensor    # [T, B, D]
-    dy: torch.Tensor   # [T, B, N*H]  upstream grad of the output
-    dh: torch.Tensor   # [L*N, B, H]  upstream grad of h_n (check only)
+    dy: torch.Tensor   # [T, B, N*P]  upstream grad of the output (P = proj_size, or H)
+    dh: torch.Tensor   # [L*N, B, P]  upstream grad of h_n (check only)
     dc: torch.Tensor   # [L*N, B, H]  upstream grad of c_n (check only)
     lengths: torch.Tensor | None = None  # [B] int64 on the CPU (packed shapes), else None
 
@@ -64,9 +64,9 @@ def make_inputs(shape: Shape, dtype: str, device: torch.device, seed: int = 1) -
     def randn(*size):  # drawn on the CPU so every device gets the same numbers
         return torch.randn(*size, generator=g).to(device=device, dtype=DTYPES[dtype])
 
-    T, B, D, H, LN = shape.T, shape.B, shape.D, shape.H, shape.L * shape.N
+    T, B, D, H, LN, P = shape.T, shape.B, shape.D, shape.H, shape.L * shape.N, shape.out_features
     lengths = shape_lengths(shape)
-    return Inputs(randn(T, B, D), randn(T, B, shape.N * H), randn(LN, B, H), randn(LN, B, H),
+    return Inputs(randn(T, B, D), randn(T, B, shape.N * P), randn(LN, B, P), randn(LN, B, H),
                   None if lengths is None else torch.tensor(lengths, dtype=torch.int64))
 
 

@@ -2,7 +2,7 @@
 its recurrence kernels (bilstm_fast._cpu: linear, matmul, recurrent_weight_grad).
 
 Legend (docs/design.md §0): M = T*B rows, D input features, G = N*4H gate
-columns, T steps, B batch, N directions, H hidden.
+columns, T steps, B batch, N directions, H hidden, P = proj_size or H.
 
 The layer op (ops/recurrence.py) takes a backend's ``gemms`` for the input
 projection, its backward (dx, dW_ih) and dW_hh; this module is the cpu
@@ -75,12 +75,12 @@ def matmul(a: Tensor, b: Tensor, trans_a: bool = False) -> Tensor:
 
 
 def recurrent_weight_grad(dgx: Tensor, y: Tensor, h0: Tensor, lengths: Optional[Tensor]) -> Tensor:
-    """dW_hh [N, 4H, H] from dgx [T, B, N, 4H] (zero where t >= L_b), y [T, B, N, H],
-    h0 [N, B, H]: the sums of ops/recurrence.py's _recurrent_weight_grad, one
-    GEMM per direction (threads split between them), h_{t-1} packed straight
-    from y and h0."""
+    """dW_hh [N, 4H, P] from dgx [T, B, N, 4H] (zero where t >= L_b), y [T, B, N, P],
+    h0 [N, B, P] (P = proj_size, or H): the sums of ops/recurrence.py's
+    _recurrent_weight_grad, one GEMM per direction (threads split between
+    them), h_{t-1} packed straight from y and h0."""
     T, B, N, G = dgx.shape
-    dw = dgx.new_empty(N, G, G // 4, dtype=torch.float32 if dgx.dtype in _HALF else dgx.dtype)
+    dw = dgx.new_empty(N, G, y.shape[-1], dtype=torch.float32 if dgx.dtype in _HALF else dgx.dtype)
     native.require("_cpu").recurrent_weight_grad(_acc(dgx).contiguous(), y.contiguous(), h0.contiguous(),
                                                  lengths, dw, _threads())
     return dw.to(dgx.dtype)

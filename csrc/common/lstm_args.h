@@ -2,7 +2,7 @@
 // (contract: bilstm_fast/ops/backends.py; design: docs/design.md §3).
 //
 // Legend (docs/design.md §0): T steps, B batch, N directions (1 or 2), H hidden
-// size, G = 4H.
+// size, G = 4H, P = proj_size (the features of h) with a projection, else H.
 //
 // Plain structs, no pybind11, CUDA or torch types: this header compiles in the
 // CPU kernels, in nvcc translation units and in the CUDA emulation alike.
@@ -38,28 +38,36 @@ struct FwdArgs {
   int64_t T = 0, B = 0, N = 0, H = 0;
   DType dtype = DType::f32;          // X
   View gx;                           // [T, B, N, 4H] X  pre-activations, both biases included
-  View w_hh;                         // [N, 4H, H]    X
-  View h0, c0;                       // [N, B, H]     X
+  View w_hh;                         // [N, 4H, P]    X
+  View h0, c0;                       // [N, B, P], [N, B, H] X
   const int64_t* lengths = nullptr;  // [B], values in 1..T; nullptr = all T
-  View y;                            // [T, B, N, H]  X  out, 0 where t >= L_b
-  View h_n, c_n;                     // [N, B, H]     X  out
+  View y;                            // [T, B, N, P]  X  out, 0 where t >= L_b
+  View h_n, c_n;                     // [N, B, P], [N, B, H] X  out
   View gates;                        // [T, B, N, 4H] A  out: activated i, f, g, o (ptr null: not needed)
   View cells;                           // [T, B, N, H]  A  out: cell state after step t (ptr null: not needed)
+  // Projection (proj_size): h_t = (o * tanh(c_t)) W_hr^T. w_hr.ptr null = none,
+  // and then P is unused (h has H features; a binding may leave it 0).
+  int64_t P = 0;
+  View w_hr;                         // [N, P, H]     X
 };
 
-// Backward recurrence: the dh/dc recurrence producing dgx, dh0, dc0.
+// Backward recurrence: the dh/dc recurrence producing dgx, dh0, dc0 (and dw_hr).
 struct BwdArgs {
   int64_t T = 0, B = 0, N = 0, H = 0;
   DType dtype = DType::f32;          // X
-  View dy;                           // [T, B, N, H]  X
-  View dh_n, dc_n;                   // [N, B, H]     X
-  View w_hh;                         // [N, 4H, H]    X
+  View dy;                           // [T, B, N, P]  X
+  View dh_n, dc_n;                   // [N, B, P], [N, B, H] X
+  View w_hh;                         // [N, 4H, P]    X
   View c0;                           // [N, B, H]     X
   const int64_t* lengths = nullptr;  // [B] or nullptr
   View gates;                        // [T, B, N, 4H] A  from forward
   View cells;                           // [T, B, N, H]  A  from forward
   View dgx;                          // [T, B, N, 4H] X  out, 0 where t >= L_b
-  View dh0, dc0;                     // [N, B, H]     X  out
+  View dh0, dc0;                     // [N, B, P], [N, B, H] X  out
+  // Projection (FwdArgs): w_hr.ptr null = none, P unused.
+  int64_t P = 0;
+  View w_hr;                         // [N, P, H]     X
+  View dw_hr;                        // [N, P, H]     X  out (with w_hr)
 };
 
 }  // namespace bilstm

@@ -6,9 +6,9 @@
 // the GIL and runs the kernels. Python (bilstm_fast/ops/cpu_lstm.py) only
 // allocates the outputs and calls (ops/cpu_gemm.py for the GEMMs).
 //
-// Legend (docs/design.md §0): T steps, B batch, N directions (1 or 2), H hidden size, X the
-// input dtype (float32, float64, float16, bfloat16), A the accumulation / workspace dtype
-// (float64 for float64, else float32).
+// Legend (docs/design.md §0): T steps, B batch, N directions (1 or 2), H hidden size, P
+// proj_size (or H without projection), X the input dtype (float32, float64, float16,
+// bfloat16), A the accumulation / workspace dtype (float64 for float64, else float32).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -52,25 +52,44 @@ DType gemm_dtype(const bilstm::TensorArg& a, const bilstm::TensorArg& b) {
                         bilstm::dtype_name(b.dtype));
 }
 
+// P from w_hr [N, P, H] (proj_size), or H when w_hr is None: the features of h.
+int64_t proj_features(py::handle w_hr, int64_t H) {
+  if (w_hr.is_none()) return H;
+  const int64_t P = bilstm::size_of(bilstm::read("w_hr", w_hr), 3, 1, "[N, P, H]");
+  if (P < 1) throw py::value_error("w_hr: expected [N, P>=1, H], got P=" + std::to_string(P));
+  return P;
+}
+
+// The projected kernels run float32 and float64 (cpu_lstm.unsupported_reason).
+void check_projection_dtype(py::handle w_hr, DType X) {
+  if (!w_hr.is_none() && X != DType::f32 && X != DType::f64)
+    throw py::value_error(std::string("w_hr: proj_size on the cpu kernels runs torch.float32 and torch.float64, got ") +
+                          bilstm::dtype_name(X));
+}
+
 int check_threads(int n) {
   if (n < 1) throw py::value_error("num_threads: expected >= 1, got " + std::to_string(n));
   return n;
 }
 
 void forward(py::handle gx, py::handle w_hh, py::handle h0, py::handle c0, py::handle lengths,
-             py::handle y, py::handle h_n, py::handle c_n, py::handle gates, py::handle cells, int num_threads) {
+             py::handle y, py::handle h_n, py::handle c_n, py::handle gates, py::handle cells, int num_threads,
+             py::handle w_hr) {
   const bilstm::TensorArg agx = bilstm::read("gx", gx);
   FwdParams p;
   bilstm::lstm_sizes(agx, p.T, p.B, p.N, p.H);
-  const int64_t T = p.T, B = p.B, N = p.N, H = p.H;
+  const int64_t T = p.T, B = p.B, N = p.N, H = p.H, P = p.P = proj_features(w_hr, H);
+  const char* Pl = w_hr.is_none() ? "H" : "P";
   const DType X = p.dtype = float_dtype(agx);
+  check_projection_dtype(w_hr, X);
   p.gx = bilstm::expect(agx, X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"4H", 4 * H}});
-  p.w_hh = bilstm::expect(bilstm::read("w_hh", w_hh), X, kCpu, {{"N", N}, {"4H", 4 * H}, {"H", H}});
-  p.h0 = bilstm::expect(bilstm::read("h0", h0), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
+  p.w_hh = bilstm::expect(bilstm::read("w_hh", w_hh), X, kCpu, {{"N", N}, {"4H", 4 * H}, {Pl, P}});
+  p.w_hr = bilstm::expect_optional("w_hr", w_hr, X, kCpu, {{"N", N}, {"P", P}, {"H", H}});
+  p.h0 = bilstm::expect(bilstm::read("h0", h0), X, kCpu, {{"N", N}, {"B", B}, {Pl, P}});
   p.c0 = bilstm::expect(bilstm::read("c0", c0), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
   p.lengths = bilstm::expect_lengths(lengths, kCpu, B, T);
-  p.y = bilstm::expect(bilstm::read("y", y), X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
-  p.h_n = bilstm::expect(bilstm::read("h_n", h_n), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
+  p.y = bilstm::expect(bilstm::read("y", y), X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {Pl, P}});
+  p.h_n = bilstm::expect(bilstm::read("h_n", h_n), X, kCpu, {{"N", N}, {"B", B}, {Pl, P}});
   p.c_n = bilstm::expect(bilstm::read("c_n", c_n), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
   if (gates.is_none() != cells.is_none())
     throw py::value_error("gates, cells: pass both workspace tensors or neither");
@@ -83,22 +102,28 @@ void forward(py::handle gx, py::handle w_hh, py::handle h0, py::handle c0, py::h
 
 void backward(py::handle dy, py::handle dh_n, py::handle dc_n, py::handle w_hh, py::handle c0,
               py::handle lengths, py::handle gates, py::handle cells, py::handle dgx, py::handle dh0,
-              py::handle dc0, int num_threads) {
+              py::handle dc0, int num_threads, py::handle w_hr, py::handle dw_hr) {
   const bilstm::TensorArg ag = bilstm::read("gates", gates), ady = bilstm::read("dy", dy);
   BwdParams p;
   bilstm::lstm_sizes(ag, p.T, p.B, p.N, p.H);
-  const int64_t T = p.T, B = p.B, N = p.N, H = p.H;
+  const int64_t T = p.T, B = p.B, N = p.N, H = p.H, P = p.P = proj_features(w_hr, H);
+  const char* Pl = w_hr.is_none() ? "H" : "P";
   const DType X = p.dtype = float_dtype(ady);
+  check_projection_dtype(w_hr, X);
   p.gates = bilstm::expect(ag, acc_dtype(X), kCpu, {{"T", T}, {"B", B}, {"N", N}, {"4H", 4 * H}});
   p.cells = bilstm::expect(bilstm::read("cells", cells), acc_dtype(X), kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
-  p.dy = bilstm::expect(ady, X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
-  p.dh_n = bilstm::expect(bilstm::read("dh_n", dh_n), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
+  p.dy = bilstm::expect(ady, X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {Pl, P}});
+  p.dh_n = bilstm::expect(bilstm::read("dh_n", dh_n), X, kCpu, {{"N", N}, {"B", B}, {Pl, P}});
   p.dc_n = bilstm::expect(bilstm::read("dc_n", dc_n), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
-  p.w_hh = bilstm::expect(bilstm::read("w_hh", w_hh), X, kCpu, {{"N", N}, {"4H", 4 * H}, {"H", H}});
+  p.w_hh = bilstm::expect(bilstm::read("w_hh", w_hh), X, kCpu, {{"N", N}, {"4H", 4 * H}, {Pl, P}});
+  p.w_hr = bilstm::expect_optional("w_hr", w_hr, X, kCpu, {{"N", N}, {"P", P}, {"H", H}});
+  if (w_hr.is_none() != dw_hr.is_none())
+    throw py::value_error("w_hr, dw_hr: pass both (a projection) or neither");
+  p.dw_hr = bilstm::expect_optional("dw_hr", dw_hr, X, kCpu, {{"N", N}, {"P", P}, {"H", H}});
   p.c0 = bilstm::expect(bilstm::read("c0", c0), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
   p.lengths = bilstm::expect_lengths(lengths, kCpu, B, T);
   p.dgx = bilstm::expect(bilstm::read("dgx", dgx), X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"4H", 4 * H}});
-  p.dh0 = bilstm::expect(bilstm::read("dh0", dh0), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
+  p.dh0 = bilstm::expect(bilstm::read("dh0", dh0), X, kCpu, {{"N", N}, {"B", B}, {Pl, P}});
   p.dc0 = bilstm::expect(bilstm::read("dc0", dc0), X, kCpu, {{"N", N}, {"B", B}, {"H", H}});
   const int nt = check_threads(num_threads);
   py::gil_scoped_release nogil;
@@ -153,9 +178,10 @@ void matmul(py::handle a, py::handle b, py::handle out, bool trans_a, int num_th
   run_gemm({p}, WB, nt);
 }
 
-// dw [N, 4H, H] = for each direction n, sum over (t, b) of dgx[t, b, n]^T h_{t-1}[b]
+// dw [N, 4H, P] = for each direction n, sum over (t, b) of dgx[t, b, n]^T h_{t-1}[b]
 // (ops/recurrence.py's _recurrent_weight_grad says which h_{t-1}); dgx contiguous.
 // dgx and dw in A (float32 / float64); y and h0 in A, or fp16 / bf16 with A = float32.
+// P = y's last dimension (proj_size, or H).
 void recurrent_weight_grad(py::handle dgx, py::handle y, py::handle h0, py::handle lengths, py::handle dw,
                            int num_threads) {
   const bilstm::TensorArg ag = bilstm::read("dgx", dgx), ay = bilstm::read("y", y);
@@ -165,14 +191,15 @@ void recurrent_weight_grad(py::handle dgx, py::handle y, py::handle h0, py::hand
   const int64_t es = bilstm::dtype_size(X);
   const View vg = bilstm::expect(ag, X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"4H", 4 * H}},
                                  bilstm::Layout::kContiguous);
-  const View vy = bilstm::expect(ay, WB, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"H", H}});
-  const View vh = bilstm::expect(bilstm::read("h0", h0), WB, kCpu, {{"N", N}, {"B", B}, {"H", H}});
-  const View vw = bilstm::expect(bilstm::read("dw", dw), X, kCpu, {{"N", N}, {"4H", 4 * H}, {"H", H}});
+  const int64_t P = bilstm::size_of(ay, 4, 3, "[T, B, N, P]");
+  const View vy = bilstm::expect(ay, WB, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"P", P}});
+  const View vh = bilstm::expect(bilstm::read("h0", h0), WB, kCpu, {{"N", N}, {"B", B}, {"P", P}});
+  const View vw = bilstm::expect(bilstm::read("dw", dw), X, kCpu, {{"N", N}, {"4H", 4 * H}, {"P", P}});
   const int64_t* lens = bilstm::expect_lengths(lengths, kCpu, B, T);
   std::vector<GemmParams> problems(N);
   for (int64_t n = 0; n < N; ++n) {
     GemmParams& p = problems[n];
-    p.M = 4 * H, p.N = H, p.K = T * B;
+    p.M = 4 * H, p.N = P, p.K = T * B;
     p.a = static_cast<const char*>(vg.ptr) + es * n * 4 * H, p.lda = 1, p.ldk = N * 4 * H;
     p.bkind = BKind::prev_hidden, p.y = vy, p.h0 = vh, p.lengths = lens, p.T = T, p.batch = B, p.dir = n;
     p.c = static_cast<char*>(vw.ptr) + es * n * vw.stride[0], p.ldc = vw.stride[1];
@@ -189,15 +216,19 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("forward", &forward,
         "LSTM recurrence forward on CPU tensors (X = float32 / float64 / float16 / bfloat16; the last dim of\n"
         "each dense; gates/cells in A = float32, float64 for float64):\n"
-        "gx [T,B,N,4H], w_hh [N,4H,H], h0/c0 [N,B,H], lengths [B] int64 (1..T) or None;\n"
-        "outputs (written) y [T,B,N,H], h_n/c_n [N,B,H], gates [T,B,N,4H] and cells [T,B,N,H] (or both None).",
+        "gx [T,B,N,4H], w_hh [N,4H,P], h0 [N,B,P], c0 [N,B,H], lengths [B] int64 (1..T) or None;\n"
+        "outputs (written) y [T,B,N,P], h_n [N,B,P], c_n [N,B,H], gates [T,B,N,4H] and cells [T,B,N,H]\n"
+        "(or both None); w_hr [N,P,H] (proj_size; float32 / float64) or None (then P = H).",
         py::arg("gx"), py::arg("w_hh"), py::arg("h0"), py::arg("c0"), py::arg("lengths"), py::arg("y"),
-        py::arg("h_n"), py::arg("c_n"), py::arg("gates"), py::arg("cells"), py::arg("num_threads"));
+        py::arg("h_n"), py::arg("c_n"), py::arg("gates"), py::arg("cells"), py::arg("num_threads"),
+        py::arg("w_hr") = py::none());
   m.def("backward", &backward,
-        "LSTM recurrence backward: dy [T,B,N,H], dh_n/dc_n [N,B,H], w_hh [N,4H,H], c0 [N,B,H],\n"
-        "lengths [B] or None, gates [T,B,N,4H], cells [T,B,N,H]; outputs dgx [T,B,N,4H], dh0/dc0 [N,B,H].",
+        "LSTM recurrence backward: dy [T,B,N,P], dh_n [N,B,P], dc_n [N,B,H], w_hh [N,4H,P], c0 [N,B,H],\n"
+        "lengths [B] or None, gates [T,B,N,4H], cells [T,B,N,H]; outputs dgx [T,B,N,4H], dh0 [N,B,P],\n"
+        "dc0 [N,B,H]; w_hr [N,P,H] and the output dw_hr [N,P,H] (proj_size), or both None (P = H).",
         py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("w_hh"), py::arg("c0"), py::arg("lengths"),
-        py::arg("gates"), py::arg("cells"), py::arg("dgx"), py::arg("dh0"), py::arg("dc0"), py::arg("num_threads"));
+        py::arg("gates"), py::arg("cells"), py::arg("dgx"), py::arg("dh0"), py::arg("dc0"), py::arg("num_threads"),
+        py::arg("w_hr") = py::none(), py::arg("dw_hr") = py::none());
   m.def("linear", &linear,
         "out [M,G] = x [M,D] @ w [G,D]^T + bias [G] (bias may be None): the input projection.",
         py::arg("x"), py::arg("w"), py::arg("bias"), py::arg("out"), py::arg("num_threads"));
@@ -205,8 +236,8 @@ PYBIND11_MODULE(_cpu, m) {
         "out [M,N] = a [M,K] @ b [K,N], or a^T @ b for a [K,M] with trans_a (the projection's backward).",
         py::arg("a"), py::arg("b"), py::arg("out"), py::arg("trans_a"), py::arg("num_threads"));
   m.def("recurrent_weight_grad", &recurrent_weight_grad,
-        "dw [N,4H,H] = sum over (t, b) of dgx[t,b,n]^T h_{t-1}[b] per direction n: dgx [T,B,N,4H] contiguous,\n"
-        "y [T,B,N,H], h0 [N,B,H], lengths [B] or None.",
+        "dw [N,4H,P] = sum over (t, b) of dgx[t,b,n]^T h_{t-1}[b] per direction n: dgx [T,B,N,4H] contiguous,\n"
+        "y [T,B,N,P], h0 [N,B,P], lengths [B] or None (P = proj_size, or H).",
         py::arg("dgx"), py::arg("y"), py::arg("h0"), py::arg("lengths"), py::arg("dw"), py::arg("num_threads"));
   m.attr("dtype_codes") = bilstm::dtype_codes();
   m.def("isa", [] { return std::string(active_kernels().isa); },

@@ -3,6 +3,7 @@
 // table of kernels one ISA build exports.
 //
 // Legend: T steps, B batch, N directions, H hidden, G = 4H gate rows,
+// P = proj_size (with a projection, else H),
 // L = SIMD lanes of the build for the dtype (8 floats with AVX2),
 // NR = 2L = columns of one packed weight panel (16 floats with AVX2),
 // Hp = H rounded up to NR (the padded row length of the internal h/c buffers
@@ -64,12 +65,18 @@ struct GemmJob {
 //   backward: h [nrows][Hp] = dh, c [nrows][Hp] = dc,
 //             g [2][nrows][4H]  dG of the step (double-buffered, compact rows:
 //                               the A operand of the dh GEMM, K = 4H exactly)
+// With a projection (P = proj_size, Pp = P rounded up to NR) h is
+// [2][nrows][Pp] forward / [nrows][Pp] backward, and two more:
+//   forward:  m [nrows][Hp]  m_t = o * tanh(c_t), the A operand of h_t = m_t W_hr^T
+//   backward: m [nrows][Hp]  dm = dr W_hr,  r [nrows][Pp]  dr = dh + dy_t
 struct RowGroup {
   const int64_t* rows = nullptr;
   int64_t nrows = 0;
   void* h = nullptr;
   void* c = nullptr;
   void* g = nullptr;
+  void* m = nullptr;  // projection only
+  void* r = nullptr;  // projection, backward only
 };
 
 // One thread's share of the recurrence: direction n, the rows of `group`,
@@ -80,6 +87,12 @@ struct RecJob {
   const RowGroup* group = nullptr;
   Barrier* barrier = nullptr;  // null when the job has its group to itself
   void* wpack = nullptr;       // this job's packed W_hh slice (lstm_kernel.cpp: pack_*)
+  // Projection only: the job's columns [plo, phi) of h (multiples of NR, phi
+  // <= Pp; may be empty), and for the backward the whole call's dr = dh + dy
+  // [T, B, N, P] and m = o * tanh(c) [T, B, N, H] (A, zero where t >= L_b),
+  // which the driver's dW_hr GEMM reads after the recurrence.
+  int64_t plo = 0, phi = 0;
+  View dr_seq, m_seq;
 };
 
 using GemmFn = void (*)(const GemmJob&);
@@ -96,6 +109,8 @@ struct KernelTable {
   GemmFn gemm[4];
   RecFwdFn forward[4];
   RecBwdFn backward[4];
+  RecFwdFn forward_proj[4];   // with a projection (w_hr, proj_size): float32, float64 only (null for X = f16/bf16)
+  RecBwdFn backward_proj[4];
 };
 
 const KernelTable& kernel_table_avx512();

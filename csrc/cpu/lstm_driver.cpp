@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdlib>
 #include <cstring>
 #include <atomic>
 #include <memory>
@@ -68,7 +69,8 @@ class Arena {
 // columns of B and runs over all M rows: no synchronization.
 constexpr int64_t kJobsPerThread = 2;
 
-void run_gemm_impl(const std::vector<GemmParams>& problems, DType dt, int P) {
+// The caller holds ThreadPool::call_mutex().
+void run_gemm_locked(const std::vector<GemmParams>& problems, DType dt, int P) {
   const KernelTable& ks = *g_active.load();
   const int64_t esize = dt == DType::f64 ? 8 : 4, NR = 2 * ks.vec_bytes / esize;
   const int64_t np = static_cast<int64_t>(problems.size());
@@ -89,7 +91,6 @@ void run_gemm_impl(const std::vector<GemmParams>& problems, DType dt, int P) {
   for (const GemmJob& j : jobs)
     arena.add(esize * round_up(j.n1 - j.n0, NR) * j.p->K);
   arena.add(esize * max_n);
-  std::lock_guard<std::mutex> lock(ThreadPool::call_mutex());
   arena.start(0);
   for (GemmJob& j : jobs)
     j.bpack = arena.take(esize * round_up(j.n1 - j.n0, NR) * j.p->K);
@@ -98,6 +99,11 @@ void run_gemm_impl(const std::vector<GemmParams>& problems, DType dt, int P) {
   for (GemmJob& j : jobs) j.zero_row = zero;
   const GemmFn kernel = ks.gemm[kernel_index(dt)];
   ThreadPool::instance().run_jobs(static_cast<int>(jobs.size()), P, [&](int j) { kernel(jobs[j]); });
+}
+
+void run_gemm_impl(const std::vector<GemmParams>& problems, DType dt, int P) {
+  std::lock_guard<std::mutex> lock(ThreadPool::call_mutex());
+  run_gemm_locked(problems, dt, P);
 }
 
 // -------------------------------------------------------------- recurrence
@@ -130,12 +136,28 @@ std::vector<int64_t> row_order(int64_t B, const int64_t* lengths) {
 //    order so that every thread gets long and short sequences alike), else
 //    splitting the hidden units (each thread keeps only its slice of W_hh hot
 //    and the threads of a direction meet at a barrier once per step).
-Plan make_plan(int64_t N, int64_t B, int64_t Hp, int64_t NR, int P, const int64_t* lengths) {
+//  With a projection (Pp > 0) the hidden units are not split: those threads
+//  would meet twice per step, and on the 2-vCPU machine this was measured on
+//  that was 2-10x slower than one thread per direction (docs/cpu.md,
+//  "Projection"); the extra threads stay idle unless the batch is split.
+//  BILSTM_CPU_PROJ_SPLIT=units splits them anyway (to measure elsewhere):
+//  the threads also split the Pp columns of h (the projection GEMM's
+//  output), in panels of NR.
+bool proj_unit_split() {
+  static const bool on = [] {
+    const char* v = std::getenv("BILSTM_CPU_PROJ_SPLIT");
+    return v && std::string(v) == "units";
+  }();
+  return on;
+}
+
+Plan make_plan(int64_t N, int64_t B, int64_t Hp, int64_t NR, int P, const int64_t* lengths, int64_t Pp) {
   Plan plan;
   const std::vector<int64_t> order = row_order(B, lengths);
   const int64_t tpd_max = std::max<int64_t>(1, P / N);
   const bool split_batch = P > N && B >= 8 * tpd_max;
-  const int64_t tpd = P <= N ? 1 : split_batch ? tpd_max : std::min(tpd_max, Hp / NR);
+  const bool split_units = Pp == 0 || proj_unit_split();
+  const int64_t tpd = P <= N ? 1 : split_batch ? tpd_max : split_units ? std::min(tpd_max, Hp / NR) : 1;
   const int64_t groups_per_dir = split_batch ? tpd : 1;
   plan.group_rows.resize(N * groups_per_dir);
   plan.groups.resize(N * groups_per_dir);
@@ -149,7 +171,10 @@ Plan make_plan(int64_t N, int64_t B, int64_t Hp, int64_t NR, int P, const int64_
   if (P <= N) {
     plan.nthreads = P;
     plan.jobs.resize(P);
-    for (int64_t n = 0; n < N; ++n) plan.jobs[n % P].push_back(RecJob{n, 0, Hp, &plan.groups[n]});
+    for (int64_t n = 0; n < N; ++n) {
+      plan.jobs[n % P].push_back(RecJob{n, 0, Hp, &plan.groups[n]});
+      plan.jobs[n % P].back().phi = Pp;
+    }
     return plan;
   }
   plan.nthreads = static_cast<int>(tpd * N);
@@ -163,9 +188,12 @@ Plan make_plan(int64_t N, int64_t B, int64_t Hp, int64_t NR, int P, const int64_
     }
     for (int64_t c = 0; c < tpd; ++c) {
       RecJob j{n, 0, Hp, &plan.groups[n * groups_per_dir + (split_batch ? c : 0)], bar};
+      j.phi = Pp;
       if (!split_batch) {
         j.lo = panels * c / tpd * NR;
         j.hi = panels * (c + 1) / tpd * NR;
+        j.plo = Pp / NR * c / tpd * NR;
+        j.phi = Pp / NR * (c + 1) / tpd * NR;
       }
       plan.jobs[n * tpd + c].push_back(j);
     }
@@ -182,35 +210,65 @@ void run_recurrence(const Params& p, int num_threads) {
   // X or float, fit the same bytes).
   const int64_t esize = dt == DType::f64 ? 8 : 4, NR = 2 * ks.vec_bytes / esize;
   const int64_t Hp = round_up(p.H, NR), G = 4 * p.H;
+  const bool proj = p.w_hr.ptr != nullptr;
+  const int64_t P = proj ? p.P : p.H, Pp = round_up(P, NR);  // features of h
   std::lock_guard<std::mutex> lock(ThreadPool::call_mutex());
-  Plan plan = make_plan(p.N, p.B, Hp, NR, num_threads < 1 ? 1 : num_threads, p.lengths);
+  Plan plan = make_plan(p.N, p.B, Hp, NR, num_threads < 1 ? 1 : num_threads, p.lengths, proj ? Pp : 0);
 
-  // Scratch: per group h, c, g (cpu_kernels.h: RowGroup), per job its packed
-  // W_hh slice: forward 4 gates x (hi-lo) units x H, backward (hi-lo) x 4H.
+  // Scratch: per group h, c, g (+ m, r with a projection; cpu_kernels.h:
+  // RowGroup), per job its packed W_hh slice: forward 4 gates x (hi-lo) units
+  // x H, backward (hi-lo) x 4H; with a projection (K = P for the gate GEMM)
+  // forward 4 (hi-lo) P + (phi-plo) H (W_hr), backward (phi-plo) 4H + (hi-lo) P.
   Arena arena;
   auto group_sizes = [&](const RowGroup& g) {
     const int64_t nr = g.nrows;
-    return std::array<int64_t, 3>{esize * (forward ? 2 : 1) * nr * Hp, esize * nr * Hp,
-                                  esize * (forward ? nr * 4 * Hp : 2 * nr * G)};
+    return std::array<int64_t, 5>{esize * (forward ? 2 : 1) * nr * Pp, esize * nr * Hp,
+                                  esize * (forward ? nr * 4 * Hp : 2 * nr * G),
+                                  proj ? esize * nr * Hp : 0, proj && !forward ? esize * nr * Pp : 0};
+  };
+  auto pack_size = [&](const RecJob& j) {
+    if (!proj) return esize * (j.hi - j.lo) * G;
+    return esize * (forward ? 4 * (j.hi - j.lo) * P + (j.phi - j.plo) * p.H
+                            : (j.phi - j.plo) * G + (j.hi - j.lo) * P);
   };
   for (const RowGroup& g : plan.groups)
     for (int64_t sz : group_sizes(g)) arena.add(sz);
   for (auto& tj : plan.jobs)
-    for (RecJob& j : tj) arena.add(esize * (j.hi - j.lo) * G);
+    for (RecJob& j : tj) arena.add(pack_size(j));
   arena.start(0);
   for (RowGroup& g : plan.groups) {
     const auto sz = group_sizes(g);
     g.h = arena.take(sz[0]);
     g.c = arena.take(sz[1]);
     g.g = arena.take(sz[2]);
+    if (sz[3]) g.m = arena.take(sz[3]);
+    if (sz[4]) g.r = arena.take(sz[4]);
   }
   for (auto& tj : plan.jobs)
-    for (RecJob& j : tj) j.wpack = arena.take(esize * (j.hi - j.lo) * G);
+    for (RecJob& j : tj) j.wpack = arena.take(pack_size(j));
+
+  // Backward with a projection: dr = dh + dy and m = o * tanh(c) of every
+  // step ([T, B, N, P] and [T, B, N, H], slot 1: the dW_hr GEMM below uses
+  // slot 0), the operands of dW_hr = sum over (t, b) of dr^T m.
+  View dr_seq, m_seq;
+  if (proj && !forward) {
+    const int64_t rows = p.T * p.B * p.N;
+    const int64_t dr_bytes = round_up(esize * rows * P, 64);
+    char* base = static_cast<char*>(scratch(1, static_cast<size_t>(dr_bytes + esize * rows * p.H)));
+    dr_seq.ptr = base;
+    m_seq.ptr = base + dr_bytes;
+    dr_seq.stride[0] = p.B * p.N * P, dr_seq.stride[1] = p.N * P, dr_seq.stride[2] = P;
+    m_seq.stride[0] = p.B * p.N * p.H, m_seq.stride[1] = p.N * p.H, m_seq.stride[2] = p.H;
+    for (auto& tj : plan.jobs)
+      for (RecJob& j : tj) j.dr_seq = dr_seq, j.m_seq = m_seq;
+  }
 
   const auto kernel = [&] {
-    if constexpr (forward) return ks.forward[kernel_index(dt)];
-    else return ks.backward[kernel_index(dt)];
+    if constexpr (forward) return (proj ? ks.forward_proj : ks.forward)[kernel_index(dt)];
+    else return (proj ? ks.backward_proj : ks.backward)[kernel_index(dt)];
   }();
+  if (!kernel)  // a table without this dtype's projected kernels (cpu_lstm.py declines those calls)
+    throw std::invalid_argument("the cpu kernels have no recurrence for this dtype with a projection");
   if (plan.barriers.empty()) {  // no job waits for another: claimed dynamically
     std::vector<const RecJob*> all;
     for (auto& tj : plan.jobs)
@@ -221,6 +279,24 @@ void run_recurrence(const Params& p, int num_threads) {
     ThreadPool::instance().run(plan.nthreads, [&](int tid) {
       for (const RecJob& j : plan.jobs[tid]) kernel(p, j, Hp);
     });
+  }
+  if constexpr (!forward) {
+    if (proj) {  // dW_hr[n] [P, H] = dr_seq[:, :, n]^T m_seq[:, :, n]: M = P, N = H, K = T*B
+      std::vector<GemmParams> problems(p.N);
+      for (int64_t n = 0; n < p.N; ++n) {
+        GemmParams& g = problems[n];
+        g.M = P, g.N = p.H, g.K = p.T * p.B;
+        g.a = static_cast<const char*>(dr_seq.ptr) + esize * n * P, g.lda = 1, g.ldk = p.N * P;
+        g.bkind = BKind::k_rows, g.b = static_cast<const char*>(m_seq.ptr) + esize * n * p.H,
+        g.ldb = p.N * p.H;
+        g.c = static_cast<char*>(p.dw_hr.ptr) + esize * n * p.dw_hr.stride[0], g.ldc = p.dw_hr.stride[1];
+      }
+      // On as many threads as the recurrence used: N=1 at 2 threads runs the
+      // recurrence inline, and a parallel region for this small GEMM alone
+      // cost 10-20 ms per call on the loaded 2-vCPU machine (waking a thread
+      // whose core was taken) against ~0.1-0.5 ms of work at B <= 8.
+      run_gemm_locked(problems, dt, plan.nthreads);
+    }
   }
 }
 

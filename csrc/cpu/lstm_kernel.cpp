@@ -761,6 +761,217 @@ void backward_job(const BwdParams& p, const RecJob& job, int64_t Hp) {
   }
 }
 
+// ------------------------------------------------ with a projection (proj_size)
+// h_t = m_t W_hr^T with m_t = o * tanh(c_t): h, y, h0, h_n have P < H features
+// and W_hh is [4H, P]. Two GEMMs per step instead of one. Jobs split the hidden
+// units [lo, hi) for the gate GEMM and the cell update, and the columns
+// [plo, phi) of h for the projection GEMM (multiples of NR; either may be
+// empty). When several jobs share a group (the threads of one direction split
+// its units), each GEMM needs all of the previous phase's output, so they meet
+// twice per step; the driver makes such groups only under
+// BILSTM_CPU_PROJ_SPLIT=units (docs/cpu.md, "Projection", has the figures).
+// Pp = P rounded up to NR.
+template <class T>
+inline int64_t padded(int64_t x) { return (x + panel_cols<T>() - 1) / panel_cols<T>() * panel_cols<T>(); }
+
+// Forward, per step:
+//   1. G[i][gate][j] = h_{t-1}[i] W_hh[gate*H + j]^T, K = P, the job's units j
+//   2. the cell update of those units -> c_t, m_t (group buffer m), gates/cells
+//   3. barrier (all of m_t is written), when several jobs share the group
+//   4. h_t[i][p] = m_t[i] W_hr[p]^T, K = H, the job's columns p, into the other
+//      half of the double-buffered h; y and h_n from it
+//   5. barrier (all of h_t is written)
+template <class T>
+void forward_proj_job(const FwdParams& p, const RecJob& job, int64_t Hp) {
+  constexpr int L = lanes<T>();
+  using V = Vec<T>;
+  const RowGroup& grp = *job.group;
+  const int64_t T_ = p.T, H = p.H, P = p.P, Pp = padded<T>(P), n = job.n, lo = job.lo, hi = job.hi;
+  const int64_t nr = grp.nrows, hi_h = imin(hi, H), units = hi - lo;
+  const int64_t plo = job.plo, phi = job.phi, phi_p = imin(phi, P), pcols = phi - plo;
+  T* hbuf = static_cast<T*>(grp.h);    // [2][nr][Pp]
+  T* cbuf = static_cast<T*>(grp.c);    // [nr][Hp]
+  T* gbuf = static_cast<T*>(grp.g);    // [nr][4][Hp]
+  T* mbuf = static_cast<T*>(grp.m);    // [nr][Hp]
+
+  // Gate g's panels: wp + g * gstride, [units/NR][P][NR]; then the projection's
+  // panels wr, [pcols/NR][H][NR] (column p = row plo + p of W_hr). Packed per
+  // call, as in forward_job.
+  T* wp = static_cast<T*>(job.wpack);
+  const int64_t gstride = units * P;
+  T* wr = wp + 4 * gstride;
+  for (int g = 0; g < 4; ++g)
+    pack_nt<T>(units, H - lo, P, at<const T>(p.w_hh, n, g * H + imin(lo, H - 1), 0), p.w_hh.stride[1],
+               wp + g * gstride);
+  if (pcols > 0) pack_nt<T>(pcols, P - plo, H, at<const T>(p.w_hr, n, plo, 0), p.w_hr.stride[1], wr);
+  for (int64_t i = 0; i < nr; ++i) {
+    const int64_t b = grp.rows[i];
+    for (int64_t j = plo; j < phi; ++j)
+      hbuf[i * Pp + j] = hbuf[(nr + i) * Pp + j] = j < P ? *at<const T>(p.h0, n, b, j) : T(0);
+    for (int64_t j = lo; j < hi; ++j) cbuf[i * Hp + j] = j < H ? *at<const T>(p.c0, n, b, j) : T(0);
+  }
+  if (job.barrier) job.barrier->wait();  // every slice of h0 is in place
+
+  const bool keep = p.gates.ptr != nullptr;
+  int64_t na = p.lengths ? 0 : nr;
+  for (int64_t s = 0; s < T_; ++s) {
+    const int64_t t = n == 0 ? s : T_ - 1 - s;
+    na = active_rows(p.lengths, grp, t, na);
+    const T* hc = hbuf + (s & 1) * nr * Pp;  // h_{t-1}
+    T* hn = hbuf + ((s + 1) & 1) * nr * Pp;  // h_t
+    if (na > 0)
+      for (int g = 0; g < 4; ++g)
+        gemm<T>(na, P, hc, Pp, 1, wp + g * gstride, units, gbuf + g * Hp + lo, 4 * Hp, Init::zero, nullptr);
+    for (int64_t i = 0; i < na; ++i) {
+      const int64_t b = grp.rows[i];
+      const T* gi = gbuf + i * 4 * Hp;
+      const T* gxp = at<const T>(p.gx, t, b, n);
+      T* ci = cbuf + i * Hp;
+      T* mi = mbuf + i * Hp;
+      const bool last = n == 0 ? t == (p.lengths ? p.lengths[b] : T_) - 1 : t == 0;
+      for (int64_t j = lo; j < hi_h; j += L) {
+        const int nl = static_cast<int>(imin(L, H - j));
+        const V i_ = vsigmoid(load_a(gi + j) + load_n(gxp + j, nl));
+        const V f = vsigmoid(load_a(gi + Hp + j) + load_n(gxp + H + j, nl));
+        const V g = vtanh(load_a(gi + 2 * Hp + j) + load_n(gxp + 2 * H + j, nl));
+        const V o = vsigmoid(load_a(gi + 3 * Hp + j) + load_n(gxp + 3 * H + j, nl));
+        const V c = f * load_a(ci + j) + i_ * g;
+        store_a(ci + j, c);
+        store_a(mi + j, o * vtanh(c));
+        if (keep) {
+          T* gp = at<T>(p.gates, t, b, n);
+          store_n(gp + j, i_, nl);
+          store_n(gp + H + j, f, nl);
+          store_n(gp + 2 * H + j, g, nl);
+          store_n(gp + 3 * H + j, o, nl);
+          store_n(at<T>(p.cells, t, b, n) + j, c, nl);
+        }
+        if (last) store_n(at<T>(p.c_n, n, b, j), c, nl);
+      }
+    }
+    if (job.barrier) job.barrier->wait();
+    if (na > 0 && pcols > 0) gemm<T>(na, H, mbuf, Hp, 1, wr, pcols, hn + plo, Pp, Init::zero, nullptr);
+    for (int64_t i = 0; i < na; ++i) {
+      const int64_t b = grp.rows[i];
+      const T* h = hn + i * Pp;
+      T* yp = at<T>(p.y, t, b, n);
+      for (int64_t j = plo; j < phi_p; ++j) yp[j] = h[j];
+      if (n == 0 ? t == (p.lengths ? p.lengths[b] : T_) - 1 : t == 0) {
+        T* hp = at<T>(p.h_n, n, b, 0);
+        for (int64_t j = plo; j < phi_p; ++j) hp[j] = h[j];
+      }
+    }
+    for (int64_t i = na; i < nr; ++i) {  // not running at t: y = 0
+      T* yp = at<T>(p.y, t, grp.rows[i], n);
+      for (int64_t j = plo; j < phi_p; ++j) yp[j] = T(0);
+    }
+    if (job.barrier) job.barrier->wait();
+  }
+}
+
+// Backward, per step (reverse order), dh = dL/dh_t (P features), dc = dL/dc_t:
+//   1. dr = dh + dy_t for the job's columns p -> the group's r (the A operand
+//      of step 3) and the call's dr_seq (for dW_hr); zero where not running
+//   2. barrier (all of dr is written), when several jobs share the group
+//   3. dm[:, own units] = dr W_hr[:, own units], K = P
+//   4. elementwise as in backward_job with dm for dh + dy: dG_t -> dgx[t] and
+//      the dG buffer; m_t = o * tanh(c_t) -> m_seq
+//   5. barrier (all of dG_t is written)
+//   6. dh[:, own columns] = dG_t W_hh[:, own columns], K = 4H
+// The driver then computes dW_hr[n] = dr_seq[:, :, n]^T m_seq[:, :, n] as one
+// GEMM over all (t, b) (lstm_driver.cpp).
+template <class T>
+void backward_proj_job(const BwdParams& p, const RecJob& job, int64_t Hp) {
+  constexpr int L = lanes<T>();
+  using V = Vec<T>;
+  const RowGroup& grp = *job.group;
+  const int64_t T_ = p.T, H = p.H, P = p.P, Pp = padded<T>(P), n = job.n, lo = job.lo, hi = job.hi;
+  const int64_t nr = grp.nrows, G = 4 * H, hi_h = imin(hi, H), units = hi - lo;
+  const int64_t plo = job.plo, phi = job.phi, phi_p = imin(phi, P), pcols = phi - plo;
+  T* dh = static_cast<T*>(grp.h);      // [nr][Pp]
+  T* dc = static_cast<T*>(grp.c);      // [nr][Hp]
+  T* dgb = static_cast<T*>(grp.g);     // [2][nr][4H]
+  T* dm = static_cast<T*>(grp.m);      // [nr][Hp]
+  T* dr = static_cast<T*>(grp.r);      // [nr][Pp]
+  // W_hh's columns [plo, phi) ([pcols/NR][4H][NR]), then W_hr's columns [lo, hi) ([units/NR][P][NR]).
+  T* wp = static_cast<T*>(job.wpack);
+  T* wr = wp + pcols * G;
+  if (pcols > 0)
+    pack_nn<T>(imin(pcols, P - plo), G, [&](int64_t k) { return at<const T>(p.w_hh, n, k, 0); }, plo, wp);
+  pack_nn<T>(imin(units, H - lo), P, [&](int64_t k) { return at<const T>(p.w_hr, n, k, 0); }, lo, wr);
+  for (int64_t i = 0; i < nr; ++i) {
+    const int64_t b = grp.rows[i];
+    for (int64_t j = plo; j < phi; ++j) dh[i * Pp + j] = j < P ? *at<const T>(p.dh_n, n, b, j) : T(0);
+    for (int64_t j = lo; j < hi; ++j) dc[i * Hp + j] = j < H ? *at<const T>(p.dc_n, n, b, j) : T(0);
+  }
+
+  int64_t na = p.lengths ? 0 : nr;
+  for (int64_t s = T_ - 1; s >= 0; --s) {
+    const int64_t t = n == 0 ? s : T_ - 1 - s;
+    const int64_t tp = n == 0 ? t - 1 : t + 1;
+    na = active_rows(p.lengths, grp, t, na);
+    for (int64_t i = 0; i < nr; ++i) {
+      const int64_t b = grp.rows[i];
+      T* rs = at<T>(job.dr_seq, t, b, n);
+      if (i < na) {
+        const T* dyp = at<const T>(p.dy, t, b, n);
+        for (int64_t j = plo; j < phi_p; ++j) rs[j] = dr[i * Pp + j] = dh[i * Pp + j] + dyp[j];
+      } else {
+        for (int64_t j = plo; j < phi_p; ++j) rs[j] = T(0);
+      }
+    }
+    if (job.barrier) job.barrier->wait();
+    if (na > 0) gemm<T>(na, P, dr, Pp, 1, wr, units, dm + lo, Hp, Init::zero, nullptr);
+    T* dgs = dgb + (s & 1) * nr * G;
+    for (int64_t i = 0; i < na; ++i) {
+      const int64_t b = grp.rows[i];
+      const bool has_prev = s > 0 && (!p.lengths || tp < p.lengths[b]);
+      const T* cprev = has_prev ? at<const T>(p.cells, tp, b, n) : at<const T>(p.c0, n, b, 0);
+      const T* gt = at<const T>(p.gates, t, b, n);
+      const T* ct = at<const T>(p.cells, t, b, n);
+      T* ms = at<T>(job.m_seq, t, b, n);
+      T* dg = at<T>(p.dgx, t, b, n);
+      T* dgi = dgs + i * G;
+      for (int64_t j = lo; j < hi_h; j += L) {
+        const int nl = static_cast<int>(imin(L, H - j));
+        const V i_ = load_n(gt + j, nl), f = load_n(gt + H + j, nl);
+        const V g = load_n(gt + 2 * H + j, nl), o = load_n(gt + 3 * H + j, nl);
+        const V tc = vtanh(load_n(ct + j, nl));
+        const V dho = load_a(dm + i * Hp + j);
+        const V dct = load_a(dc + i * Hp + j) + dho * o * (T(1) - tc * tc);
+        const V cp = load_n(cprev + j, nl);
+        const V dgi_ = dct * g * i_ * (T(1) - i_), dgf = dct * cp * f * (T(1) - f);
+        const V dgg = dct * i_ * (T(1) - g * g), dgo = dho * tc * o * (T(1) - o);
+        store_n(dg + j, dgi_, nl);
+        store_n(dg + H + j, dgf, nl);
+        store_n(dg + 2 * H + j, dgg, nl);
+        store_n(dg + 3 * H + j, dgo, nl);
+        store_n(dgi + j, dgi_, nl);
+        store_n(dgi + H + j, dgf, nl);
+        store_n(dgi + 2 * H + j, dgg, nl);
+        store_n(dgi + 3 * H + j, dgo, nl);
+        store_a(dc + i * Hp + j, dct * f);
+        store_n(ms + j, o * tc, nl);
+      }
+    }
+    for (int64_t i = na; i < nr; ++i) {  // not running at t: dG = 0, m = 0
+      const int64_t b = grp.rows[i];
+      T* dg = at<T>(p.dgx, t, b, n);
+      T* ms = at<T>(job.m_seq, t, b, n);
+      for (int g = 0; g < 4; ++g)
+        for (int64_t j = lo; j < hi_h; ++j) dg[g * H + j] = T(0);
+      for (int64_t j = lo; j < hi_h; ++j) ms[j] = T(0);
+    }
+    if (job.barrier) job.barrier->wait();
+    if (na > 0 && pcols > 0) gemm<T>(na, G, dgs, G, 1, wp, pcols, dh + plo, Pp, Init::zero, nullptr);
+  }
+  for (int64_t i = 0; i < nr; ++i) {
+    const int64_t b = grp.rows[i];
+    for (int64_t j = plo; j < phi_p; ++j) *at<T>(p.dh0, n, b, j) = dh[i * Pp + j];
+    for (int64_t j = lo; j < hi_h; ++j) *at<T>(p.dc0, n, b, j) = dc[i * Hp + j];
+  }
+}
+
 }  // namespace
 
 }  // namespace BILSTM_ISA
@@ -778,7 +989,10 @@ const KernelTable& BILSTM_CAT(kernel_table_, BILSTM_ISA)() {
       {&BILSTM_ISA::forward_job<float>, &BILSTM_ISA::forward_job<double>, &BILSTM_ISA::forward_job<BILSTM_ISA::f16>,
        &BILSTM_ISA::forward_job<BILSTM_ISA::bf16>},
       {&BILSTM_ISA::backward_job<float>, &BILSTM_ISA::backward_job<double>,
-       &BILSTM_ISA::backward_job<BILSTM_ISA::f16>, &BILSTM_ISA::backward_job<BILSTM_ISA::bf16>}};
+       &BILSTM_ISA::backward_job<BILSTM_ISA::f16>, &BILSTM_ISA::backward_job<BILSTM_ISA::bf16>},
+      // the projection runs float32 and float64 (cpu_lstm.unsupported_reason declines f16/bf16)
+      {&BILSTM_ISA::forward_proj_job<float>, &BILSTM_ISA::forward_proj_job<double>, nullptr, nullptr},
+      {&BILSTM_ISA::backward_proj_job<float>, &BILSTM_ISA::backward_proj_job<double>, nullptr, nullptr}};
   return k;
 }
 
