@@ -1,7 +1,9 @@
-"""Shared test helpers: nn.LSTM / BiLSTM pairs with identical weights, and a
-closeness check that prints its errors before asserting."""
+"""Shared test helpers: nn.LSTM / BiLSTM pairs with identical weights, a
+closeness check that prints its errors before asserting, and the cpu
+backend's module and its thread-count / ISA-build fixtures."""
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -24,6 +26,37 @@ def assert_close(name: str, got: torch.Tensor, want: torch.Tensor, rtol: float, 
     print(f"{name}: max err {err.max().item() if err.numel() else 0:.3e} "
           f"mean err {err.mean().item() if err.numel() else 0:.3e}")
     torch.testing.assert_close(got, want, rtol=rtol, atol=atol, msg=lambda m: f"{name}: {m}")
+
+
+def cpu_module():
+    """bilstm_fast._cpu. The README's install builds it: missing is a failure, not a skip."""
+    try:
+        return importlib.import_module("bilstm_fast._cpu")
+    except ImportError as e:
+        pytest.fail(f"bilstm_fast._cpu is not built ({e}); build it with `pip install -e .` "
+                    "from the repository root")
+
+
+@pytest.fixture
+def threads(request):
+    """torch.set_num_threads(request.param) for one test (parametrize it with indirect=True)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(params=["avx512", "avx2", "baseline"])
+def isa(request):
+    """Each ISA build of the cpu kernels, restored after the test; a build this
+    CPU cannot run is skipped, saying so."""
+    mod = cpu_module()
+    if request.param not in mod.supported_isas():
+        pytest.skip(f"this CPU cannot run the {request.param} build (supported: {mod.supported_isas()})")
+    old = mod.isa()
+    mod.set_isa(request.param)
+    yield request.param
+    mod.set_isa(old)
 
 
 def lstm_pair(input_size: int, hidden_size: int, dtype=torch.float64, seed: int = 0, **kwargs):

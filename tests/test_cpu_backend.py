@@ -12,7 +12,6 @@ and 4 threads with N=2 (hidden split + barrier, oversubscribed on 2 cores).
 """
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
@@ -21,25 +20,9 @@ from torch import nn
 from bilstm_fast import BiLSTM
 from bilstm_fast.ops import backends, cpu_lstm, lstm_recurrence
 
-from conftest import assert_close
+from conftest import assert_close, cpu_module as _cpu
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=2e-5, atol=2e-5)}
-
-
-def _cpu():
-    try:
-        return importlib.import_module("bilstm_fast._cpu")
-    except ImportError as e:  # the README install builds it: missing is a bug, not a skip
-        pytest.fail(f"bilstm_fast._cpu is not built ({e}); build it with `pip install -e .` "
-                    "from the repository root")
-
-
-@pytest.fixture
-def threads(request):
-    old = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(old)
 
 
 def test_module_is_built():

@@ -11,7 +11,6 @@ unevenly), 5 (more threads than panels for the small shapes).
 """
 from __future__ import annotations
 
-import importlib
 
 import pytest
 import torch
@@ -21,37 +20,11 @@ from bilstm_fast import BiLSTM
 from bilstm_fast.ops import cpu_gemm
 from bilstm_fast.ops.recurrence import _recurrent_weight_grad
 
-from conftest import assert_close, lstm_pair
+from conftest import assert_close, cpu_module as _cpu, lstm_pair
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=2e-5, atol=2e-5)}
 DTYPES = [torch.float64, torch.float32]
 DTYPE_IDS = ["fp64", "fp32"]
-
-
-def _cpu():
-    try:
-        return importlib.import_module("bilstm_fast._cpu")
-    except ImportError as e:  # the README install builds it: missing is a bug, not a skip
-        pytest.fail(f"bilstm_fast._cpu is not built ({e}); build it with `pip install -e .`")
-
-
-@pytest.fixture
-def threads(request):
-    old = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(params=["avx512", "avx2", "baseline"])
-def isa(request):
-    mod = _cpu()
-    if request.param not in mod.supported_isas():
-        pytest.skip(f"this CPU cannot run the {request.param} build (supported: {mod.supported_isas()})")
-    old = mod.isa()
-    mod.set_isa(request.param)
-    yield request.param
-    mod.set_isa(old)
 
 
 GEMM_SHAPES = [  # M, K, N: 1-element, odd sizes, a partial panel, more rows than one block (MC=192),

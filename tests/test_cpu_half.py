@@ -20,36 +20,13 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from bilstm_fast import BiLSTM
-from bilstm_fast.ops import backends, cpu_gemm, cpu_lstm, native, reference
+from bilstm_fast.ops import backends, cpu_gemm, cpu_lstm, reference
 
 from conftest import lstm_pair, make_inputs, maxerr, valid_mask
 from test_nonfinite import B as NF_B, CASES, D as NF_D, H as NF_H, T as NF_T, VALUES, _place
 
 HALF = [torch.float16, torch.bfloat16]
 HALF_IDS = ["fp16", "bf16"]
-
-
-def _isas():
-    mod = native.load("_cpu")
-    return [] if isinstance(mod, str) else mod.supported_isas()
-
-
-@pytest.fixture(params=_isas())
-def isa(request):
-    """Every ISA build this CPU runs, restored after the test."""
-    mod = native.require("_cpu")
-    before = mod.isa()
-    mod.set_isa(request.param)
-    yield request.param
-    mod.set_isa(before)
-
-
-@pytest.fixture
-def threads(request):
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
 
 
 def _atol(dtype, want: torch.Tensor) -> float:

@@ -14,7 +14,6 @@ barriers per step (2-4 threads, oversubscribed on 2 cores).
 """
 from __future__ import annotations
 
-import importlib
 import os
 import subprocess
 import sys
@@ -29,24 +28,9 @@ from bilstm_fast import BiLSTM
 from bilstm_fast.ops import backends, cpu_gemm, cpu_lstm, lstm_recurrence
 from bilstm_fast.ops.recurrence import _recurrent_weight_grad
 
-from conftest import assert_close
+from conftest import assert_close, cpu_module as _cpu
 
 TOL = {torch.float64: dict(rtol=1e-10, atol=1e-12), torch.float32: dict(rtol=1e-4, atol=1e-5)}
-
-
-def _cpu():
-    try:
-        return importlib.import_module("bilstm_fast._cpu")
-    except ImportError as e:  # the README install builds it: missing is a bug, not a skip
-        pytest.fail(f"bilstm_fast._cpu is not built ({e}); build it with `pip install -e .`")
-
-
-@pytest.fixture
-def threads(request):
-    old = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(old)
 
 
 # ------------------------------------------------------- module vs nn.LSTM
