@@ -671,6 +671,30 @@ void forward_job(const FwdParams& p, const RecJob& job, int64_t Hp) {
 }
 
 // ----------------------------------------------------------------- backward
+// dG of one step for units [j, j + nl) of one row (the pointers are at unit
+// j), shared by backward_job and backward_proj_job: from the saved gates
+// i, f, g, o (activated), tc = tanh(c_t), cp = c_{t-1}, and dho, the gradient
+// reaching h_t = o * tanh(c_t) (before a projection: m_t). dc holds dc_t from
+// step t+1 and leaves with dc_{t-1} = dc_t * f. dG goes to dgx (dg, X) and to
+// the compact row dgi (A) that the dh GEMM reads.
+template <class T, class S>
+inline void gate_grads(Vec<T> i_, Vec<T> f, Vec<T> g, Vec<T> o, Vec<T> tc, Vec<T> cp, Vec<T> dho, T* dc, S* dg,
+                       T* dgi, int64_t H, int nl) {
+  using V = Vec<T>;
+  const V dct = load_a(dc) + dho * o * (T(1) - tc * tc);
+  const V dgi_ = dct * g * i_ * (T(1) - i_), dgf = dct * cp * f * (T(1) - f);
+  const V dgg = dct * i_ * (T(1) - g * g), dgo = dho * tc * o * (T(1) - o);
+  store_n(dg, dgi_, nl);
+  store_n(dg + H, dgf, nl);
+  store_n(dg + 2 * H, dgg, nl);
+  store_n(dg + 3 * H, dgo, nl);
+  store_n(dgi, dgi_, nl);
+  store_n(dgi + H, dgf, nl);
+  store_n(dgi + 2 * H, dgg, nl);
+  store_n(dgi + 3 * H, dgo, nl);
+  store_a(dc, dct * f);
+}
+
 // Job: direction n, the rows of its group, hidden units [lo, hi). Per step,
 // in the reverse of the direction's forward order:
 //   1. elementwise, own units j of the running rows: dG_t from dh + dy_t, dc
@@ -729,19 +753,8 @@ void backward_job(const BwdParams& p, const RecJob& job, int64_t Hp) {
         const V g = load_n(gt + 2 * H + j, nl), o = load_n(gt + 3 * H + j, nl);
         const V tc = vtanh(load_n(ct + j, nl));
         const V dho = load_a(dh + i * Hp + j) + load_n(dyp + j, nl);
-        const V dct = load_a(dc + i * Hp + j) + dho * o * (T(1) - tc * tc);
         const V cp = cprev ? load_n(cprev + j, nl) : load_n(c0p + j, nl);
-        const V dgi_ = dct * g * i_ * (T(1) - i_), dgf = dct * cp * f * (T(1) - f);
-        const V dgg = dct * i_ * (T(1) - g * g), dgo = dho * tc * o * (T(1) - o);
-        store_n(dg + j, dgi_, nl);
-        store_n(dg + H + j, dgf, nl);
-        store_n(dg + 2 * H + j, dgg, nl);
-        store_n(dg + 3 * H + j, dgo, nl);
-        store_n(dgi + j, dgi_, nl);
-        store_n(dgi + H + j, dgf, nl);
-        store_n(dgi + 2 * H + j, dgg, nl);
-        store_n(dgi + 3 * H + j, dgo, nl);
-        store_a(dc + i * Hp + j, dct * f);
+        gate_grads<T>(i_, f, g, o, tc, cp, dho, dc + i * Hp + j, dg + j, dgi + j, H, nl);
       }
     }
     for (int64_t i = na; i < nr; ++i) {  // not running at t: dG = 0
@@ -937,20 +950,8 @@ void backward_proj_job(const BwdParams& p, const RecJob& job, int64_t Hp) {
         const V i_ = load_n(gt + j, nl), f = load_n(gt + H + j, nl);
         const V g = load_n(gt + 2 * H + j, nl), o = load_n(gt + 3 * H + j, nl);
         const V tc = vtanh(load_n(ct + j, nl));
-        const V dho = load_a(dm + i * Hp + j);
-        const V dct = load_a(dc + i * Hp + j) + dho * o * (T(1) - tc * tc);
-        const V cp = load_n(cprev + j, nl);
-        const V dgi_ = dct * g * i_ * (T(1) - i_), dgf = dct * cp * f * (T(1) - f);
-        const V dgg = dct * i_ * (T(1) - g * g), dgo = dho * tc * o * (T(1) - o);
-        store_n(dg + j, dgi_, nl);
-        store_n(dg + H + j, dgf, nl);
-        store_n(dg + 2 * H + j, dgg, nl);
-        store_n(dg + 3 * H + j, dgo, nl);
-        store_n(dgi + j, dgi_, nl);
-        store_n(dgi + H + j, dgf, nl);
-        store_n(dgi + 2 * H + j, dgg, nl);
-        store_n(dgi + 3 * H + j, dgo, nl);
-        store_a(dc + i * Hp + j, dct * f);
+        gate_grads<T>(i_, f, g, o, tc, load_n(cprev + j, nl), load_a(dm + i * Hp + j), dc + i * Hp + j, dg + j,
+                      dgi + j, H, nl);
         store_n(ms + j, o * tc, nl);
       }
     }
