@@ -225,3 +225,139 @@ def rows(archs, hs, dtypes) -> list[dict]:
                                   f"W_hh cols in regs {worst['reg_cols']}/{worst['kpad']}, "
                                   f"B-chunks {'/'.join(str(p['batch_tile']) for p in mine)} ({gpu} {sms} SMs)")))
     return out
+
+
+# ------------------------------------------------------- per-step SASS profile
+# Instruction classes of the per-step cost model (docs/cuda.md §4), by SASS opcode.
+_CLASSES = (
+    ("mma", ("HMMA", "IMMA", "HGMMA")),
+    ("fma", ("FFMA", "FMUL", "FADD", "FMNMX", "FSETP", "FSEL", "FCHK")),
+    ("sfu", ("MUFU",)),
+    ("lds", ("LDS", "LDSM")),
+    ("sts", ("STS",)),
+    ("ldg", ("LDG", "LD")),
+    ("stg", ("STG", "ST")),
+    ("cp_async", ("LDGSTS", "LDGDEPBAR", "DEPBAR")),
+    ("atomic", ("ATOM", "ATOMG", "RED")),
+    ("sync", ("BAR", "MEMBAR", "FENCE", "CCTL", "ERRBAR", "CGAERRBAR", "WARPSYNC", "NANOSLEEP", "YIELD")),
+    ("convert", ("F2F", "F2FP", "I2F", "F2I", "HADD2", "HMUL2", "HFMA2", "PRMT")),
+    ("branch", ("BRA", "BSSY", "BSYNC", "EXIT", "RET", "CALL", "BREAK", "JMP", "BPT", "WARPSYNC")),
+)
+_INSN = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)(\.[A-Z0-9_.]*)?\s*([^;]*);")
+_LINE = re.compile(r'//## File "([^"]+)", line (\d+)(?: inlined at "([^"]+)", line (\d+))?')
+_LABEL = re.compile(r"^(\.L_x_\d+):")
+
+
+def insn_class(opcode: str) -> str:
+    for name, ops in _CLASSES:
+        if opcode in ops:
+            return name
+    return "int"   # integer / address arithmetic, moves, predicates, ...
+
+
+def _regions() -> tuple[dict[int, dict[int, str]], dict[int, int]]:
+    """lstm.cu: per kind, {line: region} over the step function's body (a line
+    belongs to the last `[region]` tag at or above it), and {kind: line of the
+    kernel's call of the step function}."""
+    lines = (SRC_DIR / "lstm.cu").read_text().splitlines()
+    regions, calls = {}, {}
+    for kind, (_, _, step) in KERNELS.items():
+        first = next(i for i, l in enumerate(lines, 1) if re.match(rf"__device__ __forceinline__ void {step}\(", l))
+        cur, table = "setup", {}
+        for i in range(first, len(lines) + 1):
+            m = re.search(r"// \[(\w+)\]", lines[i - 1])
+            if m:
+                cur = m.group(1)
+            table[i] = cur
+            if lines[i - 1] == "}":
+                break
+        regions[kind] = table
+        calls[kind] = next(i for i, l in enumerate(lines, 1) if re.search(rf"\b{step}\(k, \w+\);", l))
+    return regions, calls
+
+
+def _sass(arch: str) -> str:
+    cubin, _ = _compile(arch)
+    out = cubin.with_suffix(".sass.txt")
+    if not out.exists():
+        r = subprocess.run([_triton_bin("nvdisasm"), "-gi", str(cubin)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"nvdisasm failed: {r.stderr[-2000:]}")
+        out.write_text(r.stdout)
+    return out.read_text()
+
+
+def _triton_bin(name: str) -> str:
+    """A CUDA binary Triton bundles (nvdisasm, cuobjdump): this toolkit ships only nvcc and ptxas."""
+    import triton
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def step_profile(arch, kind: int, dtype, engine: str) -> dict:
+    """The SASS of fwd_step / bwd_step (kind 0 / 1) in the kernel <dtype, engine>
+    for sm_<arch>, by region and instruction class: {"regions": {region:
+    {class: n}}, "loops": [{"region", "depth", "static"}], "total": {class: n}}.
+    An instruction belongs to the step when -lineinfo says it was inlined at
+    the kernel's call of the step function; its line in the step function
+    (nvdisasm reports that level) gives the region, named by the `// [region]`
+    tags of lstm.cu. Loops are the backward branches inside the step, each
+    with the static mix of its body (inner loops excluded): a per-step count
+    is the region's static count plus each loop body times its extra trips."""
+    arch = _norm_arch(arch)
+    sym = mangled(kind, dtype, engine)
+    regions, calls = _regions()
+    table, step_line = regions[kind], calls[kind]
+    text = _sass(arch)
+    start = text.find(f".text.{sym}:")
+    if start < 0:
+        raise RuntimeError(f"{sym} not in the sm_{arch} SASS")
+    end = text.find("\n.text.", start + 1)
+    insns, labels, pending = [], {}, []
+    inner = outer = 0
+    for line in text[start:end if end > 0 else None].splitlines():
+        m = _LINE.search(line)
+        if m:
+            if m.group(4):                       # "line A inlined at line B": A in the step function
+                inner, outer = int(m.group(2)), int(m.group(4))
+            elif not (inner and outer == int(m.group(2))):
+                inner, outer = 0, int(m.group(2))
+            continue
+        lm = _LABEL.match(line.strip())
+        if lm:
+            pending.append(lm.group(1))
+            continue
+        im = _INSN.search(line)
+        if im:
+            addr = int(im.group(1), 16)
+            for lab in pending:
+                labels[lab] = addr
+            pending = []
+            region = table.get(inner, "loop") if outer == step_line else None
+            insns.append((addr, insn_class(im.group(3)), im.group(3), region, im.group(5)))
+    step = [i for i in insns if i[3] is not None]
+    if not step:
+        raise RuntimeError(f"no instruction of {KERNELS[kind][2]} (line {step_line}) found in {sym}")
+    lo, hi = min(i[0] for i in step), max(i[0] for i in step)
+    loops = []
+    for addr, cls, op, region, ops in step:
+        if op != "BRA":
+            continue
+        t = re.search(r"(\.L_x_\d+)", ops)
+        target = labels.get(t.group(1)) if t else None
+        if target is not None and lo <= target <= addr and not (target == lo and addr == hi):
+            loops.append(dict(lo=target, hi=addr, region=region))
+    for lp in loops:
+        lp["depth"] = sum(1 for o in loops if o is not lp and o["lo"] <= lp["lo"] and o["hi"] >= lp["hi"])
+        lp["static"] = {}
+    by_region, total = {}, {}
+    for addr, cls, op, region, ops in step:
+        total[cls] = total.get(cls, 0) + 1
+        by_region.setdefault(region, {})
+        by_region[region][cls] = by_region[region].get(cls, 0) + 1
+        inside = [lp for lp in loops if lp["lo"] <= addr <= lp["hi"]]
+        if inside:
+            lp = max(inside, key=lambda x: x["depth"])
+            lp["static"][cls] = lp["static"].get(cls, 0) + 1
+    loops.sort(key=lambda lp: lp["lo"])
+    return dict(kernel=sym, arch=arch, total=total, regions=by_region,
+                loops=[dict(region=lp["region"], depth=lp["depth"], static=lp["static"]) for lp in loops])

@@ -301,29 +301,41 @@ __device__ __forceinline__ void load_w_tile(typename Eng::template FragA<L>& a, 
   __syncwarp();
 }
 
+// f(std::integral_constant<int, n>) for the runtime n in 1..MAX: the batch
+// tiles of a chunk become a compile-time count, so the matmul loops carry no
+// per-tile guards (and no per-tile recomputation of fragment addresses).
+template <int N, int MAX, class F>
+__device__ __forceinline__ void with_tiles(int n, F&& f) {
+  if constexpr (N == MAX) {
+    f(std::integral_constant<int, N>{});
+  } else {
+    if (n == N) f(std::integral_constant<int, N>{});
+    else with_tiles<N + 1, MAX>(n, f);
+  }
+}
+
 // The K tiles kt in [kt_lo, kt_hi) of one slot of a warp, accumulated into
-// acc[0..nnt): slot (mt, ks) reduces over kt = ks + KS*q. Its register tiles
-// are a_reg[f0 + q] for q < qreg (f0: the slot's first index in the warp's
-// tile stream), the rest come from shared memory through a_tile(mt, kt).
-// Register arrays are indexed only by compile-time constants (unrolled
-// loops), so they never leave the registers.
-template <class Eng, class L, int RT, int MNT, class ATile, class BTile>
-__device__ __forceinline__ void slot_mma(typename Eng::FragC (&acc)[MNT], const typename Eng::template FragA<L> (&a_reg)[RT],
-                                         int mt, int ks, int KS, int f0, int qreg, int kt_lo, int kt_hi, int nnt,
+// acc[0..NNT) (NNT batch tiles): slot (mt, ks) reduces over kt = ks + KS*q.
+// Its register tiles are a_reg[f0 + q] for q < qreg (f0: the slot's first
+// index in the warp's tile stream), the rest come from shared memory through
+// a_tile(mt, kt). Register arrays are indexed only by compile-time constants
+// (unrolled loops), so they never leave the registers.
+template <class Eng, class L, int RT, int NNT, class ATile, class BTile>
+__device__ __forceinline__ void slot_mma(typename Eng::FragC (&acc)[NNT], const typename Eng::template FragA<L> (&a_reg)[RT],
+                                         int mt, int ks, int KS, int f0, int qreg, int kt_lo, int kt_hi,
                                          ATile a_tile, int ld_a, BTile b_tile, int ld_b) {
   const int q_lo = imax(0, (kt_lo - ks + KS - 1) / KS), q_hi = (kt_hi - ks + KS - 1) / KS;  // kt in range
+  const int qr_hi = imin(q_hi, qreg);
 #pragma unroll
   for (int f = 0; f < RT; ++f) {
     const int q = f - f0;
-    if (q >= q_lo && q < imin(q_hi, qreg)) {
+    if (q >= q_lo && q < qr_hi) {
       const int kt = ks + KS * q;
 #pragma unroll
-      for (int nt = 0; nt < MNT; ++nt) {
-        if (nt < nnt) {
-          typename Eng::FragB b;
-          Eng::load_b(b, b_tile(kt, nt), ld_b);
-          Eng::mma(acc[nt], a_reg[f], b);
-        }
+      for (int nt = 0; nt < NNT; ++nt) {
+        typename Eng::FragB b;
+        Eng::load_b(b, b_tile(kt, nt), ld_b);
+        Eng::mma(acc[nt], a_reg[f], b);
       }
     }
   }
@@ -332,40 +344,33 @@ __device__ __forceinline__ void slot_mma(typename Eng::FragC (&acc)[MNT], const 
     typename Eng::template FragA<L> a;
     Eng::load_a(a, a_tile(mt, kt), ld_a);
 #pragma unroll
-    for (int nt = 0; nt < MNT; ++nt) {
-      if (nt < nnt) {
-        typename Eng::FragB b;
-        Eng::load_b(b, b_tile(kt, nt), ld_b);
-        Eng::mma(acc[nt], a, b);
-      }
+    for (int nt = 0; nt < NNT; ++nt) {
+      typename Eng::FragB b;
+      Eng::load_b(b, b_tile(kt, nt), ld_b);
+      Eng::mma(acc[nt], a, b);
     }
   }
 }
 
-// One warp's share of a chunk's matmul C[MT*M rows, NB] = A * B, all K at
+// One warp's share of a chunk's matmul C[MT*M rows, NNT*N] = A * B, all K at
 // once. Slots j = warp + i * warps map to (mt = j / KS, ks = j % KS); the
 // warp's first `qr` tiles (slot-major) are its register tiles, i.e. the W_hh
 // columns [0, Kr). flush(mt, ks, acc) takes each slot's accumulators.
-template <class Eng, class L, int RT, int MNT, class ATile, class BTile, class Flush>
+template <class Eng, class L, int RT, int NNT, class ATile, class BTile, class Flush>
 __device__ __forceinline__ void warp_mma(const typename Eng::template FragA<L> (&a_reg)[RT], int S, int KS, int KT,
-                                         int qr, int nnt, ATile a_tile, int ld_a, BTile b_tile, int ld_b, Flush flush) {
+                                         int qr, ATile a_tile, int ld_a, BTile b_tile, int ld_b, Flush flush) {
   const int warp = threadIdx.x / 32, nw = blockDim.x / 32;
   for (int j = warp, i = 0; j < S; j += nw, ++i) {
     const int mt = j / KS, ks = j - mt * KS;
     const int kcount = (KT - ks + KS - 1) / KS, f0 = i * kcount;
-    typename Eng::FragC acc[MNT];
+    typename Eng::FragC acc[NNT];
 #pragma unroll
-    for (int nt = 0; nt < MNT; ++nt) Eng::zero(acc[nt]);
-    slot_mma<Eng, L>(acc, a_reg, mt, ks, KS, f0, imin(kcount, imax(0, qr - f0)), 0, KT, nnt, a_tile, ld_a, b_tile, ld_b);
+    for (int nt = 0; nt < NNT; ++nt) Eng::zero(acc[nt]);
+    slot_mma<Eng, L>(acc, a_reg, mt, ks, KS, f0, imin(kcount, imax(0, qr - f0)), 0, KT, a_tile, ld_a, b_tile, ld_b);
     flush(mt, ks, acc);
   }
 }
 
-// ================================================================ forward
-// Shared memory (Geometry offsets): w_s [4U][ld_w] X (W_hh slice columns
-// [Kr, Kpad)); h_s [NB][ld_b] X (h_{t-1} of the chunk; also the warps'
-// W-tile staging in the prologue); red [KS][NB][ld_red] fp32 (partial
-// gate pre-activations, row r = gate * U + unit contiguous); hout [NB][U] X.
 constexpr int kStages = 4;  // K stages of the forward h copy (cp.async.wait_group takes 0..3)
 
 template <class X, int E>
@@ -441,8 +446,8 @@ struct FwdCta {
     // h0 -> the exchange (parity 0) for this block's units, c0 -> state.
     const X* h0 = static_cast<const X*>(p.h0.ptr) + (size_t)dir * B * H;
     const X* c0 = static_cast<const X*>(p.c0.ptr) + (size_t)dir * B * H;
-    for (int i = threadIdx.x; i < B * g.U; i += blockDim.x) {
-      const int b = i / g.U, uu = u0 + i % g.U;
+    for (int64_t i = threadIdx.x; i < (int64_t)B * g.U; i += blockDim.x) {
+      const int b = (int)(i / g.U), uu = u0 + (int)(i % g.U);
       xrow(0, b)[uu] = uu < H ? h0[(size_t)b * H + uu] : from_f<X>(0.f);
       if (nchunks > 1) p.state[((size_t)dir * B + b) * g.Hx + uu] = uu < H ? to_f(c0[(size_t)b * H + uu]) : 0.f;
     }
@@ -525,8 +530,8 @@ struct FwdCta {
     const int fin = T & 1;
     X* h_n = static_cast<X*>(p.h_n.ptr) + (size_t)dir * B * H;
     X* c_n = static_cast<X*>(p.c_n.ptr) + (size_t)dir * B * H;
-    for (int i = threadIdx.x; i < B * g.U; i += blockDim.x) {  // this block's own writes (__syncthreads before)
-      const int b = i / g.U, uu = u0 + i % g.U;
+    for (int64_t i = threadIdx.x; i < (int64_t)B * g.U; i += blockDim.x) {  // own writes (__syncthreads before)
+      const int b = (int)(i / g.U), uu = u0 + (int)(i % g.U);
       if (uu < H) h_n[(size_t)b * H + uu] = __ldcg(xrow(fin, b) + uu);
       if (uu < H && nchunks > 1) c_n[(size_t)b * H + uu] = from_f<X>(p.state[((size_t)dir * B + b) * g.Hx + uu]);
     }
@@ -548,67 +553,70 @@ template <class X, int E>
 __device__ __forceinline__ void fwd_step(FwdCta<X, E>& k, int s) {
   using C = FwdCta<X, E>;
   using Eng = typename C::Eng;
-  constexpr EngineShape S = C::S;
   const Geometry& g = k.g;
   const int par = s & 1;
-  barrier_wait(k.counter, (unsigned)(s + 1) * g.blocks);  // h_{t-1} of every block published
+  barrier_wait(k.counter, (unsigned)(s + 1) * g.blocks);  // [barrier] h_{t-1} of every block published
   for (int b0 = 0; b0 < k.B; b0 += g.NB) {
     const int nb = imin(g.NB, k.B - b0);
-    if (k.nchunks > 1) {
+    if (k.nchunks > 1) {  // [state]
       k.chunk_state(b0, true);
       k.prefetch_gx(s, b0);
     }
-    // h_{t-1} in `groups` stages along K, all issued now: the matmul of stage
+    // [stage] h_{t-1} in `groups` stages along K, all issued now: the matmul of stage
     // i starts as soon as it has landed, while the later ones are in flight.
     for (int i = 0; i < k.groups; ++i)
-      stage_rows(k.h_s, g.ld_b, nb, imin(g.Hx, i * k.KT / k.groups * S.k), imin(g.Hx, (i + 1) * k.KT / k.groups * S.k),
+      stage_rows(k.h_s, g.ld_b, nb, imin(g.Hx, i * k.KT / k.groups * C::S.k), imin(g.Hx, (i + 1) * k.KT / k.groups * C::S.k),
                  [&](int r) { return k.xrow(par, b0 + r); });
-    const int nnt = (nb + S.n - 1) / S.n;
-    auto a_tile = [&](int mt, int kt) { return k.w_s + (size_t)mt * S.m * g.ld_w + (kt * S.k - g.Kr); };
-    auto b_tile = [&](int kt, int nt) { return k.h_s + (size_t)nt * S.n * g.ld_b + kt * S.k; };
-    auto flush = [&](int mt, int ks, typename Eng::FragC (&acc)[C::S.max_nt]) {
+    // [mma]
+    auto a_tile = [&](int mt, int kt) { return k.w_s + (size_t)mt * C::S.m * g.ld_w + (kt * C::S.k - g.Kr); };
+    auto b_tile = [&](int kt, int nt) { return k.h_s + (size_t)nt * C::S.n * g.ld_b + kt * C::S.k; };
+    with_tiles<1, C::S.max_nt>((nb + C::S.n - 1) / C::S.n, [&](auto tiles) {
+      constexpr int NNT = decltype(tiles)::value;
+      auto flush = [&](int mt, int ks, auto& acc) {
+        constexpr int kTiles = std::extent<std::remove_reference_t<decltype(acc)>>::value;
 #pragma unroll
-      for (int nt = 0; nt < S.max_nt; ++nt)
-        if (nt < nnt) Eng::store_col(k.red + ((size_t)ks * g.NB + nt * S.n) * g.ld_red + mt * S.m, acc[nt], g.ld_red);
-    };
-    if (k.groups == 1) {
-      cp_async_wait(0);
-      __syncthreads();
-      warp_mma<Eng, wm::row_major, S.reg_tiles, S.max_nt>(k.a_reg, k.slots, g.KS, k.KT, g.qr, nnt, a_tile, g.ld_w,
-                                                          b_tile, g.ld_b, flush);
-    } else {  // one slot (mt, ks) per warp; warps >= slots only keep the block's barriers
-      const int warp = threadIdx.x / 32, mt = warp / g.KS, ks = warp - mt * g.KS;
-      typename Eng::FragC acc[S.max_nt];
-#pragma unroll
-      for (int nt = 0; nt < S.max_nt; ++nt) Eng::zero(acc[nt]);
-      for (int i = 0; i < k.groups; ++i) {
-        cp_async_wait(k.groups - 1 - i);
+        for (int nt = 0; nt < kTiles; ++nt)
+          Eng::store_col(k.red + ((size_t)ks * g.NB + nt * C::S.n) * g.ld_red + mt * C::S.m, acc[nt], g.ld_red);
+      };
+      if (k.groups == 1) {
+        cp_async_wait(0);
         __syncthreads();
-        if (warp < k.slots)
-          slot_mma<Eng, wm::row_major>(acc, k.a_reg, mt, ks, g.KS, 0, g.qr, i * k.KT / k.groups,
-                                       (i + 1) * k.KT / k.groups, nnt, a_tile, g.ld_w, b_tile, g.ld_b);
+        warp_mma<Eng, wm::row_major, C::S.reg_tiles, NNT>(k.a_reg, k.slots, g.KS, k.KT, g.qr, a_tile, g.ld_w, b_tile,
+                                                       g.ld_b, flush);
+      } else {  // one slot (mt, ks) per warp; warps >= slots only keep the block's barriers
+        const int warp = threadIdx.x / 32, mt = warp / g.KS, ks = warp - mt * g.KS;
+        typename Eng::FragC acc[NNT];
+#pragma unroll
+        for (int nt = 0; nt < NNT; ++nt) Eng::zero(acc[nt]);
+        for (int i = 0; i < k.groups; ++i) {
+          cp_async_wait(k.groups - 1 - i);
+          __syncthreads();
+          if (warp < k.slots)
+            slot_mma<Eng, wm::row_major>(acc, k.a_reg, mt, ks, g.KS, 0, g.qr, i * k.KT / k.groups,
+                                         (i + 1) * k.KT / k.groups, a_tile, g.ld_w, b_tile, g.ld_b);
+        }
+        if (warp < k.slots) flush(mt, ks, acc);
       }
-      if (warp < k.slots) flush(mt, ks, acc);
-    }
-    __syncthreads();
+    });
+    __syncthreads();  // [cell]
     k.cell_update(s, b0);
     __syncthreads();
-    // publish h_t of this block's units: rows of U X, 16-byte stores
+    // [publish] h_t of this block's units: rows of U X, 16-byte stores
     constexpr int kVec = 16 / (int)sizeof(X);
     const int per_row = g.U / kVec;
     for (int i = threadIdx.x; i < nb * per_row; i += blockDim.x) {
       const int r = i / per_row, v = i - r * per_row;
       copy16(k.xrow(par ^ 1, b0 + r) + k.u0 + v * kVec, k.hout + (size_t)r * g.U + v * kVec);
     }
-    if (k.nchunks > 1) {
+    if (k.nchunks > 1) {  // [outputs]
       k.write_outputs(s, b0);
       k.chunk_state(b0, false);
       __syncthreads();  // h_s / red / hout reused by the next chunk
     }
   }
-  __syncthreads();
+  __syncthreads();  // [arrive]
   barrier_arrive(k.counter);
-  if (k.nchunks == 1) {
+  if (k.nchunks == 1) {  // [outputs]
     k.write_outputs(s, 0);
     if (s + 1 < k.T) k.prefetch_gx(s + 1, 0);
   }
@@ -779,8 +787,8 @@ struct BwdCta {
     const X* dh_n = static_cast<const X*>(p.dh_n.ptr) + (size_t)dir * B * H;
     const X* dc_n = static_cast<const X*>(p.dc_n.ptr) + (size_t)dir * B * H;
     if (nchunks > 1) {
-      for (int i = threadIdx.x; i < B * g.U; i += blockDim.x) {
-        const int b = i / g.U, uu = u0 + i % g.U;
+      for (int64_t i = threadIdx.x; i < (int64_t)B * g.U; i += blockDim.x) {
+        const int b = (int)(i / g.U), uu = u0 + (int)(i % g.U);
         const size_t si = ((size_t)dir * B + b) * g.Hx + uu;
         p.state[si] = uu < H ? to_f(dh_n[(size_t)b * H + uu]) : 0.f;
         p.state[(size_t)N * B * g.Hx + si] = uu < H ? to_f(dc_n[(size_t)b * H + uu]) : 0.f;
@@ -826,45 +834,49 @@ template <class X, int E>
 __device__ __forceinline__ void bwd_step(BwdCta<X, E>& k, int it) {
   using C = BwdCta<X, E>;
   using Eng = typename C::Eng;
-  constexpr EngineShape S = C::S;
   const Geometry& g = k.g;
   const int par = it & 1, warp = threadIdx.x / 32;
-  if (it > 0) barrier_wait(k.counter, (unsigned)it * g.blocks);  // partials of iteration it-1 sent
+  if (it > 0) barrier_wait(k.counter, (unsigned)it * g.blocks);  // [barrier] partials of iteration it-1 sent
   for (int b0 = 0; b0 < k.B; b0 += g.NB) {
     const int nb = imin(g.NB, k.B - b0);
-    if (k.nchunks > 1) {
+    if (k.nchunks > 1) {  // [state]
       k.chunk_state(b0, true);
       k.prefetch(it, b0);
     }
-    if (it > 0) k.receive(it, b0);
-    k.gate_grads(it, b0);
+    if (it > 0) k.receive(it, b0);  // [receive]
+    k.gate_grads(it, b0);           // [dgates]
     __syncthreads();  // dG_s complete; rx free for the flush staging
-    float* stg = reinterpret_cast<float*>(k.rx) + (size_t)warp * g.NB * (S.m + 4);  // [NB][M+4]
-    warp_mma<Eng, wm::col_major, S.reg_tiles, S.max_nt>(
-        k.a_reg, k.MT, 1, k.KT, g.qr, (nb + S.n - 1) / S.n,
-        [&](int mt, int kt) { return k.w_s + (size_t)kt * S.k * g.ld_w + (mt * S.m - g.Kr); }, g.ld_w,
-        [&](int kt, int nt) { return k.dg_s + (size_t)nt * S.n * g.ld_b + kt * S.k; }, g.ld_b,
-        [&](int mt, int, typename Eng::FragC (&acc)[C::S.max_nt]) {
+    // [mma] and [send]: each warp's tiles of P^T go straight to their owners
+    float* stg = reinterpret_cast<float*>(k.rx) + (size_t)warp * g.NB * (C::S.m + 4);  // [NB][M+4]
+    auto a_tile = [&](int mt, int kt) { return k.w_s + (size_t)kt * C::S.k * g.ld_w + (mt * C::S.m - g.Kr); };
+    auto b_tile = [&](int kt, int nt) { return k.dg_s + (size_t)nt * C::S.n * g.ld_b + kt * C::S.k; };
+    with_tiles<1, C::S.max_nt>((nb + C::S.n - 1) / C::S.n, [&](auto tiles) {
+      constexpr int NNT = decltype(tiles)::value;
+      warp_mma<Eng, wm::col_major, C::S.reg_tiles, NNT>(
+          k.a_reg, k.MT, 1, k.KT, g.qr, a_tile, g.ld_w, b_tile, g.ld_b,
+          [&](int mt, int, auto& acc) {
+            constexpr int kTiles = std::extent<std::remove_reference_t<decltype(acc)>>::value;
 #pragma unroll
-          for (int nt = 0; nt < S.max_nt; ++nt)
-            if (nt * S.n < nb) Eng::store_col(stg + (size_t)nt * S.n * (S.m + 4), acc[nt], S.m + 4);
-          __syncwarp();
-          // rows k of this tile go to the block owning unit k, 8 consecutive (same owner) per store
-          for (int e = lane_id(); e < nb * (S.m / 8); e += 32) {
-            const int bl = e / (S.m / 8), kk = mt * S.m + 8 * (e - bl * (S.m / 8));
-            if (kk >= g.Hx) continue;
-            store8(k.xblock(par, kk / g.U, k.blk) + (size_t)(b0 + bl) * g.U + kk % g.U, stg + (size_t)bl * (S.m + 4) + kk - mt * S.m);
-          }
-          __syncwarp();
-        });
-    if (k.nchunks > 1) {
+            for (int nt = 0; nt < kTiles; ++nt) Eng::store_col(stg + (size_t)nt * C::S.n * (C::S.m + 4), acc[nt], C::S.m + 4);
+            __syncwarp();
+            // rows k of this tile go to the block owning unit k, 8 consecutive (same owner) per store
+            for (int e = lane_id(); e < nb * (C::S.m / 8); e += 32) {
+              const int bl = e / (C::S.m / 8), kk = mt * C::S.m + 8 * (e - bl * (C::S.m / 8));
+              if (kk >= g.Hx) continue;
+              store8(k.xblock(par, kk / g.U, k.blk) + (size_t)(b0 + bl) * g.U + kk % g.U,
+                     stg + (size_t)bl * (C::S.m + 4) + kk - mt * C::S.m);
+            }
+            __syncwarp();
+          });
+    });
+    if (k.nchunks > 1) {  // [state]
       k.chunk_state(b0, false);
       __syncthreads();  // dG_s / rx reused by the next chunk
     }
   }
-  __syncthreads();
+  __syncthreads();  // [arrive]
   barrier_arrive(k.counter);
-  if (k.nchunks == 1 && it + 1 < k.T) k.prefetch(it + 1, 0);
+  if (k.nchunks == 1 && it + 1 < k.T) k.prefetch(it + 1, 0);  // [prefetch]
 }
 
 template <class X, int E>
