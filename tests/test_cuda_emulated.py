@@ -217,8 +217,8 @@ def tf32_switch():
 
 def test_auto_engine_follows_dtype_batch_and_tf32(emulate, tf32_switch):
     pick = lambda B, dtype: cuda_lstm.plan_for(0, 2, B, 48, dtype, "cpu")["engine"]  # noqa: E731
-    assert pick(8, torch.float16) == pick(1, torch.bfloat16) == "f16n8"
-    assert pick(9, torch.float16) == pick(64, torch.bfloat16) == "f16"
+    assert pick(8, torch.float16) == pick(1, torch.bfloat16) == pick(32, torch.float16) == "f16n8"
+    assert pick(33, torch.float16) == pick(64, torch.bfloat16) == "f16"
     tf32_switch(False)
     assert pick(16, torch.float32) == "fma"
     tf32_switch(True)

@@ -16,7 +16,8 @@
 //
 // Forward step (fwd_step): wait for the direction's barrier; copy h_{t-1}
 // [B, Hx] (X) from the L2 exchange buffer into shared memory with 16-byte
-// async copies, all in flight at once; G^T[4U, NB] = W_slice * h^T on the
+// async copies, all issued at once in up to 4 stages along K, the matmul of a
+// stage starting as soon as it has landed; G^T[4U, NB] = W_slice * h^T on the
 // engine's tiles (warps split the rows and, KS ways, the reduction); add the
 // prefetched gx, update c (registers) and h; publish h_t (X, 16-byte stores);
 // arrive at the barrier; then write y / gates / cells and prefetch the next
@@ -847,7 +848,7 @@ __device__ __forceinline__ void bwd_step(BwdCta<X, E>& k, int it) {
     k.gate_grads(it, b0);           // [dgates]
     __syncthreads();  // dG_s complete; rx free for the flush staging
     // [mma] and [send]: each warp's tiles of P^T go straight to their owners
-    float* stg = reinterpret_cast<float*>(k.rx) + (size_t)warp * g.NB * (C::S.m + 4);  // [NB][M+4]
+    float* stg = reinterpret_cast<float*>(k.rx) + (size_t)warp * g.NB * (C::S.m + 4);  // NB x (M+4) fp32
     auto a_tile = [&](int mt, int kt) { return k.w_s + (size_t)kt * C::S.k * g.ld_w + (mt * C::S.m - g.Kr); };
     auto b_tile = [&](int kt, int nt) { return k.dg_s + (size_t)nt * C::S.n * g.ld_b + kt * C::S.k; };
     with_tiles<1, C::S.max_nt>((nb + C::S.n - 1) / C::S.n, [&](auto tiles) {
@@ -959,17 +960,19 @@ Plan make_plan(int kind, int N, int B, int H, DType dtype, const DeviceLimits& l
     if (f32) {
       o.engine = opt.tf32 ? kTF32 : kFma;
       why = opt.tf32 ? "fp32 with TF32 allowed: tf32 tensor cores" : "fp32 without TF32: exact FMA tiles";
-    } else if (B <= 8) {
+    } else if (B <= 32) {
+      // m32n8k16 per K tile moves half the batch-operand bytes of m16n16k16
+      // for the same MMAs and pads B to 8, not 16 (docs/cuda.md §4).
       o.engine = kF16N8;
-      why = "B <= 8: m32n8k16 tiles (batch padded to 8, not 16)";
+      why = "B <= 32: m32n8k16 tiles (one chunk of up to 32 rows)";
     } else {
-      // m16n16k16 tiles; at the edge of the chip's capacity the 8-row chunks
-      // of m32n8k16 still fit when 16-row ones do not, so that every B has a
-      // plan whenever B = 1 has one.
+      // Beyond 32 rows m16n16k16 takes 64-row chunks: half the chunks. At the
+      // edge of the chip's capacity the 8-row chunks of m32n8k16 still fit
+      // when 16-row ones do not, so every B has a plan whenever B = 1 has one.
       o.engine = kF16;
       try {
         pl = make_plan(kind, N, B, H, dtype, lim, o);
-        pl.why = "m16n16k16 tensor-core tiles" + pl.why.substr(pl.why.find(';'));
+        pl.why = "B > 32: m16n16k16 tiles (chunks of up to 64 rows)" + pl.why.substr(pl.why.find(';'));
         return pl;
       } catch (const std::runtime_error&) {
         o.engine = kF16N8;
