@@ -1048,6 +1048,17 @@ Plan make_plan(int kind, int N, int B, int H, DType dtype, const DeviceLimits& l
     fail("U=" + std::to_string(g.U) + " units x " + std::to_string(S.n) + " batch rows exceed the " +
          std::to_string(kPairsPerThread) + " cell-update pairs per thread of " + std::to_string(32 * g.warps) +
          " threads");
+  // As many chunks as that largest one needs, but balanced (B = 64 over
+  // 48-row chunks runs 2 x 32, not 48 + 16): the same chunk count, fewer
+  // batch tiles in the larger chunk.
+  {
+    const int btiles = (B + S.n - 1) / S.n, chunks = (btiles + tiles - 1) / tiles;
+    const int even = (btiles + chunks - 1) / chunks;
+    if (even < tiles) {
+      g.NB = even * S.n;
+      pl.smem_bytes = layout_smem(kind, g, S, esize);
+    }
+  }
   const long long nchunks = (B + g.NB - 1) / g.NB;
   pl.exchange_elems = kind == kForward ? 2LL * N * B * g.Hx : 2LL * N * g.blocks * B * g.Hx;
   pl.state_floats = nchunks > 1 ? (kind == kForward ? 1LL : 2LL) * N * B * g.Hx : 1;
