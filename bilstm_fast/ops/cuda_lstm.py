@@ -22,8 +22,8 @@ on *CPU* tensors, one OS thread per CUDA thread: the CUDA analogue of
 TRITON_INTERPRET. It then accepts CPU tensors only; without it, CUDA tensors only.
 
 Plans: the launcher's plan (``make_plan`` in lstm.cu) is the engine (the
-per-step matmul: f16 / f16n8 tensor-core tiles for fp16 and bf16, tf32 or
-exact fma for fp32), blocks per direction, warps per block, the batch chunk
+per-step matmul: f16 tensor-core tiles for fp16 and bf16, tf32 or exact
+fma for fp32), blocks per direction, warps per block, the batch chunk
 and the W_hh tiles per warp kept in registers. A caller can force any of
 them with a ``Plan``, passed as an argument (``forward(...,
 plan=Plan(blocks=2))``) or in the backend name
@@ -52,7 +52,7 @@ EMULATE_ENV = "BILSTM_FAST_CUDA_EMULATE"
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # csrc/cuda/lstm_api.h Engine codes by name (tests check this mirror against the module's ``engines``).
-ENGINES = {"auto": 0, "f16": 1, "f16n8": 2, "tf32": 3, "fma": 4}
+ENGINES = {"auto": 0, "f16": 1, "tf32": 2, "fma": 3}
 # The kernels' batch chunk never exceeds this many rows (lstm_api.h engine_shape: n * max_nt).
 _MAX_BATCH_TILE = 64
 
@@ -60,7 +60,7 @@ _MAX_BATCH_TILE = 64
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """A launch plan forced by the caller; "auto" / 0 / -1 leaves a field to the launcher."""
-    engine: str = "auto"   # "f16", "f16n8" (fp16/bf16), "tf32", "fma" (fp32)
+    engine: str = "auto"   # "f16" (fp16/bf16), "tf32", "fma" (fp32)
     blocks: int = 0        # blocks per direction (each owns a multiple of 8 hidden units)
     warps: int = 0         # warps per block (at most 8)
     batch_tile: int = 0    # at most this many batch rows per chunk (rounded down to the engine's tile)
@@ -210,8 +210,8 @@ def plans(spec) -> list[str]:
     device = "cuda" if spec.device == "cuda" else "cpu"
     mod = _module()
     tf32s = (False, True) if spec.dtype == torch.float32 else (False,)
-    # The plan depends on B only through the engine's batch tiles (and B <= 8
-    # for f16n8): every B up to one past the largest chunk reaches every choice.
+    # The plan depends on B only through the batch chunk: every B up to one
+    # past the largest chunk reaches every choice.
     texts = {_plan(mod, kind, spec.N, B, spec.H, spec.dtype, device, None, tf32)["text"]
              for kind in (0, 1) for tf32 in tf32s for B in range(1, _MAX_BATCH_TILE + 2)}
     return sorted(texts)

@@ -83,7 +83,7 @@ py::dict plan_dict(const Plan& pl) {
 }
 
 Options options(int engine, int blocks, int warps, int batch_tile, int reg_tiles, bool tf32) {
-  require(engine >= kAutoEngine && engine <= kFma, "engine code must be 0..4 (auto, f16, f16n8, tf32, fma), got " +
+  require(engine >= kAutoEngine && engine <= kFma, "engine code must be 0..3 (auto, f16, tf32, fma), got " +
                                                       std::to_string(engine));
   require(blocks >= 0 && warps >= 0 && batch_tile >= 0, "blocks, warps and batch_tile must be >= 0 (0 = automatic)");
   Options o;

@@ -229,18 +229,23 @@ int main() {
   run<float>(p, DType::f32, plan_opts(kFma, 3, 0, -1), "fma-registers", 2e-5);
   run<float>(p, DType::f32, plan_opts(kFma, 3, 0, 0), "fma-shared-memory", 2e-5);
   run<float>(p, DType::f32, plan_opts(kTF32, 3, 0, 1), "tf32-split", 5e-3);          // forward Kr 8 of 24
-  run<bl_half>(p, DType::f16, plan_opts(kF16, 3, 0, 1), "f16-split", 1e-2);          // forward Kr 16 of 32
-  run<bl_half>(p, DType::f16, plan_opts(kF16N8, 3, 0, -1), "f16n8-ksplit", 1e-2);    // forward KS = 2
+  run<bl_half>(p, DType::f16, plan_opts(kF16, 3, 0, -1), "f16-ksplit", 1e-2);        // forward KS = 2
+  Options one_warp = plan_opts(kF16, 3, 0, 1);
+  one_warp.warps = 1;
+  run<bl_bf16>(p, DType::bf16, one_warp, "bf16-1warp-split", 5e-2);                  // forward Kr 16 of 32, KS 1
   // H = 60: U = 24, 4 warps; forward rows over several slots per warp, backward Kr 64 of 80.
   const Problem w = make_problem(3, 3, 2, 60, {3, 1, 2}, 7);
-  Options wide = plan_opts(kF16, 3, 0, 6);
+  Options wide = plan_opts(kTF32, 3, 0, 12);
   wide.warps = 4;
-  run<bl_half>(w, DType::f16, wide, "f16-wide", 1e-2);
-  wide.engine = kF16N8; wide.reg_tiles = 2;                                           // forward Kr 32 of 80
-  run<bl_bf16>(w, DType::bf16, wide, "bf16-f16n8-wide", 5e-2);
+  run<float>(w, DType::f32, wide, "tf32-wide", 5e-3);                                 // backward Kr 64 of 80
+  wide.engine = kF16; wide.reg_tiles = 2;                                             // forward Kr 32 of 80
+  run<bl_bf16>(w, DType::bf16, wide, "bf16-wide", 5e-2);
+  // H = 120 over 4 blocks of 32 units: backward Kr 64 of 128 (one register slot per warp).
+  const Problem r = make_problem(3, 3, 2, 120, {2, 3, 1}, 5);
+  run<bl_half>(r, DType::f16, plan_opts(kF16, 4, 0, 8), "f16-bwd-split", 1e-2);
   // Several chunks (B = 19 > NB = 16 and 8): c, dh, dc round-trip through the state buffer.
   const Problem q = make_problem(4, 19, 2, 13, {4, 1, 3, 2, 4, 4, 1, 2, 3, 4, 2, 1, 3, 4, 4, 2, 1, 3, 2}, 99);
-  run<bl_bf16>(q, DType::bf16, plan_opts(kF16, 2, 16, 0), "bf16-f16-chunks", 5e-2);
+  run<bl_bf16>(q, DType::bf16, plan_opts(kF16, 2, 16, 0), "bf16-chunks", 5e-2);
   run<float>(q, DType::f32, plan_opts(kFma, 2, 8, 1), "fma-chunks", 2e-5);
   std::printf("%s\n", g_fail ? "FAILED" : "all ok");
   return g_fail ? 1 : 0;

@@ -30,9 +30,9 @@
 // (dgx), then the partial products P^T[Hx, NB] = W_slice^T * dG^T of its
 // 4U rows and sends each block its U columns. One barrier per step.
 //
-// Engines (lstm_api.h Engine): fp16 / bf16 wmma tiles (m16n16k16, or m32n8k16
-// for tiny B), tf32 wmma (m16n16k8) when torch allows TF32, and exact fp32 FMA
-// tiles (16x8x8) laid out like an MMA fragment. One kernel template per
+// Engines (lstm_api.h Engine): fp16 / bf16 wmma tiles (m32n8k16), tf32 wmma
+// (m16n16k8) when torch allows TF32, and exact fp32 FMA tiles (16x8x8) laid
+// out like an MMA fragment. One kernel template per
 // direction of the op, instantiated per (X, engine); T, B, H, lengths and
 // strides are runtime values.
 //
@@ -207,8 +207,9 @@ struct FmaEngine {
 };
 
 template <class X, int E> struct EngineOf;
-template <class X> struct EngineOf<X, kF16> { using type = WmmaEngine<X, 16, 16, 16, X>; };
-template <class X> struct EngineOf<X, kF16N8> { using type = WmmaEngine<X, 32, 8, 16, X>; };
+// fp16 / bf16: m32n8k16 moves half the batch-operand bytes of m16n16k16 per
+// MMA and pads B only to 8, for the same HMMA.16816s (docs/cuda.md §4).
+template <class X> struct EngineOf<X, kF16> { using type = WmmaEngine<X, 32, 8, 16, X>; };
 template <> struct EngineOf<float, kTF32> { using type = WmmaEngine<float, 16, 16, 8, wm::precision::tf32>; };
 template <> struct EngineOf<float, kFma> { using type = FmaEngine; };
 
@@ -893,7 +894,6 @@ __global__ void __launch_bounds__(kMaxThreads, 1) lstm_bwd_kernel(__grid_constan
 const char* engine_name(int e) {
   switch (e) {
     case kF16: return "f16";
-    case kF16N8: return "f16n8";
     case kTF32: return "tf32";
     case kFma: return "fma";
     default: return "auto";
@@ -943,7 +943,7 @@ int default_warps() {
 }
 
 // The dispatch rule (docs/cuda.md §3): the engine from the dtype (and TF32
-// permission, and B <= 8 for the n8 tiles); as many blocks per direction as
+// permission); as many blocks per direction as
 // the SMs allow with U a multiple of 8; as many W_hh tiles in registers as the
 // engine holds; the largest batch chunk (up to max_nt tiles) that fits the
 // shared memory and the threads.
@@ -960,24 +960,9 @@ Plan make_plan(int kind, int N, int B, int H, DType dtype, const DeviceLimits& l
     if (f32) {
       o.engine = opt.tf32 ? kTF32 : kFma;
       why = opt.tf32 ? "fp32 with TF32 allowed: tf32 tensor cores" : "fp32 without TF32: exact FMA tiles";
-    } else if (B <= 32) {
-      // m32n8k16 per K tile moves half the batch-operand bytes of m16n16k16
-      // for the same MMAs and pads B to 8, not 16 (docs/cuda.md §4).
-      o.engine = kF16N8;
-      why = "B <= 32: m32n8k16 tiles (one chunk of up to 32 rows)";
     } else {
-      // Beyond 32 rows m16n16k16 takes 64-row chunks: half the chunks. At the
-      // edge of the chip's capacity the 8-row chunks of m32n8k16 still fit
-      // when 16-row ones do not, so every B has a plan whenever B = 1 has one.
       o.engine = kF16;
-      try {
-        pl = make_plan(kind, N, B, H, dtype, lim, o);
-        pl.why = "B > 32: m16n16k16 tiles (chunks of up to 64 rows)" + pl.why.substr(pl.why.find(';'));
-        return pl;
-      } catch (const std::runtime_error&) {
-        o.engine = kF16N8;
-        why = "m32n8k16 tiles: 16-row batch chunks do not fit";
-      }
+      why = "fp16 / bf16: m32n8k16 tensor-core tiles";
     }
     pl = make_plan(kind, N, B, H, dtype, lim, o);
     pl.why = why + pl.why.substr(pl.why.find(';'));
@@ -987,7 +972,7 @@ Plan make_plan(int kind, int N, int B, int H, DType dtype, const DeviceLimits& l
     if (pl.engine < kF16 || pl.engine > kFma) fail("unknown engine " + std::to_string(opt.engine));
     if (f32 != (pl.engine == kTF32 || pl.engine == kFma))
       fail(std::string("engine ") + engine_name(pl.engine) + " does not run " + (f32 ? "fp32" : "fp16 / bf16") +
-           " (fp16 / bf16: f16, f16n8; fp32: tf32, fma)");
+           " (fp16 / bf16: f16; fp32: tf32, fma)");
     why = std::string("engine ") + engine_name(pl.engine) + " forced";
   }
   const EngineShape S = engine_shape(pl.engine);
@@ -1076,10 +1061,6 @@ static void dispatch(DType d, int engine, Fn fn) {
     case kF16:
       if (d == DType::f16) return fn(KernelTag<bl_half, kF16>{});
       if (d == DType::bf16) return fn(KernelTag<bl_bf16, kF16>{});
-      break;
-    case kF16N8:
-      if (d == DType::f16) return fn(KernelTag<bl_half, kF16N8>{});
-      if (d == DType::bf16) return fn(KernelTag<bl_bf16, kF16N8>{});
       break;
     case kTF32:
       if (d == DType::f32) return fn(KernelTag<float, kTF32>{});

@@ -34,10 +34,9 @@ enum Kind : int { kForward = 0, kBackward = 1 };
 // exact fp32 FMAs laid out like a tile. kAutoEngine lets make_plan choose.
 enum Engine : int {
   kAutoEngine = 0,
-  kF16 = 1,    // fp16 / bf16 wmma m16n16k16 (batch tiles of 16)
-  kF16N8 = 2,  // fp16 / bf16 wmma m32n8k16  (batch tiles of 8: tiny B)
-  kTF32 = 3,   // fp32 input, tf32 wmma m16n16k8 (when torch allows TF32)
-  kFma = 4,    // fp32 input, exact fp32 FMA tiles 16x8x8
+  kF16 = 1,    // fp16 / bf16 wmma m32n8k16 (batch tiles of 8)
+  kTF32 = 2,   // fp32 input, tf32 wmma m16n16k8 (when torch allows TF32)
+  kFma = 3,    // fp32 input, exact fp32 FMA tiles 16x8x8
 };
 
 // Tile sizes and register budget of an engine, shared by the kernels and make_plan.
@@ -47,8 +46,7 @@ struct EngineShape {
   int max_nt;      // batch tiles (of n columns) per chunk
 };
 BILSTM_HD constexpr EngineShape engine_shape(int e) {
-  return e == kF16    ? EngineShape{16, 16, 16, 16, 4}
-       : e == kF16N8  ? EngineShape{32, 8, 16, 8, 4}
+  return e == kF16    ? EngineShape{32, 8, 16, 8, 4}
        : e == kTF32   ? EngineShape{16, 16, 8, 16, 4}
                       : EngineShape{16, 8, 8, 8, 8};
 }
