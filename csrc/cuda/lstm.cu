@@ -32,9 +32,9 @@
 //
 // Engines (lstm_api.h Engine): fp16 / bf16 wmma tiles (m32n8k16), tf32 wmma
 // (m16n16k8) when torch allows TF32, and exact fp32 FMA tiles (16x8x8) laid
-// out like an MMA fragment. One kernel template per
-// direction of the op, instantiated per (X, engine); T, B, H, lengths and
-// strides are runtime values.
+// out like an MMA fragment. One kernel template for the forward and one for
+// the backward, instantiated per (X, engine); T, B, H, lengths and strides
+// are runtime values.
 //
 // The same source compiles as plain C++ against emu.h (BILSTM_CUDA_EMULATE):
 // wmma is emulated tile-wise, cp.async (the only inline PTX) has a plain-copy
