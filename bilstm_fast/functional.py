@@ -14,7 +14,6 @@ Step 1 needs the directions' weights side by side (``LayerWeights``).
 torch ops, so autograd routes the gradients back to those parameters;
 BiLSTM can also hand over views of its flat weight buffer (module.py).
 """
-from __future__ import annotations
 
 import contextlib
 from typing import NamedTuple, Optional, Sequence
@@ -73,13 +72,27 @@ def lstm_layer(
     backend: str = "auto",
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer of N directions. Returns y [T, B, N, P], h_n [N, B, P], c_n [N, B, H]."""
+    if torch.jit.is_scripting():
+        # TorchScript cannot run the Python entry point (checks, backend
+        # registry): it calls the op through the dispatcher, with "auto"
+        # resolved by the op itself, and decides keep_for_backward at run time.
+        # BiLSTM's scripted forward has checked the input and lengths.
+        b_ih, b_hh, w_hr = lw.b_ih, lw.b_hh, lw.w_hr   # locals: TorchScript refines those
+        keep = torch.is_grad_enabled() and (
+            x.requires_grad or lw.w_ih.requires_grad or lw.w_hh.requires_grad or h0.requires_grad
+            or c0.requires_grad or (b_ih is not None and b_ih.requires_grad)
+            or (b_hh is not None and b_hh.requires_grad) or (w_hr is not None and w_hr.requires_grad))
+        y, h_n, c_n, _, _ = torch.ops.bilstm_fast.lstm_layer(
+            x.contiguous(), lw.w_ih, b_ih, b_hh, lw.w_hh, w_hr, h0.contiguous(), c0.contiguous(),
+            lengths, backend, keep)
+        return y, h_n, c_n
     return recurrence.lstm_layer(x, lw.w_ih, lw.b_ih, lw.b_hh, lw.w_hh, h0, c0, lengths, lw.w_hr,
                                  backend=backend)
 
 
 def bilstm_layers(
     x: Tensor,                         # [T, B, D]
-    layers: Sequence[LayerWeights],
+    layers: list[LayerWeights],
     h0: Optional[Tensor] = None,       # [L*N, B, P] or None (zeros)
     c0: Optional[Tensor] = None,       # [L*N, B, H] or None (zeros)
     lengths: Optional[Tensor] = None,  # [B] int (values 1..T), or None = all T
@@ -92,6 +105,16 @@ def bilstm_layers(
     """``bilstm`` on weights already packed by ``pack_weights``."""
     if merge_mode not in MERGE_MODES:
         raise ValueError(f"merge_mode must be one of {MERGE_MODES}, got {merge_mode!r}")
+    return _bilstm_layers(x, layers, h0, c0, lengths, dropout, training, merge_mode, backend)
+
+
+def _bilstm_layers(x: Tensor, layers: list[LayerWeights], h0: Optional[Tensor], c0: Optional[Tensor],
+                   lengths: Optional[Tensor], dropout: float, training: bool, merge_mode: str,
+                   backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """bilstm_layers with positional arguments: also compiled by torch.jit.script
+    (BiLSTM's scripted forward calls it), which takes no keyword-only arguments
+    with defaults; the Python-only parts sit in the other branch of
+    ``torch.jit.is_scripting()``; merge_mode is checked by the callers."""
     N, G, P = layers[0].w_hh.shape
     H = G // 4
     L = len(layers)
@@ -103,13 +126,16 @@ def bilstm_layers(
     h_ns, c_ns = [], []          # each layer's final states
     out = x
     for layer, lw in enumerate(layers):
-        sl = slice(layer * N, (layer + 1) * N)
-        # A named range per layer in torch.profiler traces (NVTX under
-        # emit_nvtx / nsys); not while compiling, where Dynamo would only warn
-        # that it ignores it (every compile: a drop-in compiles quietly).
-        with (contextlib.nullcontext() if torch.compiler.is_compiling()
-              else torch.profiler.record_function(f"bilstm_fast.layer{layer}")):
-            y, h_n, c_n = lstm_layer(out, lw, h0[sl], c0[sl], lengths, backend)
+        h0_l, c0_l = h0[layer * N:(layer + 1) * N], c0[layer * N:(layer + 1) * N]
+        if torch.jit.is_scripting():
+            y, h_n, c_n = lstm_layer(out, lw, h0_l, c0_l, lengths, backend)
+        else:
+            # A named range per layer in torch.profiler traces (NVTX under
+            # emit_nvtx / nsys); not while compiling, where Dynamo would only warn
+            # that it ignores it (every compile: a drop-in compiles quietly).
+            with (contextlib.nullcontext() if torch.compiler.is_compiling()
+                  else torch.profiler.record_function(f"bilstm_fast.layer{layer}")):
+                y, h_n, c_n = lstm_layer(out, lw, h0_l, c0_l, lengths, backend)
         h_ns.append(h_n)
         c_ns.append(c_n)
         T = y.shape[0]

@@ -21,10 +21,9 @@ Inference then hands the kernels those views with no copy, and nothing can
 go stale: an in-place change of a parameter, through ``.data``, ``.numpy()``
 or an optimizer, writes the very memory the views read.
 """
-from __future__ import annotations
 
 import math
-from typing import NamedTuple, Optional, Union
+from typing import NamedTuple, Optional, Union, overload
 
 import torch
 from torch import Tensor, nn
@@ -214,10 +213,43 @@ class BiLSTM(nn.RNNBase):
         return s
 
     # ------------------------------------------------------------------ forward
-    def forward(self, input: Union[Tensor, PackedSequence], hx: _HX = None):
+    # nn.LSTM's two signatures, spelled out for torch.jit.script, which
+    # compiles forward once per overload (a Tensor in and out, or a
+    # PackedSequence in and out). Python sees only the definition after them.
+    @overload
+    @torch._jit_internal._overload_method
+    def forward(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]] = None,
+                lengths: Optional[Tensor] = None) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        pass
+
+    @overload
+    @torch._jit_internal._overload_method
+    def forward(self, input: PackedSequence, hx: Optional[tuple[Tensor, Tensor]] = None,
+                lengths: Optional[Tensor] = None) -> tuple[PackedSequence, tuple[Tensor, Tensor]]:
+        pass
+
+    def forward(self, input: Union[Tensor, PackedSequence], hx: _HX = None,
+                lengths: Optional[Tensor] = None):
+        """nn.LSTM's forward. ``lengths`` ([B] ints in 1..T, batched padded input
+        only) is the padded equivalent of a PackedSequence: output zero where
+        t >= L_b, h_n/c_n at each sequence's own last step; it is also how a
+        model exports with per-sequence lengths (docs: README, "Deploy")."""
+        if torch.jit.is_scripting():
+            # TorchScript compiles only this branch: _forward_eager (its
+            # messages, the flat-buffer views, the backend registry) is not
+            # TorchScript. Same steps, same op, nn.LSTM's scripted checks.
+            if isinstance(input, PackedSequence):   # static per overload
+                return self._forward_packed_scripted(input, hx, lengths)
+            return self._forward_padded_scripted(input, hx, lengths)
+        return self._forward_eager(input, hx, lengths)
+
+    def _forward_eager(self, input: Union[Tensor, PackedSequence], hx: _HX, lengths: Optional[Tensor]):
         w0 = self.weight_ih_l0
         _check_real(w0.dtype, "the weights' dtype")
         if isinstance(input, PackedSequence):
+            if lengths is not None:
+                raise InputError("lengths: a PackedSequence carries its own lengths; pass either "
+                                 "a PackedSequence or a padded tensor with lengths=")
             x, lengths, packing = _unpack(input)
             batched = True
         else:
@@ -228,10 +260,13 @@ class BiLSTM(nn.RNNBase):
                                  f"([T, B, D], or [B, T, D] with batch_first), got {input.dim()}-D "
                                  f"of shape {tuple(input.shape)}")
             batched = input.dim() == 3
+            if lengths is not None and not batched:
+                raise InputError(f"lengths: expected batched 3-D input with lengths=, got "
+                                 f"{input.dim()}-D input of shape {tuple(input.shape)}")
             x = input if batched else input.unsqueeze(1)
             if batched and self.batch_first:
                 x = x.transpose(0, 1)
-            lengths = packing = None
+            packing = None
         T, B, D = x.shape
         shown = tuple(input.shape) if isinstance(input, Tensor) else tuple(input.data.shape)
         if D != self.input_size:
@@ -310,6 +345,96 @@ class BiLSTM(nn.RNNBase):
                 raise InputError(f"hx: expected {name} with dtype {x.dtype} on {x.device} like the "
                                  f"input, got {t.dtype} on {t.device}")
         return h0, c0
+
+    # ---------------------------------------------------------- TorchScript
+    # forward under torch.jit.script. It calls the op through the dispatcher
+    # (torch.ops.bilstm_fast.lstm_layer, in functional.lstm_layer), so a
+    # scripted module saves with torch.jit.save and loads in any process that
+    # has imported bilstm_fast. Checks are nn.LSTM's own scripted ones
+    # (RNNBase.check_input / check_hidden_size): in TorchScript every error
+    # surfaces as torch.jit.Error (a RuntimeError), for nn.LSTM too.
+    def _forward_padded_scripted(self, input: Tensor, hx: Optional[tuple[Tensor, Tensor]],
+                                 lengths: Optional[Tensor]) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        if input.dim() not in [2, 3]:
+            raise ValueError("BiLSTM: expected input to be 2-D (unbatched [T, D]) or 3-D ([T, B, D], "
+                             "or [B, T, D] with batch_first), got {}-D".format(input.dim()))
+        batched = input.dim() == 3
+        if lengths is not None and not batched:
+            raise ValueError("lengths: expected batched 3-D input with lengths=")
+        x = input if batched else input.unsqueeze(1)
+        if batched and self.batch_first:
+            x = x.transpose(0, 1)
+        if hx is not None and not batched:
+            hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+        out, h_n, c_n = self._layers_scripted(x, hx, lengths, None)
+        if not batched:
+            return out.squeeze(1), (h_n.squeeze(1), c_n.squeeze(1))
+        if self.batch_first:
+            out = out.transpose(0, 1)
+        return out, (h_n, c_n)
+
+    def _forward_packed_scripted(self, input: PackedSequence, hx: Optional[tuple[Tensor, Tensor]],
+                                 lengths: Optional[Tensor]) -> tuple[PackedSequence, tuple[Tensor, Tensor]]:
+        if lengths is not None:
+            raise ValueError("lengths: a PackedSequence carries its own lengths")
+        x, seq_lengths, packing = _unpack(input)
+        out, h_n, c_n = self._layers_scripted(x, hx, seq_lengths, packing.sorted_indices)
+        unsorted = packing.unsorted_indices   # a local: TorchScript refines those
+        if unsorted is not None:
+            h_n = h_n.index_select(1, unsorted)
+            c_n = c_n.index_select(1, unsorted)
+        return _repack(out, packing), (h_n, c_n)
+
+    def _layers_scripted(self, x: Tensor, hx: Optional[tuple[Tensor, Tensor]], lengths: Optional[Tensor],
+                         sorted_indices: Optional[Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """x [T, B, D] seq-first; hx = (h_0 [L*N, B, P], c_0 [L*N, B, H]) or None;
+        lengths [B] or None. Returns functional.bilstm_layers' (out, h_n, c_n)."""
+        self.check_input(x, None)
+        T, B = x.size(0), x.size(1)
+        if T == 0:
+            raise RuntimeError("input: expected sequence length > 0, got an empty sequence")
+        N = 2 if self.bidirectional else 1
+        H = self.hidden_size
+        P = self.proj_size if self.proj_size > 0 else H
+        h0: Optional[Tensor] = None
+        c0: Optional[Tensor] = None
+        if hx is not None:
+            h0, c0 = hx
+            self.check_hidden_size(h0, (self.num_layers * N, B, P), "Expected hidden[0] size {}, got {}")
+            self.check_hidden_size(c0, (self.num_layers * N, B, H), "Expected hidden[1] size {}, got {}")
+            if sorted_indices is not None:
+                h0 = h0.index_select(1, sorted_indices)
+                c0 = c0.index_select(1, sorted_indices)
+        if lengths is not None:
+            if lengths.shape != [B] or lengths.is_floating_point():
+                raise ValueError("lengths: expected an integer tensor of shape [B={}]".format(B))
+            lengths = lengths.to(device=x.device, dtype=torch.int64).contiguous()
+            if lengths.device.type == "cpu" and bool(((lengths < 1) | (lengths > T)).any()):
+                raise ValueError("lengths: values must be in 1..T={}".format(T))
+        return functional._bilstm_layers(x, self._layer_weights_scripted(), h0, c0, lengths,
+                                         self.dropout, self.training, self.merge_mode, self.backend)
+
+    def _layer_weights_scripted(self) -> list[LayerWeights]:
+        """functional.pack_weights in TorchScript: from ``_flat_weights`` (nn.LSTM's
+        parameter list: per layer and direction w_ih, w_hh, [b_ih, b_hh], [w_hr]),
+        with torch ops, so the parameters are the scripted graph's inputs."""
+        N = 2 if self.bidirectional else 1
+        per_dir = len(self._flat_weights) // (self.num_layers * N)
+        layers: list[LayerWeights] = []
+        for layer in range(self.num_layers):
+            first = layer * N * per_dir
+            dirs = [self._flat_weights[first + n * per_dir:first + (n + 1) * per_dir] for n in range(N)]
+            b_ih: Optional[Tensor] = None
+            b_hh: Optional[Tensor] = None
+            w_hr: Optional[Tensor] = None
+            if self.bias:
+                b_ih = torch.cat([w[2] for w in dirs])
+                b_hh = torch.cat([w[3] for w in dirs])
+            if self.proj_size > 0:
+                w_hr = torch.stack([w[per_dir - 1] for w in dirs])
+            layers.append(LayerWeights(torch.cat([w[0] for w in dirs]), b_ih, b_hh,
+                                       torch.stack([w[1] for w in dirs]), w_hr))
+        return layers
 
 
 def _check_real(dtype: Optional[torch.dtype], what: str) -> None:

@@ -43,8 +43,21 @@ def _fake_outputs(T, B, N, G, P, like: Tensor, h0: Tensor, c0: Tensor, keep: boo
     return y, h0.new_empty(h0.shape), c0.new_empty(c0.shape), gates, cells
 
 
+def _concrete(backend: str, like: Tensor, w_hh: Tensor, w_hr: Optional[Tensor],
+              lengths: Optional[Tensor]) -> str:
+    """The op's ``backend`` argument as a backend to run. The Python entry
+    points below pass a name they resolved (a constant under torch.compile);
+    a caller that reaches the op through the dispatcher (TorchScript:
+    torch.ops.bilstm_fast.lstm_layer) passes the module's "auto", resolved
+    here by the same rule. like: gx or dy [T, B, N, *]."""
+    if backends.split_name(backend)[0] != "auto":
+        return backend
+    N, G, P = w_hh.shape
+    return _resolve(backend, like, N, G // 4, P, w_hr, lengths, like.shape[1])
+
+
 def _run_forward(gx, w_hh, w_hr, h0, c0, lengths, backend, keep):
-    mod, plan = backends.parse(backend)
+    mod, plan = backends.parse(_concrete(backend, gx, w_hh, w_hr, lengths))
     return tuple(mod.forward(gx, w_hh, w_hr, h0, c0, lengths, keep, plan))
 
 
@@ -122,7 +135,7 @@ def _lstm_recurrence_backward_op(
     cells: Tensor,              # [T, B, N, H] A
     backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    mod, plan = backends.parse(backend)
+    mod, plan = backends.parse(_concrete(backend, dy, w_hh, w_hr, lengths))
     dgx, dh0, dc0, dw_hr = mod.backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cells, plan)
     if dw_hr is None:  # a custom op cannot return None: an empty tensor stands for "no projection"
         dw_hr = dy.new_empty(0)
@@ -323,7 +336,24 @@ def _resolve(backend: str, like: Tensor, N: int, H: int, P: int, w_hr, lengths, 
 
 
 def _keep(*ts: Optional[Tensor]) -> bool:
+    """Whether the forward keeps its backward workspace. A torch.jit.trace
+    bakes the answer into the graph as a constant, and nothing at trace time
+    says how the graph will run (under no_grad even the packed weights stop
+    requiring grad, and trace's own check re-traces under no_grad): a traced
+    op always keeps it, so the traced module can be trained like eager."""
+    if torch.jit.is_tracing():
+        return True
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
+def _register_onnx_when_tracing() -> None:
+    """torch.onnx.export(dynamo=False) traces the model, then translates the
+    trace with the symbolic functions registered by then: register ours
+    (bilstm_fast/export.py) on the first traced call. Importing it costs
+    nothing outside a trace, and `import bilstm_fast` stays free of torch.onnx."""
+    if torch.jit.is_tracing():
+        from .. import export
+        export.register_torchscript_symbolics()
 
 
 def _opt(t: Optional[Tensor]) -> Optional[Tensor]:
@@ -365,6 +395,7 @@ def lstm_layer(
     lengths = check_lengths(lengths, B, T, x.device)
     name = _resolve(backend, x, N, H, P, w_hr, lengths, B)
     keep = _keep(x, w_ih, b_ih, b_hh, w_hh, w_hr, h0, c0)
+    _register_onnx_when_tracing()
     y, h_n, c_n, _, _ = _lstm_layer_op(
         x.contiguous(), w_ih.contiguous(), _opt(b_ih), _opt(b_hh), w_hh.contiguous(), _opt(w_hr),
         h0.contiguous(), c0.contiguous(), lengths, name, keep)
@@ -393,6 +424,7 @@ def lstm_recurrence(
     lengths = check_lengths(lengths, B, T, gx.device)
     name = _resolve(backend, gx, N, H, P, w_hr, lengths, B)
     keep = _keep(gx, w_hh, w_hr, h0, c0)
+    _register_onnx_when_tracing()
     y, h_n, c_n, _, _ = _lstm_recurrence_op(
         gx.contiguous(), w_hh.contiguous(), _opt(w_hr), h0.contiguous(), c0.contiguous(), lengths,
         name, keep)
