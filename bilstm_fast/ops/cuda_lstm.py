@@ -234,8 +234,8 @@ def plans(spec) -> list[str]:
     under BILSTM_FAST_CUDA_EMULATE), forward and backward, any T and B, TF32
     allowed or not: what a GPU check forces one by one. Each text is valid for
     every B and both kernels (batch_tile and reg_tiles are upper bounds). []
-    when the backend does not support the call."""
-    if unsupported_reason(spec) is not None:
+    when the backend cannot run here (no device) or does not support the call."""
+    if unavailable_reason() is not None or unsupported_reason(spec) is not None:
         return []
     device = "cuda" if spec.device == "cuda" else "cpu"
     mod = _module()
@@ -245,48 +245,6 @@ def plans(spec) -> list[str]:
     texts = {_plan(mod, kind, spec.N, B, spec.H, spec.dtype, device, None, tf32)["text"]
              for kind in (0, 1) for tf32 in tf32s for B in range(1, _MAX_BATCH_TILE + 2)}
     return sorted(texts)
-
-
-# Batch sizes plans() looks at: make_plan's on-chip test depends on B only
-# below 8 (the minimum tile is min(B, 8)), so 1..8 and one large B cover
-# every choice it can make.
-_PLAN_BATCHES = (1, 2, 3, 4, 5, 6, 7, 8, 256)
-_PLAN_TEXTS = ("path=onchip", "path=stream", "path=stream,batch_tile=-1")
-
-
-def _plan_text(chosen: dict) -> str:
-    """A plan_for() result -> the text that forces its path and tile mode."""
-    if chosen["path"] == "onchip":
-        return "path=onchip"
-    return "path=stream" if chosen["batch_tile"] > 0 else "path=stream,batch_tile=-1"
-
-
-def plans(spec) -> list:
-    """Every distinct plan text the dispatcher can choose for a call like
-    ``spec`` (a backends.CallSpec) on the current device, over any B and both
-    forward and backward: "path=onchip", "path=stream" (h / dG staged in
-    shared memory) and "path=stream,batch_tile=-1" (unstaged, h / dG from L2;
-    only for very large H). A text is listed only when it can be forced for
-    every B and both kinds: a path the dispatcher takes only for one of them
-    is exercised by the automatic plan (no text). [] when the backend cannot
-    run the call. (Today's kernels; the kernel owner keeps this in step with
-    make_plan.)"""
-    if unavailable_reason() is not None or unsupported_reason(spec) is not None:
-        return []
-    device = "cuda" if spec.device == "cuda" else "cpu"
-    chosen = {_plan_text(plan_for(kind, spec.N, B, spec.H, spec.dtype, device))
-              for kind in (0, 1) for B in _PLAN_BATCHES}
-
-    def forceable(text: str) -> bool:
-        forced = parse_plan(text)
-        try:
-            for kind in (0, 1):
-                for B in _PLAN_BATCHES:
-                    plan_for(kind, spec.N, B, spec.H, spec.dtype, device, forced)
-        except RuntimeError:
-            return False
-        return True
-    return [t for t in _PLAN_TEXTS if t in chosen and forceable(t)]
 
 
 def _stream(device: torch.device) -> int:
