@@ -34,8 +34,12 @@ Method (docs/cost_model.md has the full write-up):
 The interface a kernel variant provides is `KernelModel` (below): `launch()`
 returns a `Launch` (the plan, grid, warps, the step loop's `Site`, one
 `LoopSpec` per loop inside it, `MemHint`s for loads served by HBM), and
-`cubin()` the compiled code. Today's kernels: `CudaKernel` (csrc/cuda/lstm.cu)
+`cubin()` the compiled code. The kernels: `CudaKernel` (csrc/cuda/lstm.cu: the
+persistent kernels, planned by make_plan, compiled by tools/cuda_resources.py)
 and `TritonKernel` (bilstm_fast/ops/triton_kernels.py, planned by triton_plan.py).
+A description may also weight code the plan runs only part of the time
+(`Guard`), tell template instances apart by their work (`LoopSpec.rank`) and
+name the regions the step's time is reported by (`Launch.regions`).
 """
 from __future__ import annotations
 
