@@ -183,7 +183,7 @@ class MemHint:
 @dataclass
 class Launch:
     """What a kernel variant tells the model about one launch."""
-    variant: str                 # which compiled variant, e.g. "onchip" / "streamed BH=32"
+    variant: str                 # which compiled variant, e.g. "f16 48x16 regs 512/768" / "streamed BH=32"
     function: str                # regex on the mangled function name in the cubin
     source: Path                 # the kernel's source file (line matching)
     blocks: int                  # blocks (programs) in the grid
@@ -1211,7 +1211,7 @@ class CudaKernel(KernelModel):
                          f"{B * Hx * es} B received per block per step")
         kname = "lstm_fwd_kernel" if fwd else "lstm_bwd_kernel"
         regions = tagged_regions(self.SRC, "fwd_step" if fwd else "bwd_step")
-        plan = dict(pl, chunks=chunks, nnt=nnts, exchange_bytes_per_block=B * Hx * es * (1 if fwd else 1))
+        plan = dict(pl, chunks=chunks, nnt=nnts, staged_bytes_per_block=B * Hx * es)   # h, or the dh partials
         return Launch(variant=f"{engine} {blocks}x{U}" + (f" regs {Kr}/{Kpad}" if Kr else " smem"),
                       function=rf"{kname}I{self._TYPE[dtype]}Li{CUDA_ENGINE_CODE[engine]}EE",
                       source=self.SRC, blocks=N * blocks, warps=nw, step=step, loops=loops, mem=mem,
