@@ -1,5 +1,5 @@
 """`bilstm-bench check` (bilstm_fast/bench/check.py), tested on a CPU: the
-plans() of today's kernels that it forces, stage isolation (a hang is
+plans() of the cuda backend that it forces, stage isolation (a hang is
 reported as a hang within its timeout, a crash as a failure), the result
 file's schema, and `--emulate` end to end at tiny size."""
 from __future__ import annotations
@@ -21,27 +21,45 @@ def spec(H, dtype=torch.float32, N=2, device="cpu"):
 
 
 @pytest.mark.parametrize("H,dtype,want", [
-    (9, torch.float32, ["path=onchip"]),
-    (104, torch.float32, ["path=stream"]),       # on-chip only for some B / kinds: left to the auto plan
-    (104, torch.bfloat16, ["path=onchip"]),
-    (20000, torch.float32, ["path=stream,batch_tile=-1"]),
+    (9, torch.float32, ["engine=fma,blocks=2,warps=2,batch_tile=16,reg_tiles=8",
+                        "engine=fma,blocks=2,warps=2,batch_tile=24,reg_tiles=8",
+                        "engine=fma,blocks=2,warps=2,batch_tile=32,reg_tiles=8",
+                        "engine=fma,blocks=2,warps=2,batch_tile=8,reg_tiles=8",
+                        "engine=tf32,blocks=2,warps=2,batch_tile=16,reg_tiles=16",
+                        "engine=tf32,blocks=2,warps=2,batch_tile=32,reg_tiles=16"]),
+    (104, torch.bfloat16, ["engine=f16,blocks=4,warps=2,batch_tile=8,reg_tiles=8"]),
+    (104, torch.float32, []),        # W_hh does not fit the emulated 48 KB: the check's refusal row
+    (20000, torch.float32, []),
 ])
 def test_cuda_plans_today(emulate, H, dtype, want):
-    """cuda_lstm.plans on the emulated device (8 SMs, 48 KB): the texts, each
-    forcing the path it names for every B and both kinds."""
+    """cuda_lstm.plans on the emulated device (8 SMs, 48 KB, 2 warps), the
+    texts the check forces: each one runs for every B and both kinds (engine,
+    blocks, warps and the register cap as named, the chunk at most the
+    text's), and together they cover every plan the dispatcher picks (TF32
+    allowed or not)."""
     got = cuda_lstm.plans(spec(H, dtype))
-    auto = {(k, B): cuda_lstm.plan_for(k, 2, B, H, dtype, "cpu")["path"] for k in (0, 1) for B in (1, 8)}
-    print(H, dtype, got, auto)
+    print(H, dtype, got)
     assert got == want
-    for text in got:
-        forced = cuda_lstm.parse_plan(text)
-        for kind in (0, 1):
-            for B in (1, 3, 8, 256):
-                p = cuda_lstm.plan_for(kind, 2, B, H, dtype, "cpu", forced)
-                assert p["path"] == forced.path
-                assert (p["batch_tile"] == 0) == (forced.batch_tile < 0)
-    if H == 104 and dtype == torch.float32:   # the dispatcher does take both paths here
-        assert set(auto.values()) == {"onchip", "stream"}
+    if not want:
+        assert "does not fit on chip" in cuda_lstm.unsupported_reason(spec(H, dtype))
+        return
+    auto = set()
+    for allow in (False, True) if dtype == torch.float32 else (False,):
+        saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = allow
+        try:
+            auto |= {cuda_lstm.plan_for(k, 2, B, H, dtype, "cpu")["text"] for k in (0, 1) for B in range(1, 66)}
+            for text in got:
+                forced = cuda_lstm.parse_plan(text)
+                for kind in (0, 1):
+                    for B in (1, 3, 8, 17, 64, 256):
+                        p = cuda_lstm.plan_for(kind, 2, B, H, dtype, "cpu", forced)
+                        assert (p["engine"], p["blocks"], p["warps"], p["reg_tiles"]) == \
+                            (forced.engine, forced.blocks, forced.warps, forced.reg_tiles), (text, kind, B, p)
+                        assert p["batch_tile"] <= forced.batch_tile
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = saved
+    assert auto == set(got)
 
 
 def test_cuda_plans_unsupported_call_is_empty(emulate):
@@ -68,7 +86,7 @@ def ok(ctx, events):
     return {"verdict": "pass", "detail": "fine", "worst": "x", "worst_err": 1.5e-6, "bound": 2e-5}
 
 def hang(ctx, events):
-    events(case="fp16 T8 B2 H64 plan=path=stream")
+    events(case="fp16 T8 B2 H64 plan=engine=f16,blocks=2")
     while True:
         time.sleep(1)
 
@@ -118,7 +136,7 @@ def test_stage_that_hangs_is_a_hang_within_its_timeout(fake_stages, tmp_path):
     took = time.perf_counter() - t0
     print(rec, f"{took:.1f} s")
     assert rec["verdict"] == "hang" and 20 <= took < 20 + 12
-    assert "no result within 20 s" in rec["detail"] and "fp16 T8 B2 H64 plan=path=stream" in rec["detail"]
+    assert "no result within 20 s" in rec["detail"] and "fp16 T8 B2 H64 plan=engine=f16,blocks=2" in rec["detail"]
 
 
 def test_hung_stage_loses_its_children_too(fake_stages, tmp_path):
@@ -203,13 +221,15 @@ def test_judge_and_padding_catch_wrong_results():
 
 def test_correct_stage_fails_a_wrong_kernel(emulate, monkeypatch):
     """The correctness stage in-process with the emulated cuda backend whose
-    forward is made wrong by 1e-3 in one element of h_n: a failure naming h_n."""
+    forward is made wrong by 1e-3 in one element of h_n (1e-2 under a plan of
+    the TF32 engine, whose bound is 3e-3): a failure naming h_n, every plan."""
     real = cuda_lstm.forward
 
     def off(*a, **k):
         y, h_n, c_n, gates, cells = real(*a, **k)
+        plan = k.get("plan", a[7] if len(a) > 7 else None)
         h_n = h_n.clone()
-        h_n.view(-1)[0] += 1e-3
+        h_n.view(-1)[0] += 1e-2 if plan is not None and plan.engine == "tf32" else 1e-3
         return y, h_n, c_n, gates, cells
     monkeypatch.setattr(cuda_lstm, "forward", off)
     monkeypatch.setattr(check_stages, "_cases", lambda ctx: (check_cases.OpCase(3, 2, 9, 2, [3, 1]),))
@@ -302,15 +322,28 @@ def test_emulate_end_to_end(emulated_run, capsys):
                         "streams:cuda": "pass", "graph:cuda": "skip", "big:cuda": "pass", "timing": "skip"}
     correct = next(r for r in run["stages"] if r["name"] == "correct:cuda")
     cases = correct["cases"]
-    # every dtype, every case, both CUDA paths, the module case; real, non-zero errors within bounds
+    # every dtype, every case, every engine forced (plans()), one and several blocks
+    # per direction, the module case; real, non-zero errors within bounds
     assert {c["label"].split()[0] for c in cases} == {"fp32", "fp16", "bf16"}
-    assert any("plan=path=stream" in c["label"] for c in cases) and any("plan=path=onchip" in c["label"] for c in cases)
+    forced = [c["plan"] for c in cases if c["plan"] not in ("auto", "unsupported")]
+    assert {cuda_lstm.parse_plan(p).engine for p in forced} == {"fma", "tf32", "f16"}
+    assert {cuda_lstm.parse_plan(p).blocks for p in forced} >= {1, 2, 3, 4}
     assert sum("BiLSTM" in c["label"] for c in cases) == 3
+    # fp32 H104 does not fit the emulated chip: refused by name, served by auto
+    refused = [c for c in cases if c["plan"] == "unsupported"]
+    assert [c["label"] for c in refused] == ["fp32 T2 B2 H104 N2 len plan=unsupported"]
+    assert refused[0]["ok"] and "does not fit on chip" in refused[0]["detail"]
+    assert "refuses it with ValueError" in refused[0]["detail"] and "backend='auto' takes cpu" in refused[0]["detail"]
     for c in cases:
+        if c["plan"] == "unsupported":
+            assert c["err"] is None and c["bound"] is None, c
+            continue
         assert c["ok"] and 0 < c["err"] <= c["bound"], c
         if c["label"].startswith("fp32"):
-            assert c["err"] < 1e-5, c
-    assert correct["worst_err"] == max(cases, key=lambda c: c["err"] / c["bound"])["err"]
+            tf32 = c["plan"] != "auto" and cuda_lstm.parse_plan(c["plan"]).engine == "tf32"
+            assert c["err"] < (check_cases.ATOL["tf32"] if tf32 else 1e-5), c
+    ran = [c for c in cases if c["plan"] != "unsupported"]
+    assert correct["worst_err"] == max(ran, key=lambda c: c["err"] / c["bound"])["err"]
 
 
 def test_result_file_schema(emulated_run):

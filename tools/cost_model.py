@@ -34,8 +34,12 @@ Method (docs/cost_model.md has the full write-up):
 The interface a kernel variant provides is `KernelModel` (below): `launch()`
 returns a `Launch` (the plan, grid, warps, the step loop's `Site`, one
 `LoopSpec` per loop inside it, `MemHint`s for loads served by HBM), and
-`cubin()` the compiled code. Today's kernels: `CudaKernel` (csrc/cuda/lstm.cu)
+`cubin()` the compiled code. The kernels: `CudaKernel` (csrc/cuda/lstm.cu: the
+persistent kernels, planned by make_plan, compiled by tools/cuda_resources.py)
 and `TritonKernel` (bilstm_fast/ops/triton_kernels.py, planned by triton_plan.py).
+A description may also weight code the plan runs only part of the time
+(`Guard`), tell template instances apart by their work (`LoopSpec.rank`) and
+name the regions the step's time is reported by (`Launch.regions`).
 """
 from __future__ import annotations
 
@@ -87,10 +91,12 @@ class Site:
     """A source line, found by its text: the lines of `file` (None: the
     kernel's source) that match the regex `pattern`; or, with
     `marker`, the line that carries the comment `cost-model: <marker>` (or the
-    first code line after it)."""
+    first code line after it). With `block`, every line of the brace block
+    that opens on a matched line (from its last `{` to the matching `}`)."""
     pattern: str = ""
     marker: str = ""
     file: Optional[str] = None
+    block: bool = False
 
 
 @dataclass(frozen=True)
@@ -108,9 +114,28 @@ class LoopSpec:
     work  : (class, count) executed once per source iteration, to read the
             compiler's unroll factor exactly; unroll: the factor itself
             (None for both: sass.unroll_factor, or 1 for a loop holding loops).
-    smem_ways : shared-memory bank-conflict degree of its shared accesses.
+    smem_ways : shared-memory bank-conflict degree of its shared accesses
+            (below 1: broadcasts -- a warp's lanes read fewer distinct words
+            than 32 x the access width, e.g. an MMA-shaped operand load).
     generic : what its generic loads/stores (LD/ST: the compiler could not
             tell the address space) address: "global" or "shared".
+    copies : independent instances of the source loop (the compiler unrolled
+            the code around it): the SASS loops it matches are split, in
+            address order, into this many equal groups, each one instance
+            running `iters` (spread over its unrolled and remainder copies).
+    grid_barrier : the loop is a grid barrier's spin (a poll without
+            NANOSLEEP): its time, and the code after it up to the next
+            BAR.SYNC, count as the grid barrier's.
+    rank  : (class, position): template instances of one source loop that
+            line info cannot tell apart (nvcc may attribute inlined code of
+            one instance to another's call line) are told apart by how many
+            instructions of `class` each holds, nested loops included: the
+            loops several specs with the same `where` match are sorted by
+            that count, and this spec takes the one at `position` (0: the
+            fewest).
+    instance : the template instance a loop belongs to: a spec with `rank`
+            sets it for its loop, and loops nested in that loop take only
+            specs of the same instance (or of none).
     """
     name: str
     where: tuple[Site, ...]
@@ -122,6 +147,27 @@ class LoopSpec:
     unroll: Optional[int] = None
     smem_ways: float = 1.0
     generic: str = "global"
+    copies: int = 1
+    grid_barrier: bool = False
+    rank: Optional[tuple[str, int]] = None
+    instance: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Guard:
+    """Code inside the step loop that runs only part of the time: a forward
+    branch the launch plan decides (a template instance of a runtime
+    dispatch the plan does not take; unrolled copies behind a runtime bound,
+    of which the busiest warp runs a fraction). Every instruction whose
+    source chain matches `where` (Sites, innermost first, as LoopSpec.where)
+    counts `runs` times per pass of its loop (0: never; 0.25: one pass in
+    four) -- in the throughput bounds, and in the latency chain as that
+    fraction of its waits, latency and stall (the expected time). Several
+    guards on one instruction multiply. A loop whose back-branch has weight
+    0 does not run (it needs no LoopSpec)."""
+    name: str
+    where: tuple[Site, ...]
+    runs: float
 
 
 @dataclass(frozen=True)
@@ -137,7 +183,7 @@ class MemHint:
 @dataclass
 class Launch:
     """What a kernel variant tells the model about one launch."""
-    variant: str                 # which compiled variant, e.g. "onchip" / "streamed BH=32"
+    variant: str                 # which compiled variant, e.g. "f16 48x16 regs 512/768" / "streamed BH=32"
     function: str                # regex on the mangled function name in the cubin
     source: Path                 # the kernel's source file (line matching)
     blocks: int                  # blocks (programs) in the grid
@@ -149,6 +195,14 @@ class Launch:
     gemm_flops: float = 0.0      # recurrent-GEMM FLOPs per step, whole grid (for the tensor-core target)
     spin_polls: int = 1          # failed polls of a grid-barrier spin loop (a NANOSLEEP loop): the
                                  # last block arrives one poll period after the others
+    guards: list[Guard] = field(default_factory=list)
+    generic_shared: tuple[Site, ...] = ()   # generic LD/ST inlined from these lines address shared memory
+    regions: dict = field(default_factory=dict)   # name -> {(basename, line)}: the step's time is reported
+                                                  # by region (an instruction's innermost frame in one)
+    instance_site: Optional[Site] = None   # the call line of a template dispatch whose instances ranked
+    instance_runs: dict = field(default_factory=dict)   # LoopSpecs tell apart; its straight-line code
+                                           # belongs to the instance whose loops lie nearest, and runs
+                                           # instance_runs[instance] times per pass (0 if absent)
     plan: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -198,7 +252,26 @@ def resolve(site: Site, default: Path) -> frozenset[tuple[str, int]]:
                 out.add((name, j + 1))
         return frozenset(out)
     rx = re.compile(site.pattern)
-    return frozenset((name, i + 1) for i, text in enumerate(lines) if rx.search(text))
+    hits = [i for i, text in enumerate(lines) if rx.search(text)]
+    if not site.block:
+        return frozenset((name, i + 1) for i in hits)
+    for i in hits:
+        text = lines[i].split("//")[0]
+        out.add((name, i + 1))
+        if "{" not in text:
+            continue
+        depth, j, text = 0, i, text[text.rindex("{"):]
+        while j < len(lines):
+            for ch in text:
+                depth += (ch == "{") - (ch == "}")
+                if depth == 0:
+                    break
+            out.add((name, j + 1))
+            if depth == 0:          # the closing brace (a `} else {` line ends the block)
+                break
+            j += 1
+            text = lines[j].split("//")[0] if j < len(lines) else ""
+    return frozenset(out)
 
 
 @lru_cache(maxsize=None)
@@ -312,12 +385,22 @@ class Node:
     t_lat: float = 0.0            # latency-chain cycles of all its trips
     t_thr: float = 0.0            # throughput-bound cycles of all its trips
     t: float = 0.0                # max of the two: its contribution to the parent
+    tails: list = field(default_factory=lambda: [0.0] * 8)   # scoreboards still pending when it ends
+                                                             # (async copies, loads in flight), cycles
+    regions: dict = field(default_factory=dict)  # its cycles (all trips) by Launch.regions name
 
     bounds: dict = field(default_factory=dict)   # throughput bound per resource, one iteration
+    instance: Optional[int] = None               # the template instance it belongs to (LoopSpec.instance)
 
     @property
     def name(self) -> str:
         return self.spec.name if self.spec else "grid-barrier spin" if self.trips else "?"
+
+
+def _walk(node: "Node"):
+    yield node
+    for c in node.children:
+        yield from _walk(c)
 
 
 class StepAnalysis:
@@ -331,7 +414,7 @@ class StepAnalysis:
     def __init__(self, m: Machine, instrs: list[sass.Instr], launch: Launch):
         self.m, self.instrs, self.launch = m, instrs, launch
         self.by_addr = {i.addr: n for n, i in enumerate(instrs)}
-        roots = sass.loop_tree(instrs)
+        roots = self.roots = sass.loop_tree(instrs)
         self.step = self._find_step(roots)
         self.mem_lines: dict = {}            # (file, line) -> "hbm" / "off"
         for h in launch.mem:
@@ -345,8 +428,11 @@ class StepAnalysis:
         self.barrier_cycles = 0.0          # the simulated warp's time in grid barriers, per step
         self.thr_totals: dict = {}         # throughput bound per resource, cycles per step (all loops)
         self.shared_generic = self._generic_shared()   # addresses of LD/ST that address shared memory
-        self.skip = self._not_executed()
+        self.weight = self._weights()      # addr -> runs per pass (Guards; 0: not executed)
+        self.region_of = self._regions()   # addr -> Launch.regions name
+        self.skip = {a for a, w in self.weight.items() if w <= 0}
         self.root = self._build(self.step, None, 1, launch.warps)
+        self._instance_code()
         self.barrier_addrs = self._grid_barriers()
 
     # ---------------------------------------------------------- structure
@@ -375,12 +461,71 @@ class StepAnalysis:
             if spec.generic != "shared":
                 continue
             sites = [resolve(s, self.launch.source) for s in spec.where]
-            for lp in sass.all_loops(sass.loop_tree(self.instrs)):
+            for lp in sass.all_loops(self.roots):
                 if _matches(lp.chain, sites):
                     out |= {i.addr for i in sass.body(self.instrs, lp, own=False) if i.op in ("LD", "ST")}
             if len(sites) > 1:
                 out |= {i.addr for i in self.instrs if i.op in ("LD", "ST") and _matches(i.chain, sites[-1:])}
+        sites = [resolve(site, self.launch.source) for site in self.launch.generic_shared]
+        for i in self.instrs:
+            if i.op in ("LD", "ST") and any(_matches(i.chain, [lines]) for lines in sites):
+                out.add(i.addr)
         return out
+
+    def _instance_code(self) -> None:
+        """Weights of a template dispatch's straight-line code (Launch.instance_site):
+        each instruction inlined through the dispatch and outside every ranked
+        loop belongs to the instance whose ranked loops lie nearest in the
+        address space (nvcc lays an instance out in one piece)."""
+        if self.launch.instance_site is None:
+            return
+        spans: dict = {}
+        for n in _walk(self.root):
+            if n.spec is not None and n.spec.rank is not None:
+                lo, hi = spans.get(n.spec.instance, (n.loop.header, n.loop.end))
+                spans[n.spec.instance] = (min(lo, n.loop.header), max(hi, n.loop.end))
+        if not spans:
+            return
+        site = [resolve(self.launch.instance_site, self.launch.source)]
+        loops = list(spans.values())
+        for i in sass._span(self.instrs, self.step.header, self.step.end):
+            if not i.chain or not _matches(i.chain, site):
+                continue
+            if any(lo <= i.addr <= hi for lo, hi in loops):
+                continue
+            inst = min(spans, key=lambda k: min(abs(i.addr - spans[k][0]), abs(i.addr - spans[k][1])))
+            runs = self.launch.instance_runs.get(inst, 0.0)
+            self.weight[i.addr] = self.weight.get(i.addr, 1.0) * runs
+            if runs <= 0:
+                self.skip.add(i.addr)
+
+    def _regions(self) -> dict:
+        """The Launch.regions name of each instruction of the step loop: the
+        region holding the innermost frame of its chain that lies in one."""
+        if not self.launch.regions:
+            return {}
+        owner = {key: name for name, keys in self.launch.regions.items() for key in keys}
+        out = {}
+        for i in sass._span(self.instrs, self.step.header, self.step.end):
+            out[i.addr] = next((owner[k] for k in _chain_key(i.chain) if k in owner), "other")
+        return out
+
+    def _weights(self) -> dict:
+        """Runs per pass of every instruction of the step loop that does not
+        always run: the code of loops this plan does not run (_not_executed)
+        and the launch's Guards."""
+        w = {a: 0.0 for a in self._not_executed()}
+        guards = [(g, [resolve(x, self.launch.source) for x in g.where]) for g in self.launch.guards]
+        by_chain: dict = {}
+        for i in sass._span(self.instrs, self.step.header, self.step.end):
+            if not i.chain:
+                continue
+            f = by_chain.get(i.chain)
+            if f is None:
+                f = by_chain[i.chain] = math.prod(g.runs for g, sites in guards if _matches(i.chain, sites))
+            if f != 1.0:
+                w[i.addr] = w.get(i.addr, 1.0) * f
+        return w
 
     def _not_executed(self) -> set:
         """Straight-line code of loops this plan does not run: the prologue and
@@ -392,10 +537,15 @@ class StepAnalysis:
         for spec in self.launch.loops:
             (zero if spec.iters <= 0 else live).append(resolve(spec.where[-1], self.launch.source))
         out = set()
-        for i in self.instrs:
-            if not self.step.contains(i.addr) or not i.chain:
+        memo: dict = {}
+        for i in sass._span(self.instrs, self.step.header, self.step.end):
+            if not i.chain:
                 continue
-            if any(_matches(i.chain, [z]) for z in zero) and not any(_matches(i.chain, [l]) for l in live):
+            off = memo.get(i.chain)
+            if off is None:
+                off = memo[i.chain] = (any(_matches(i.chain, [z]) for z in zero)
+                                       and not any(_matches(i.chain, [l]) for l in live))
+            if off:
                 out.add(i.addr)
         return out
 
@@ -411,11 +561,26 @@ class StepAnalysis:
             lo = max((k for k in range(n) if own[k].op == "BAR"), default=n)
             hi = min((k for k in range(n + 1, len(own)) if own[k].op == "BAR"), default=n)
             out |= {own[k].addr for k in range(lo, hi + 1)}
+        # a described spin loop (LoopSpec.grid_barrier): the loop, then the code
+        # after it up to the next BAR.SYNC (the block meeting its polling thread)
+        for node in _walk(self.root):
+            if node.spec is None or not node.spec.grid_barrier:
+                continue
+            out.add(node.loop.header)
+            after = [k for k, i in enumerate(own) if i.addr > node.loop.end]
+            for k in after:
+                out.add(own[k].addr)
+                if own[k].op == "BAR":
+                    break
         return out
 
-    def _spec_for(self, loop: sass.Loop) -> Optional[LoopSpec]:
+    def _specs_for(self, loop: sass.Loop, instance: Optional[int]) -> list[LoopSpec]:
+        """The LoopSpecs that describe `loop` (several only for `rank` families)."""
         own = sass.body(self.instrs, loop)
+        out = []
         for spec in self.launch.loops:
+            if spec.instance is not None and instance is not None and spec.instance != instance:
+                continue
             sites = [resolve(s, self.launch.source) for s in spec.where]
             if not _matches(loop.chain, sites):
                 continue
@@ -424,14 +589,38 @@ class StepAnalysis:
                 continue
             if spec.lacks and re.search(spec.lacks, ops):
                 continue
-            return spec
-        return None
+            if spec.rank is None:
+                return [spec] if not out else out
+            out.append(spec)
+        return out
 
-    def _build(self, loop: sass.Loop, spec, trips, warps) -> Node:
+    def _spec_for(self, loop: sass.Loop, instance: Optional[int] = None) -> Optional[LoopSpec]:
+        specs = self._specs_for(loop, instance)
+        return specs[0] if specs else None
+
+    def _build(self, loop: sass.Loop, spec, trips, warps, instance: Optional[int] = None) -> Node:
+        node = self._build_node(loop, spec, trips, warps, instance)
+        if trips <= 0:                      # nothing under a loop that does not run runs
+            for n in _walk(node):
+                n.trips = 0
+        return node
+
+    def _build_node(self, loop: sass.Loop, spec, trips, warps, instance: Optional[int] = None) -> Node:
         node = Node(loop, spec, trips, warps)
+        node.instance = spec.instance if spec is not None and spec.instance is not None else instance
         groups: dict = {}
+        ranked: dict = {}          # a rank family (the specs' where) -> (specs, loops)
         for child in loop.children:
-            cs = self._spec_for(child)
+            if self.weight.get(child.back.addr, 1.0) <= 0:
+                # in code the plan does not run (a Guard with runs 0): no trips, no LoopSpec needed
+                groups.setdefault(("off", id(child)), (None, [child]))
+                continue
+            specs = self._specs_for(child, node.instance)
+            if len(specs) > 1 or (specs and specs[0].rank is not None):
+                fam = ranked.setdefault(specs[0].where, (specs, []))
+                fam[1].append(child)
+                continue
+            cs = specs[0] if specs else None
             if cs is None and any(i.op == "NANOSLEEP" for i in sass.body(self.instrs, child)):
                 # an undescribed loop that sleeps: a grid barrier's spin loop (Launch.spin_polls)
                 groups.setdefault(("spin", id(child)), (None, []))[1].append(child)
@@ -442,28 +631,85 @@ class StepAnalysis:
                     f"({' <- '.join(f'{f}:{l}' for f, l in _chain_key(child.chain))}: "
                     f"'{source_text(child.chain)}'); the kernel's description must give its trip count")
             groups.setdefault(cs.name, (cs, []))[1].append(child)
+        for specs, loops in ranked.values():
+            # template instances told apart by their work (LoopSpec.rank)
+            cls = specs[0].rank[0]
+            count = {id(c): sum(1 for i in sass.body(self.instrs, c, own=False) if i.cls == cls) for c in loops}
+            if len(loops) != len(specs) or len(set(count.values())) != len(loops):
+                raise LookupError(
+                    f"{self.launch.function}: {len(loops)} loops at '{source_text(loops[0].chain)}' for "
+                    f"{len(specs)} ranked LoopSpecs ({specs[0].name}, ...), {cls} counts {sorted(count.values())}: "
+                    "the instances cannot be told apart")
+            by_rank = sorted(loops, key=lambda c: count[id(c)])
+            for sp in specs:
+                groups.setdefault(sp.name, (sp, []))[1].append(by_rank[sp.rank[1]])
         for key, (cs, versions) in groups.items():
+            if cs is None and key[0] == "off":                      # not run under this plan
+                node.children.append(self._build(versions[0], None, 0, 1))
+                continue
             if cs is None:                                          # spin loop
                 n = Node(versions[0], None, self.launch.spin_polls, warps)
                 n.children = [self._build(c, None, 0, 1) for c in versions[0].children]
                 node.children.append(n)
                 continue
             w = cs.warps if cs.warps is not None else warps
-            us = [self._unroll(c, cs) for c in versions]
-            # source iterations go to the most-unrolled copy first, the rest to the
-            # remainder copies (how nvcc/LLVM split an unrolled loop)
-            rem = cs.iters
-            order = sorted(range(len(versions)), key=lambda k: -us[k])
-            trips_of = {}
-            for k in order:
-                trips_of[k] = math.floor(rem / us[k] + 1e-9) if k != order[-1] else math.ceil(rem / us[k] - 1e-9)
-                rem -= trips_of[k] * us[k]
-            for k, c in enumerate(versions):
-                child = self._build(c, cs, trips_of[k], w)
-                child.unroll = us[k]
-                node.children.append(child)
+            if len(versions) % cs.copies:
+                raise LookupError(f"{self.launch.function}: LoopSpec {cs.name!r} says {cs.copies} copies, "
+                                  f"the SASS has {len(versions)} loops on its line")
+            per = len(versions) // cs.copies
+            versions = sorted(versions, key=lambda c: c.header)
+            peeled = self._peeled(loop, cs, versions)
+            for g in range(cs.copies):
+                copy = versions[g * per:(g + 1) * per]
+                us = [self._unroll(c, cs) for c in copy]
+                # source iterations go to the most-unrolled copy first, the rest to the
+                # remainder copies (how nvcc/LLVM split an unrolled loop) or to the
+                # iterations it peeled into straight-line code; a fractional count (an
+                # average over chunks or warps) stays fractional
+                rem = cs.iters
+                order = sorted(range(len(copy)), key=lambda k: -us[k])
+                trips_of = {}
+                for k in order:
+                    if k != order[-1] or peeled[1]:
+                        trips_of[k] = math.floor(rem / us[k] + 1e-9)
+                    elif abs(rem - round(rem)) < 1e-9:
+                        trips_of[k] = math.ceil(rem / us[k] - 1e-9)
+                    else:
+                        trips_of[k] = max(0.0, rem / us[k])
+                    rem -= trips_of[k] * us[k]
+                if peeled[1]:
+                    runs = min(1.0, max(0.0, rem) / peeled[1])
+                    if rem > peeled[1]:     # an average past what was peeled: the loop runs the rest
+                        trips_of[order[-1]] += (rem - peeled[1]) / us[order[-1]]
+                    for addr in (i.addr for i in peeled[0]):
+                        self.weight[addr] = self.weight.get(addr, 1.0) * runs
+                        if runs <= 0:
+                            self.skip.add(addr)
+                for k, c in enumerate(copy):
+                    child = self._build(c, cs, trips_of[k], w, node.instance)
+                    child.unroll = us[k]
+                    node.children.append(child)
         node.children.sort(key=lambda n: n.loop.header)
         return node
+
+    def _peeled(self, parent: sass.Loop, spec: LoopSpec, versions: list) -> tuple[list, float]:
+        """Iterations of a LoopSpec's loop that the compiler peeled into
+        straight-line code of the enclosing loop (the remainder of its
+        unrolling): instructions of `parent` outside its inner loops whose
+        chain is on the loop's body (the block its Site opens) through the
+        spec's call sites -> (their addresses, how many source iterations
+        they hold, counted by `work`). ([], 0) without `work`."""
+        if not spec.work:
+            return [], 0.0
+        head = spec.where[0]
+        body = resolve(Site(head.pattern, head.marker, head.file, block=True), self.launch.source)
+        sites = [body] + [resolve(x, self.launch.source) for x in spec.where[1:]]
+        own = [i for i in sass.body(self.instrs, parent) if self.weight.get(i.addr, 1.0) > 0]
+        mine = [i for i in own if i.chain and _matches(i.chain, sites)
+                and not any(v.contains(i.addr) for v in versions)]
+        cls, per_iter = spec.work
+        n = sum(1 for i in mine if i.cls == cls) / per_iter
+        return (mine, n) if n >= 1 else ([], 0.0)
 
     def _unroll(self, loop: sass.Loop, spec: LoopSpec) -> int:
         own = sass.body(self.instrs, loop)
@@ -503,9 +749,11 @@ class StepAnalysis:
             k += 1
         return out
 
-    def _sim_pass(self, node: Node, t: float, sb: list, sbk: list, record: float) -> float:
+    def _sim_pass(self, node: Node, t: float, sb: list, sbk: list, record: float,
+                  acc: Optional[dict] = None) -> float:
         """One pass over a loop body for one warp, from cycle t; nested loops
-        take their own time. `record` > 0 accumulates waits / counts with that weight."""
+        take their own time. `record` > 0 accumulates waits / counts with that
+        weight; `acc` collects the pass's cycles by region."""
         m = self.m
         kids = {c.loop.header: c for c in node.children}
         stops = {c.loop.header: c.loop.end for c in node.children}
@@ -516,23 +764,37 @@ class StepAnalysis:
             if ins.addr in kids:
                 child = kids[ins.addr]
                 t += child.t
-                if record and child.spec is None and child.loop.header in self.barrier_addrs:
+                if acc is not None:
+                    for r, v in child.regions.items():
+                        acc[r] = acc.get(r, 0.0) + v
+                if record and child.loop.header in self.barrier_addrs and \
+                        (child.spec is None or child.spec.grid_barrier):
                     self.barrier_cycles += child.t * record
+                # what the child left in flight (async copies, loads) stays pending after it
                 for b in range(len(sb)):
-                    sb[b] = min(sb[b], t)
+                    sb[b] = max(min(sb[b], t), t + child.tails[b] if child.trips else t)
+                    if child.trips and child.tails[b] > 0:
+                        sbk[b] = "async copy"
                 k = self.by_addr[stops[ins.addr]] + 1
                 continue
-            if ins.addr not in self.skip:
+            w = self.weight.get(ins.addr, 1.0)
+            if w > 0:
                 seq = [ins] + (self._callee(ins) if ins.calls_subroutine else [])
                 t0 = t
                 for x in seq:
-                    t = self._issue(x, t, sb, sbk, record)
+                    t = self._issue(x, t, sb, sbk, record, w)
+                if acc is not None:
+                    r = self.region_of.get(ins.addr, "other")
+                    acc[r] = acc.get(r, 0.0) + t - t0
                 if record and ins.addr in self.barrier_addrs:
                     self.barrier_cycles += (t - t0) * record
             k += 1
         return t
 
-    def _issue(self, ins: sass.Instr, t: float, sb: list, sbk: list, record: float) -> float:
+    def _issue(self, ins: sass.Instr, t: float, sb: list, sbk: list, record: float, w: float = 1.0) -> float:
+        """Issue one instruction at cycle t or later; -> the cycle the warp may
+        issue its next. w < 1 (a Guard): the expected time, that fraction of
+        its waits, blocking, result latency and stall."""
         m = self.m
         c = ins.ctrl or sass.Ctrl(1, 0, 7, 7, 0, 0)
         ready = t
@@ -547,26 +809,26 @@ class StepAnalysis:
         if ins.op == "WARPGROUP" and "DEPBAR" in ins.opcode and sb[6] > ready:
             ready, kind = sb[6], "tensor"
         if record and ready > t:
-            self.waits[kind or "?"] = self.waits.get(kind or "?", 0.0) + (ready - t) * record
+            self.waits[kind or "?"] = self.waits.get(kind or "?", 0.0) + (ready - t) * record * w
             if kind == "L2/HBM load" and ready - t > 0.5 * m.l2:
-                self.round_trips += record
-        issue = ready
+                self.round_trips += record * w
+        issue = t + (ready - t) * w
         bk, bt = m.blocking(ins)
         if bt:
-            issue += bt
+            issue += bt * w
             if record:
-                self.waits[bk] = self.waits.get(bk, 0.0) + bt * record
+                self.waits[bk] = self.waits.get(bk, 0.0) + bt * record * w
         cls = self.cls(ins)
-        lvl = self.level(ins) if cls in ("global_ld", "atomic") else "l2"
+        lvl = self.level(ins) if cls in ("global_ld", "atomic", "async_copy") else "l2"
         if c.wbar != 7:
-            sb[c.wbar] = max(sb[c.wbar], issue + m.latency(ins, lvl, cls))
+            sb[c.wbar] = max(sb[c.wbar], issue + m.latency(ins, lvl, cls) * w)
             sbk[c.wbar] = WAIT_KIND.get(cls, cls)
         if c.rbar != 7:
-            sb[c.rbar] = max(sb[c.rbar], issue + m.a["lat_reg_read"])
+            sb[c.rbar] = max(sb[c.rbar], issue + m.a["lat_reg_read"] * w)
             sbk[c.rbar] = "register read"
         if ins.op.endswith("GMMA"):
-            sb[6] = max(sb[6], issue) + m.pipe(ins)[1]
-        return issue + max(1, c.stall)
+            sb[6] = max(sb[6], issue) + m.pipe(ins)[1] * w
+        return issue + max(1, c.stall) * w
 
     def _throughput(self, node: Node, record: float) -> float:
         """SM cycles one iteration of a node's own instructions needs, all its warps."""
@@ -578,32 +840,35 @@ class StepAnalysis:
         l2 = 0.0
         ways = node.spec.smem_ways if node.spec else 1.0
         for ins in self._own(node):
-            if ins.addr in self.skip:
+            f = self.weight.get(ins.addr, 1.0)      # runs per pass (Guards)
+            if f <= 0:
                 continue
             seq = [ins] + (self._callee(ins) if ins.calls_subroutine else [])
             for x in seq:
-                smsp["issue"] += 1
+                smsp["issue"] += f
                 p, cyc = m.pipe(x)
                 if p:
-                    smsp[p] = smsp.get(p, 0.0) + cyc
+                    smsp[p] = smsp.get(p, 0.0) + cyc * f
                 cls = self.cls(x)
-                if cls in ("shared_ld", "shared_st", "shared_atom"):
+                # an async global->shared copy (LDGSTS) moves its bytes through L2 and into shared memory
+                copy = cls == "async_copy" and x.op == "LDGSTS"
+                if cls in ("shared_ld", "shared_st", "shared_atom") or copy:
                     wf = m.wavefronts(x) * ways
-                    mio += wf
+                    mio += wf * f
                     if record:
-                        self.bytes["shared"] += 32 * sass.access_bytes(x.opcode) * w * record
-                if cls in ("global_ld", "global_st", "atomic", "local"):
-                    nbytes = 32 * sass.access_bytes(x.opcode) * (self.level(x) != "off")
+                        self.bytes["shared"] += 32 * sass.access_bytes(x.opcode) * w * record * f
+                if cls in ("global_ld", "global_st", "atomic", "local") or copy:
+                    nbytes = 32 * sass.access_bytes(x.opcode) * (self.level(x) != "off") * f
                     l2 += nbytes
                     if record:
                         key = "global_store" if cls == "global_st" else self.level(x)
                         if key != "off":
                             self.bytes[key] += nbytes * w * record
                 if record:
-                    self.counts[cls] = self.counts.get(cls, 0.0) + w * record
+                    self.counts[cls] = self.counts.get(cls, 0.0) + w * record * f
                     if cls in ("shared_ld", "shared_st", "global_ld", "global_st", "atomic", "mma",
                                "local", "async_copy"):
-                        self.opcodes[x.opcode] = self.opcodes.get(x.opcode, 0.0) + w * record
+                        self.opcodes[x.opcode] = self.opcodes.get(x.opcode, 0.0) + w * record * f
         bounds = {k: v * per_smsp for k, v in smsp.items()}
         bounds["shared"] = mio * w
         bounds["l2_port"] = l2 * w / m.a["l2_sm_bytes_clk"]
@@ -622,12 +887,23 @@ class StepAnalysis:
             return
         sb, sbk = [0.0] * 8, [None] * 8
         # two passes: the first warms the scoreboards, the second is the steady state
-        t1 = self._sim_pass(node, 0.0, sb, sbk, 0.0)
-        t2 = self._sim_pass(node, t1, sb, sbk, 0.0)
+        a1, a2 = {}, {}
+        t1 = self._sim_pass(node, 0.0, sb, sbk, 0.0, a1)
+        t2 = self._sim_pass(node, t1, sb, sbk, 0.0, a2)
         steady = t2 - t1
         node.t_lat = steady if is_root else t1 + (n - 1) * steady
         node.t_thr = n * (self._throughput(node, 0.0) + sum(c.t for c in node.children))
         node.t = max(node.t_lat, node.t_thr)
+        # its cycles by region: the passes' shares, scaled to node.t when a
+        # throughput bound (not the chain) sets it
+        parts = {r: (a2.get(r, 0.0) if is_root else a1.get(r, 0.0) + (n - 1) * a2.get(r, 0.0))
+                 for r in set(a1) | set(a2)}
+        total = sum(parts.values())
+        node.regions = ({r: v * node.t / total for r, v in parts.items()} if total > 0 else
+                        {self.region_of.get(node.loop.back.addr, "other"): node.t})
+        # what is still in flight when the last pass ends (e.g. cp.async groups
+        # committed in the loop): waited for by the code after the loop
+        node.tails = [max(0.0, x - t2) for x in sb]
 
     def _record(self, node: Node, weight: float) -> None:
         """Per-step instruction counts, bytes and the simulated warp's waits;
@@ -682,15 +958,62 @@ def _hash_files(paths, extra: str) -> str:
     return h.hexdigest()[:20]
 
 
+# Engine tile shapes of csrc/cuda/lstm_api.h engine_shape(): (M, N, K, register tiles per warp, batch tiles per chunk)
+CUDA_ENGINES = {"f16": (32, 8, 16, 8, 4), "tf32": (16, 16, 8, 16, 4), "fma": (16, 8, 8, 8, 8)}
+CUDA_ENGINE_CODE = {"f16": 1, "tf32": 2, "fma": 3}      # lstm_api.h Engine
+CUDA_PAIRS_PER_THREAD = 4                                 # lstm_api.h kPairsPerThread
+CUDA_STAGES = 4                                           # lstm.cu kStages
+
+
+def tagged_regions(path: Path, function: str) -> dict[str, frozenset]:
+    """Regions of a function tagged `// [name]` (csrc/cuda/lstm.cu's step
+    functions): {name: {(basename, line)}}, a line belonging to the last tag
+    at or above it in the function's body (before the first tag: "setup")."""
+    lines = _lines(str(path))
+    name = path.name
+    start = next((i for i, l in enumerate(lines) if re.search(rf"\b{function}\(", l) and "{" in l
+                  and not l.strip().startswith("//")), None)
+    if start is None:
+        raise LookupError(f"{function} not found in {path}")
+    out: dict[str, set] = {}
+    cur = "setup"
+    for i in range(start, len(lines)):
+        m = re.search(r"// \[(\w+)\]", lines[i])
+        if m:
+            cur = m.group(1)
+        out.setdefault(cur, set()).add((name, i + 1))
+        if lines[i] == "}":
+            break
+    return {k: frozenset(v) for k, v in out.items()}
+
+
 class CudaKernel(KernelModel):
-    """csrc/cuda/lstm.cu: lstm_fwd_kernel / lstm_bwd_kernel, plan from make_plan."""
+    """csrc/cuda/lstm.cu: the persistent kernels lstm_fwd_kernel /
+    lstm_bwd_kernel<X, engine>, their plan from make_plan (through the
+    compiled module, bilstm_fast._cuda_emu: the same host code as the GPU
+    build). One block per SM, N * blocks blocks; block (n, j) keeps its W_hh
+    slice (4U rows) on chip -- the first Kr columns as MMA fragments in
+    registers, the rest in shared memory -- so no weight byte is loaded from
+    L2 in a step. Per step and direction: one grid barrier (a release-add,
+    then thread 0 polls with acquire loads); h_{t-1} [B, Hx] (forward) or the
+    dh partials [blocks, B, U] (backward) staged from L2 with 16-byte
+    cp.async copies; the step matmul on the engine's tiles (with_tiles: one
+    code instance per batch-tile count NNT of a chunk); the cell update;
+    h_t / the partials published with 16-byte stores. What a plan does not
+    run is a Guard: the with_tiles instances of other NNT, the other of the
+    forward's two matmul paths (K stages with one slot per warp, or several
+    slots per warp), the register tiles a slot does not hold (the unrolled
+    tile code is guarded per tile), the cell-update pairs a thread does not
+    own, the per-chunk state round trip when one chunk holds the batch."""
     backend = "cuda"
     SRC = ROOT / "csrc" / "cuda" / "lstm.cu"
-    _TYPE = {"fp32": "If", "fp16": "I6__half", "bf16": "I13__nv_bfloat16"}
+    _TYPE = {"fp32": "f", "fp16": "6__half", "bf16": "13__nv_bfloat16"}   # Itanium mangling of X
+    _ES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
-    def __init__(self, pass_: str):
+    def __init__(self, pass_: str, plan: str = ""):
         self.pass_ = pass_
         self.name = f"cuda.{pass_}"
+        self.plan = plan   # a forced plan (cuda_lstm.parse_plan text, e.g. "engine=tf32"); "" = the dispatcher's
 
     def unavailable_reason(self) -> Optional[str]:
         if _nvcc() is None:
@@ -719,121 +1042,189 @@ class CudaKernel(KernelModel):
                 return mod
         raise RuntimeError("neither bilstm_fast._cuda_emu nor _cuda can be loaded (pip install -e .)")
 
+    def make_plan(self, gpu: GpuSpec, dtype: str, H: int, B: int, N: int = 2) -> dict:
+        """make_plan's choice for this pass on `gpu` (its SMs and opt-in shared
+        memory, 8 warps as on every GPU), with TF32 off (torch's default) unless
+        the forced plan names an engine. RuntimeError when W_hh does not fit."""
+        from bilstm_fast.ops import cuda_lstm
+        mod = self._plan_module()
+        forced = cuda_lstm.parse_plan(self.plan) if self.plan else cuda_lstm.Plan()
+        opts = forced.options(tf32=False)
+        if not forced.warps:
+            opts["warps"] = mod.gpu_warps
+        return dict(mod.plan(0 if self.pass_ == "fwd" else 1, N, B, H, self._dtype_code(dtype), gpu.sms,
+                             gpu.smem_per_block, **opts))
+
+    # --------------------------------------------------------------- launch
     def launch(self, gpu, dtype, H, B, N=2, T=T_DEFAULT) -> Launch:
         fwd = self.pass_ == "fwd"
-        pl = self._plan_module().plan(0 if fwd else 1, N, B, H, self._dtype_code(dtype), gpu.sms, gpu.smem_per_block)
-        onchip = pl["path"] == "onchip"
-        blocks, hs, nth, tile = pl["blocks"], pl["slice"], pl["threads"], pl["batch_tile"]
-        staged = tile > 0
-        K = H if fwd else 4 * H                             # length of one dot product
-        warps = nth // 32
-        # The batch-tile loop runs full tiles and maybe one partial tile; each
-        # tile picks its own k-split (ks = threads / items, lstm.cu). Per loop:
-        # iterations averaged over the tiles, warps weighted by iterations.
-        rows = [tile] * (B // tile) + ([B % tile] if B % tile else []) if staged else [B]
-        per_tile = []
-        for nb in rows:
-            items = nb * hs
-            ks = min(nth // items, K)
-            ks = ks if ks >= 2 else 1
-            wi = min(warps, math.ceil(min(items, nth) / 32))
-            per_tile.append(dict(
-                stage=(math.ceil(nb * K / nth) if staged else 0, warps),
-                items=(math.ceil(items / nth), wi),
-                split=(math.ceil(K / ks) if ks >= 2 else 0, min(warps, math.ceil(min(items * ks, nth) / 32))),
-                full=(K if ks < 2 else 0, wi),
-                kp=(ks if ks >= 2 else 0, wi), ks=ks))
+        pl = self.make_plan(gpu, dtype, H, B, N)
+        engine = pl["engine"]
+        M, NT, K, RT, MAX_NT = CUDA_ENGINES[engine]
+        U, blocks, nw, NB = pl["units"], pl["blocks"], pl["warps"], pl["batch_tile"]
+        Kr, Kpad, KS = pl["reg_cols"], pl["kpad"], pl["ksplit"]
+        threads, Hx, es = 32 * nw, pl["blocks"] * pl["units"], self._ES[dtype]
+        vec = 16 // es                                        # X elements per 16-byte copy
+        kP = CUDA_PAIRS_PER_THREAD
+        chunks = [min(NB, B - b0) for b0 in range(0, B, NB)]
+        nch = len(chunks)
 
-        def agg(key):
-            its = [t[key][0] for t in per_tile]
-            total = sum(its)
-            w = math.ceil(sum(t[key][0] * t[key][1] for t in per_tile) / total) if total else warps
-            return total / len(per_tile), w
-        n_tiles = len(rows)
-        kss = sorted({t["ks"] for t in per_tile})
-        kname = "lstm_fwd_kernel" if fwd else "lstm_bwd_kernel"
-        if fwd:
-            dot_line, dot = r"for \(int k = 0; k < K; \+\+k\)", "gate_dots"
-            stage_line = r"for \(int i = tid; i < nb \* H; i \+= nth\) h_s\[i\]"
-            split_sites = (r"gate_dots\(hb, w, wk, wg, k1 - k0, LoadPlain", r"gate_dots\(hb, w, wk, wg, k1 - k0, LoadL2")
-            full_sites = (r"gate_dots\(hb, w, wk, wg, H, LoadPlain", r"gate_dots\(hb, w, wk, wg, H, LoadL2")
-            kp_line = r"for \(int kp = 0; kp < ks; \+\+kp\) \{"
-            step = Site(r"for \(int s = 0; s < T_; \+\+s\)")
-        else:
-            dot_line, dot = r"for \(int row = 0; row < rows; \+\+row\)", "column_dot"
-            stage_line = r"for \(int i = tid; i < nb \* G; i \+= nth\) g_s\[i\]"
-            split_sites = (r"\? column_dot\(gr, wc, wstride, r1 - r0, LoadPlain", r": column_dot\(gr, wc, wstride, r1 - r0, LoadL2")
-            full_sites = (r"column_dot\(gr, wc, wstride, G, LoadPlain", r"column_dot\(gr, wc, wstride, G, LoadL2")
-            kp_line = r"for \(int kp = 0; kp < ks; \+\+kp\) acc \+="
-            step = Site(r"for \(int s = T_ - 1; s >= 0; --s\)")
-        per_dot = ("fp32", 4 if fwd else 1)        # FMAs (adds) per source iteration: one per gate forward
-        # The exchange vector (h, or dG) as ld.global.cg: LDG...STRONG.GPU in SASS.
-        l2_vec = r"LDG\S*STRONG\.GPU"
+        def avg(f):
+            return sum(f(nb) for nb in chunks) / nch
+
+        def nnt_of(nb):
+            return -(-nb // NT)
+        nnts = sorted({nnt_of(nb) for nb in chunks})
+        # the busiest thread (thread 0, in warp 0: the one the model walks) owns pairs
+        # tid + k * threads < nb * U of a chunk
+        pair_runs = avg(lambda nb: min(kP, -(-nb * U // threads))) / kP
+        pair_warps = lambda nb: max(1, min(nw, -(-nb * U // 32)))   # noqa: E731
+        step = Site(r"for \(int s = 0; s < k\.T; \+\+s\) fwd_step\(k, s\);" if fwd else
+                    r"for \(int it = 0; it < k\.T; \+\+it\) bwd_step\(k, it\);")
+        q_loop = Site(r"for \(int q = imax\(q_lo, qreg\); q < q_hi; \+\+q\)")
+        slots_loop = Site(r"for \(int j = warp, i = 0; j < S; j \+= nw, \+\+i\)")
+        slot_in_warp = Site(r"slot_mma<Eng, L>\(acc, a_reg")
+        warp_call = Site(r"warp_mma<Eng, wm::row_major" if fwd else r"warp_mma<Eng, wm::col_major")
+        reg_block = Site(r"for \(int f = 0; f < RT; \+\+f\) \{", block=True)
+
+        def tile_work(n):       # what one K tile of n batch tiles issues: HMMAs, or the FMA engine's FFMAs
+            return ("fp32", 32 * n) if engine == "fma" else ("mma", (2 if engine == "f16" else 4) * n)
+        # The FMA engine's 16-byte shared loads are broadcasts: a B load serves 16
+        # lanes per address (2 addresses, 1 wavefront, not 4), an A row load 2 lanes
+        # (16 rows, 2 wavefronts): per register tile 8 B loads (0.25 of the all-lanes
+        # count), per shared tile 8 B + 2 A loads (12 of 40 wavefronts)
+        ways_reg, ways_sh = (0.25, 0.3) if engine == "fma" else (1.0, 1.0)
+
+        # with_tiles instantiates the chunk's matmul once per batch-tile count n = 1..MAX_NT;
+        # an instance is told apart by its work (LoopSpec.rank: line info may name the
+        # wrong case), and runs in the fraction of chunks that have n tiles
+        work_cls = "fp32" if engine == "fma" else "mma"
+
+        def share(n):
+            return sum(nnt_of(nb) == n for nb in chunks) / nch
+
         loops = [
-            LoopSpec("batch tiles", (Site(r"for \(int b0 = 0; b0 < B; b0 \+= tile\)"),), n_tiles),
-            LoopSpec("stage h/dG tile from L2", (Site(stage_line),), *agg("stage")),
-            LoopSpec("items", (Site(r"for \(int i = tid; i < items; i \+= nth\)"),), *agg("items")),
-            LoopSpec("k-split reduce", (Site(kp_line),), *agg("kp"), work=per_dot),
+            # thread 0 polls the direction's counter: the successful poll, plus half a
+            # failed one on average (the last block's release lands in L2 half a round
+            # trip after its fence, and a poll samples L2 on average half a round trip later)
+            LoopSpec("barrier poll", (Site(r"while \(c\.load\(cuda::memory_order_acquire\) < target\)"),),
+                     1 + 0.5 * 1, warps=1, grid_barrier=True),
+            LoopSpec("batch chunks", (Site(r"for \(int b0 = 0; b0 < k\.B; b0 \+= g\.NB\) \{"),), nch),
         ]
-        # The dot product: staged (vector from shared memory) or not (from L2),
-        # full length per thread or split over ks threads. In the backward the two
-        # full-length calls share one source line: told apart by the L2 load.
-        for split in (True, False):
-            sites = split_sites if split else full_sites
-            n, w = agg("split" if split else "full")
-            loops.append(LoopSpec(f"{dot} ({'split' if split else 'full'}, staged)", (Site(dot_line), Site(sites[0])),
-                                  n if staged else 0, warps=w, lacks=l2_vec, work=per_dot, generic="shared",
-                                  smem_ways=1.0 if split else self._conflicts(fwd, hs, H, onchip)))
-            loops.append(LoopSpec(f"{dot} ({'split' if split else 'full'}, from L2)", (Site(dot_line), Site(sites[1])),
-                                  0 if staged else n, warps=w, has=l2_vec, work=per_dot))
-        if not fwd:
-            loops.insert(0, LoopSpec("dG of own units", (Site(r"for \(int i = tid; i < B \* hs; i \+= nth\)"),),
-                                     math.ceil(B * hs / nth), warps=min(warps, math.ceil(min(B * hs, nth) / 32))))
-        # gx: L2 or HBM (gx_level); the backward's saved gates / cell states and dy
-        # were written long before (the rest of the network ran in between): HBM
-        mem = [MemHint(Site(r"to_f\(gxp\["), gx_level(gpu, T, B, N, H, dtype)),
-               MemHint(Site(r"to_f\(dy\[|gates_out \+ tbn|cells_out\[tbn|cells_out\[\(\(\(size_t\)t_prev"), "hbm")]
-        gemm = 2.0 * N * B * 4 * H * H
-        return Launch(variant=pl["path"], function=rf"{kname}{self._TYPE[dtype]}Lb{int(onchip)}E",
-                      source=self.SRC, blocks=N * blocks, warps=warps, step=step, loops=loops, mem=mem,
-                      gemm_flops=gemm, plan=dict(pl),
-                      notes=[f"{blocks} blocks/dir x {hs} units, batch tiles {rows}, k-split {kss}"])
-
-    @staticmethod
-    def _conflicts(fwd: bool, hs: int, H: int, onchip: bool) -> float:
-        """Shared-memory bank conflicts of the full-length dot products'
-        shared loads (from the kernel's index arithmetic in lstm.cu): a warp's
-        threads cover ceil(32 / hs) batch rows of the staged vector, rows H
-        (forward) or 4H (backward) floats apart; when that stride is a multiple
-        of 32 banks, the vector load conflicts that many ways. The weight
-        loads (unit index fastest) are broadcasts or conflict-free. Averaged
-        over the shared loads of one iteration: the vector plus, on chip, the
-        weights (4 forward, 1 backward). The k-split dots are not modelled (1)."""
-        rows = math.ceil(32 / max(1, hs))
-        stride = H if fwd else 4 * H
-        ways = rows if stride % 32 == 0 else 1
-        loads = 1 + ((4 if fwd else 1) if onchip else 0)
-        return (ways + loads - 1) / loads
+        guards = [Guard("pairs of thread 0", (Site(r"for \(int k = 0; k < kP; \+\+k\) \{", block=True),), pair_runs),
+                   Guard("state round trip (B > chunk)", (Site(r"if \(k\.nchunks > 1\) \{", block=True),),
+                         float(nch > 1))]
+        notes = [f"{engine} {blocks} blocks/dir x {U} units, {nw} warps, W_hh columns 0..{Kr} of {Kpad} in "
+                 f"registers, chunks {chunks} (batch tiles {nnts})"]
+        if fwd:
+            MT, KT = 4 * U // M, Kpad // K
+            slots = MT * KS
+            groups = min(CUDA_STAGES, KT) if slots <= nw else 1
+            qr = Kr // (KS * K) if KS * K else 0
+            guards += [Guard("one K stage (several slots per warp)", (Site(r"if \(k\.groups == 1\) \{", block=True),),
+                             float(groups == 1)),
+                       Guard("K stages (one slot per warp)", (Site(r"\} else \{  // one slot \(mt, ks\) per warp",
+                                                                   block=True),), float(groups > 1)),
+                       Guard("state / outputs after the arrival (one chunk)",
+                             (Site(r"if \(k\.nchunks == 1\) \{", block=True),), float(nch == 1))]
+            # stage h_{t-1}: group i copies columns [c_i, c_{i+1}) of nb rows, 16 bytes a thread
+            cols = [min(Hx, i * KT // groups * K) for i in range(groups + 1)]
+            stage = avg(lambda nb: sum(-(-nb * (cols[i + 1] - cols[i]) // vec // threads)
+                                       for i in range(groups)) / groups)
+            # warps that copy (all warps' copies = the chunk's rows, for the bytes)
+            copy_warps = max(1, min(nw, round(avg(lambda nb: nb * Hx / vec / 32) / max(stage * groups, 1e-9))))
+            loops += [LoopSpec("stage h: K groups", (Site(r"for \(int i = 0; i < k\.groups; \+\+i\)\s*$"),), groups),
+                      LoopSpec("stage h: 16-byte copies", (Site(r"for \(int i = threadIdx\.x; i < total; i \+= "
+                                                                 r"blockDim\.x\)"), Site(r"stage_rows\(k\.h_s")),
+                               stage, warps=copy_warps)]
+            if groups > 1:
+                # warp 0 runs slot (mt 0, ks 0): kcount K tiles, its first qr in registers
+                kcount = -(-KT // KS)
+                reg_runs = min(qr, kcount) / (groups * RT)
+                shared = (kcount - min(qr, kcount)) / groups
+                mma_note = (f"K stages {groups}, one slot per warp ({slots} of {nw} warps busy), slot 0: "
+                            f"{kcount} K tiles, {min(qr, kcount)} from registers")
+                for n in range(1, MAX_NT + 1):
+                    loops += [LoopSpec(f"mma K stages NNT={n}", (Site(r"for \(int i = 0; i < k\.groups; \+\+i\) \{"),),
+                                       groups * share(n), warps=min(slots, nw), rank=(work_cls, n - 1), instance=n,
+                                       smem_ways=ways_reg),
+                              LoopSpec(f"mma shared K tiles NNT={n}", (q_loop, Site(r"slot_mma<Eng, wm::row_major>"
+                                                                                     r"\(acc, k\.a_reg")),
+                                       shared, warps=min(slots, nw), generic="shared", work=tile_work(n),
+                                       instance=n, smem_ways=ways_sh)]
+            else:
+                passes = list(range(0, slots, nw))            # warp 0's slots j = 0, nw, 2 nw, ...
+                reg, sh = 0, 0
+                for i, j in enumerate(passes):
+                    ks = j % KS
+                    kc = -(-(KT - ks) // KS)
+                    r = min(kc, max(0, qr - i * kc))
+                    reg, sh = reg + r, sh + kc - r
+                reg_runs = reg / (len(passes) * RT)
+                shared = sh / len(passes)
+                mma_note = f"one K stage, {len(passes)} slots per warp, {reg} register tiles"
+                for n in range(1, MAX_NT + 1):
+                    loops += [LoopSpec(f"mma slots NNT={n}", (slots_loop, warp_call), len(passes) * share(n),
+                                       rank=(work_cls, n - 1), instance=n, smem_ways=ways_reg),
+                              LoopSpec(f"mma shared K tiles NNT={n}", (q_loop, slot_in_warp, warp_call),
+                                       shared, generic="shared", work=tile_work(n), instance=n, smem_ways=ways_sh)]
+            guards.append(Guard("register tiles a slot does not hold", (reg_block,), reg_runs))
+            loops += [LoopSpec("cell: sum of the K splits", (Site(r"for \(int ks = 0; ks < g\.KS; \+\+ks\) v \+= "
+                                                                  r"r\[ks \* red_ks\];"),),
+                               KS, warps=max(pair_warps(nb) for nb in chunks), copies=kP * 4, generic="shared",
+                               work=("fp32", 1)),
+                      LoopSpec("publish h_t: 16-byte stores", (Site(r"for \(int i = threadIdx\.x; i < nb \* per_row; "
+                                                                     r"i \+= blockDim\.x\)"),),
+                               avg(lambda nb: -(-nb * (U // vec) // threads)),
+                               warps=max(1, min(nw, -(-chunks[0] * (U // vec) // 32))))]
+            mem = [MemHint(Site(r"gx\[k\]\[gt\] = to_f\(q\["), gx_level(gpu, T, B, N, H, dtype))]
+            notes.append(f"forward: KS={KS}, {mma_note}; h staged: {B * Hx * es} B per block per step")
+        else:
+            MT, KT = Kpad // M, 4 * U // K
+            rho = Kr // (nw * M) if nw * M else 0
+            passes = -(-MT // nw)                             # warp 0's m-tiles 0, nw, 2 nw, ...
+            reg_runs = rho * KT / (passes * RT)
+            shared = (passes - min(rho, passes)) * KT / passes
+            guards.append(Guard("register tiles a slot does not hold", (reg_block,), reg_runs))
+            guards.append(Guard("prefetch after the arrival (one chunk)",
+                                (Site(r"if \(k\.nchunks == 1 && it \+ 1 < k\.T\)"),), float(nch == 1)))
+            recv = avg(lambda nb: -(-blocks * nb * (U // vec) // threads))
+            recv_warps = max(1, min(nw, round(avg(lambda nb: blocks * nb * U / vec / 32) / max(recv, 1e-9))))
+            loops += [LoopSpec("receive dh partials: 16-byte copies",
+                               (Site(r"for \(int i = threadIdx\.x; i < total; i \+= blockDim\.x\)"),
+                                Site(r"stage_rows\(rx, g\.U, g\.blocks \* nb")),
+                               recv, warps=recv_warps),
+                      LoopSpec("receive: sum over source blocks", (Site(r"for \(; j \+ 1 < g\.blocks; j \+= 2\) \{"),),
+                               blocks // 2, warps=max(pair_warps(nb) for nb in chunks), copies=kP)]
+            for n in range(1, MAX_NT + 1):
+                loops += [LoopSpec(f"mma slots NNT={n}", (slots_loop, warp_call), passes * share(n),
+                                   rank=(work_cls, n - 1), instance=n, smem_ways=ways_reg),
+                          LoopSpec(f"mma shared K tiles NNT={n}", (q_loop, slot_in_warp, warp_call),
+                                   shared, generic="shared", work=tile_work(n), instance=n, smem_ways=ways_sh),
+                          LoopSpec(f"send partials NNT={n}", (Site(r"for \(int e = lane_id\(\); e < nb \* "
+                                                                   r"\(C::S\.m / 8\); e \+= 32\)"),),
+                                   avg(lambda nb: -(-nb * (M // 8) // 32)), instance=n)]
+            # the saved forward values were written long before (the rest of the network ran in between): HBM
+            mem = [MemHint(Site(r"act\[k\]\[gt\] = gates\[|cell\[k\] = cells\[|cprev\[k\] = |: to_f\(c0\[|"
+                                r"dy\[k\] = to_f\(dyp\["), "hbm")]
+            notes.append(f"backward: {passes} m-tile slots per warp, {rho} in registers; partials: "
+                         f"{B * Hx * es} B received per block per step")
+        kname = "lstm_fwd_kernel" if fwd else "lstm_bwd_kernel"
+        regions = tagged_regions(self.SRC, "fwd_step" if fwd else "bwd_step")
+        plan = dict(pl, chunks=chunks, nnt=nnts, staged_bytes_per_block=B * Hx * es)   # h, or the dh partials
+        return Launch(variant=f"{engine} {blocks}x{U}" + (f" regs {Kr}/{Kpad}" if Kr else " smem"),
+                      function=rf"{kname}I{self._TYPE[dtype]}Li{CUDA_ENGINE_CODE[engine]}EE",
+                      source=self.SRC, blocks=N * blocks, warps=nw, step=step, loops=loops, mem=mem,
+                      guards=guards, regions=regions, instance_site=Site(r"with_tiles<(1, )?C::S\.max_nt>\("),
+                      instance_runs={n: share(n) for n in range(1, MAX_NT + 1)},
+                      generic_shared=(Site(r"struct WmmaEngine \{", block=True), Site(r"struct FmaEngine \{", block=True)),
+                      gemm_flops=2.0 * N * B * 4 * H * H, plan=plan, notes=notes)
 
     def cubin(self, gpu, dtype, H, launch) -> bytes:
-        arch = f"sm_{gpu.cc}"
-        nvcc = _nvcc()
-        version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
-        # lstm.cu and every header it can include (csrc/cuda, csrc/common): the cache key
-        srcs = sorted(p for d in (self.SRC.parent, self.SRC.parent.parent / "common") if d.is_dir()
-                      for p in d.iterdir() if p.suffix in (".cu", ".h", ".cuh"))
-        path = cache_dir() / f"lstm-{arch}-{_hash_files(srcs, version + arch)}.cubin"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory() as d:
-                out = os.path.join(d, "k.cubin")
-                cmd = [nvcc, "-cubin", f"-arch={arch}", "-std=c++17", "-O3", "-lineinfo",
-                       f"-I{self.SRC.parent.parent}", f"-I{self.SRC.parent}", str(self.SRC), "-o", out]
-                r = subprocess.run(cmd, capture_output=True, text=True)
-                if r.returncode != 0:
-                    raise RuntimeError(f"nvcc failed ({' '.join(cmd)}):\n{r.stderr[-3000:]}")
-                os.replace(out, path)
-        return path.read_bytes()
+        """lstm.cu for sm_<cc>, compiled once per source text and nvcc version
+        by tools/cuda_resources.py (the same cubin as the compile report's rows)."""
+        import cuda_resources
+        return cuda_resources.cubin(str(gpu.cc)).read_bytes()
 
 
 def _triton_adapter(compiler: bool = False):
@@ -977,14 +1368,17 @@ def analyze(kernel: KernelModel, gpu: GpuSpec, dtype: str, H: int, B: int, N: in
     cub = kernel.cubin(gpu, dtype, H, launch)
     funcs = _disassemble(hashlib.sha256(cub).hexdigest(), cub)
     fname = _function(funcs, launch.function)
-    m = Machine(gpu)
-    an = StepAnalysis(m, funcs[fname], launch).run()
+    an = StepAnalysis(Machine(gpu, "near"), funcs[fname], launch)
+    # the same step with every L2 hit in the near / the far partition: the range
+    # that the L2 latency's uncertainty alone gives (the same structure, timed again)
+    span = []
+    for l2 in ("near", "far"):
+        an.m = Machine(gpu, l2)
+        span.append(an.run(record=False).root.t)
+    m = an.m = Machine(gpu)
+    an.run()
     clock = m.clock
     sm_cycles = an.root.t
-    # the same step with every L2 hit in the near / the far partition: the range
-    # that the L2 latency's uncertainty alone gives
-    span = [StepAnalysis(Machine(gpu, l2), funcs[fname], launch).run(record=False).root.t
-            for l2 in ("near", "far")]
     # the GPU-wide bandwidth bounds: every block's bytes through L2, the HBM-hinted ones from HBM
     waves = math.ceil(launch.blocks / (gpu.sms * launch.blocks_per_sm))
     l2_bytes = (an.bytes["l2"] + an.bytes["hbm"] + an.bytes["global_store"]) * launch.blocks
@@ -1015,6 +1409,7 @@ def analyze(kernel: KernelModel, gpu: GpuSpec, dtype: str, H: int, B: int, N: in
                       "waits_cycles": {k: round(v) for k, v in sorted(w.items(), key=lambda kv: -kv[1])},
                       "l2_hit_cycles": round(m.l2), "l2_hit_range": [round(x) for x in m.l2_range]},
         loops=an.loops(),
+        regions_cycles={k: round(v) for k, v in sorted(an.root.regions.items(), key=lambda kv: -kv[1])},
         gemm_tensor_fraction=gemm_frac,
     )
 
@@ -1027,7 +1422,9 @@ def predict(gpu_name: str, kernel: str, dtype: str, H: int, B: int, N: int = 2, 
     L4, RTX4090), with the breakdown. Keys: us_per_step, variant, bound,
     loops, step_instructions, bytes_per_step_*, serial_chain, ... (analyze).
     N: directions; T: sequence length, used only for what fits in L2; plan:
-    a forced Triton config (triton_plan.parse_plan text; "" = the dispatcher's)."""
+    a forced plan, as the backend name takes it (Triton: triton_plan.parse_plan
+    text; CUDA: cuda_lstm.parse_plan text, e.g. "engine=tf32" for fp32 with
+    TF32 allowed; "" = the dispatcher's, with TF32 off)."""
     gpu = gpu_specs.lookup(gpu_name)
     if gpu is None:
         raise KeyError(f"GPU {gpu_name!r} is not in bilstm_fast/bench/gpu_specs.py")
@@ -1035,9 +1432,7 @@ def predict(gpu_name: str, kernel: str, dtype: str, H: int, B: int, N: int = 2, 
         raise KeyError(f"{gpu.name}: no architecture facts for sm_{gpu.cc}")
     k = KERNELS[kernel]
     if plan:
-        if not isinstance(k, TritonKernel):
-            raise ValueError(f"{kernel}: plan= is supported for the Triton kernels only")
-        k = TritonKernel(k.pass_, plan)
+        k = type(k)(k.pass_, plan)
     why = k.unavailable_reason()
     if why:
         raise RuntimeError(f"{kernel}: {why}")
@@ -1089,6 +1484,10 @@ def check_targets(rows: list[dict]) -> list[str]:
 
 # ==================================================================== CLI
 def _row_line(r: dict) -> str:
+    if "unsupported" in r:
+        why = r["unsupported"].removeprefix("bilstm_fast cuda: ")
+        return (f"{r['gpu']:<17} {r['kernel']:<11} {r['dtype']:<5} H={r['H']:<5} B={r['B']:<4} "
+                f"no plan: {why[:110]}")
     if "error" in r:
         return f"{r['gpu']:<17} {r['kernel']:<11} {r['dtype']:<5} H={r['H']:<5} B={r['B']:<4} ERROR: {r['error']}"
     ch = r["serial_chain"]
@@ -1102,7 +1501,7 @@ def _row_line(r: dict) -> str:
 
 def _verbose(r: dict) -> str:
     out = [_row_line(r)]
-    if "error" in r:
+    if "error" in r or "unsupported" in r:
         return out[0]
     out.append(f"  predicted, not measured: {r['cycles_per_step']:.0f} cycles at {r['clock_mhz']:.0f} MHz "
                f"x {r['waves']} wave(s); {r['blocks']} blocks x {r['warps_per_block']} warps; {r['function']}")
@@ -1152,23 +1551,27 @@ def constants_table() -> str:
 
 
 def _row(item) -> dict:
-    g, k, d, (b, h) = item
+    g, k, d, (b, h), plan = item
     try:
-        return predict(g, k, d, h, b)
+        return predict(g, k, d, h, b, plan=plan)
+    except RuntimeError as e:
+        if "does not fit on chip" in str(e):   # no plan for this shape: the dispatcher takes another backend
+            return dict(gpu=gpu_specs.lookup(g).name, kernel=k, dtype=d, H=h, B=b, unsupported=str(e))
+        return dict(gpu=gpu_specs.lookup(g).name, kernel=k, dtype=d, H=h, B=b, error=f"{type(e).__name__}: {e}")
     except Exception as e:      # a row that cannot be predicted says why; the run goes on
         return dict(gpu=gpu_specs.lookup(g).name, kernel=k, dtype=d, H=h, B=b, error=f"{type(e).__name__}: {e}")
 
 
-def run_rows(gpus, kernels, dtypes, shapes, jobs: int = 1) -> list[dict]:
+def run_rows(gpus, kernels, dtypes, shapes, jobs: int = 1, plan: str = "") -> list[dict]:
     """Predict every (GPU, kernel, dtype, (B, H)); jobs > 1: compile the missing
     cubins, then predict, in that many worker processes (cubins land in
     cache_dir(); consecutive rows share a cubin, so they go to one worker)."""
-    todo = list(itertools.product(gpus, kernels, dtypes, shapes))
+    todo = [(*it, plan) for it in itertools.product(gpus, kernels, dtypes, shapes)]
     if jobs <= 1:
         return [_row(it) for it in todo]
     from concurrent.futures import ProcessPoolExecutor
     warm = {}
-    for g, k, d, (b, h) in todo:
+    for g, k, d, (b, h), _ in todo:
         gpu = gpu_specs.lookup(g)
         kern = KERNELS[k]
         key = (kern.backend, gpu.cc) if kern.backend == "cuda" else (k, gpu.cc, d, h)
@@ -1197,6 +1600,8 @@ def main(argv=None) -> int:
     ap.add_argument("--H", type=int, nargs="+", help="hidden sizes (with --B: their product; "
                                                      "default: the issue's shapes)")
     ap.add_argument("--B", type=int, nargs="+", help="batch sizes")
+    ap.add_argument("--plan", default="", help="a forced plan for every row (cuda: 'engine=tf32', ...; "
+                                               "triton: 'path=streamed,block_h=32'); default: the dispatcher's")
     ap.add_argument("--json", action="store_true", help="one JSON object per row on stdout")
     ap.add_argument("-v", "--verbose", action="store_true", help="the full breakdown of every row")
     ap.add_argument("--report-only", action="store_true",
@@ -1215,7 +1620,7 @@ def main(argv=None) -> int:
         shapes = [(b, h) for b in (args.B or [16]) for h in (args.H or [768])]
     else:
         shapes = DEFAULT_SHAPES
-    rows = run_rows(args.gpu, args.kernel, args.dtype, shapes, args.jobs)
+    rows = run_rows(args.gpu, args.kernel, args.dtype, shapes, args.jobs, args.plan)
     for r in rows:
         if args.json:
             print(json.dumps(r, default=float))
@@ -1223,8 +1628,9 @@ def main(argv=None) -> int:
             print(_verbose(r) if args.verbose else _row_line(r))
     missed = check_targets(rows)
     errors = [r for r in rows if "error" in r]
-    print(f"\n{len(rows)} rows ({len(errors)} not predicted); all figures are predictions from compiled SASS, "
-          f"not measurements", file=sys.stderr)
+    nope = [r for r in rows if "unsupported" in r]
+    print(f"\n{len(rows)} rows ({len(errors)} not predicted, {len(nope)} without a plan: W_hh does not fit on "
+          f"chip); all figures are predictions from compiled SASS, not measurements", file=sys.stderr)
     if missed:
         print(f"{len(missed)} target(s) of issue 12 missed:", file=sys.stderr)
         for x in missed:

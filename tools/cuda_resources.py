@@ -1,19 +1,27 @@
 """Registers, spills and shared memory of the CUDA C++ kernels (csrc/cuda/lstm.cu)
-for the compile report (``python tools/compile_report.py``), with no GPU.
+for the compile report (``python tools/compile_report.py``), with no GPU; and
+the one compile of lstm.cu to a cubin that tools/cost_model.py reads too.
 A developer tool: it needs the source tree (csrc/), so it lives in tools/, not in the package.
 
 ``rows(archs, hs, dtypes)`` compiles lstm.cu once per architecture with
-``nvcc -cubin -Xptxas -v`` (a few seconds each; the parsed figures are cached
-under ~/.cache/bilstm_fast keyed by the source text, nvcc version and arch)
-and returns one row per kernel the dispatcher chooses for each (arch, H,
-dtype): the forward and the backward kernel, on the path (on-chip W_hh or
-streaming) that ``make_plan`` in lstm.cu picks on the arch's reference GPU
-(sm_80: A100, 108 SMs, 163 KB shared memory per block; sm_90/sm_90a: H100
-SXM, 132 SMs, 227 KB). ``smem_bytes`` is the kernel's static shared memory
-plus the dynamic shared memory of that plan at the largest batch tile (32
-rows, i.e. any B >= 32: the worst case). The plan comes from the compiled
-module itself (bilstm_fast._cuda_emu, the same host code), so the report and
-the dispatcher cannot disagree.
+``nvcc -cubin -lineinfo -Xptxas -v`` (a few minutes on 2 cores; the cubin and
+the ptxas figures are cached under ~/.cache/bilstm_fast/cuda_resources keyed
+by the source text, nvcc version and arch) and returns one row per kernel
+variant the dispatcher can choose for each (arch, H, dtype): lstm_fwd_kernel
+and lstm_bwd_kernel, templated on (X, engine), for every engine
+``make_plan`` picks on the arch's reference GPU (sm_80: A100, 108 SMs, 163 KB
+shared memory per block; sm_90/sm_90a: H100 SXM, 132 SMs, 227 KB) over every
+B (the plan depends on B only through the batch chunk) and, for fp32, TF32
+allowed or not. ``smem_bytes`` is the kernel's static shared memory plus the
+largest dynamic shared memory of those plans. The plans come from the
+compiled module itself (bilstm_fast._cuda_emu, the same host code, asked for
+the GPU's 8 warps), so the report and the dispatcher cannot disagree. An
+(arch, H, dtype) whose W_hh does not fit on the reference GPU has no row
+(the dispatcher never runs a kernel there: backend="auto" takes triton).
+
+``cubin(arch)`` is the compiled lstm.cu (-O3 -lineinfo) for any sm_XX[a]:
+the per-step cost model (tools/cost_model.py, docs/cost_model.md) reads its
+SASS; there is no second estimate here.
 
     archs  : 80, 90, "90a", "sm_80", ...     hs: hidden sizes
     dtypes : "fp32" / "fp16" / "bf16" (or torch dtypes)
@@ -32,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from bilstm_fast.ops import native
+from bilstm_fast.ops import cuda_lstm, native
 
 SRC_DIR = Path(__file__).resolve().parents[1] / "csrc" / "cuda"   # tools/ -> the checkout root
 # Reference GPU per arch: (name, SM count, opt-in shared memory per block in bytes).
@@ -43,8 +51,9 @@ REFERENCE_GPU = {
 }
 _DTYPE_CODE = {"fp32": native.DTYPE_CODES[torch.float32], "fp16": native.DTYPE_CODES[torch.float16],
                "bf16": native.DTYPE_CODES[torch.bfloat16]}
-_KERNEL_TYPE = {"fp32": "f", "fp16": "6__half", "bf16": "13__nv_bfloat16"}
-_PLAN_B = 32  # batch rows of the plan: the largest batch tile (worst-case smem)
+_KERNEL_TYPE = {"fp32": "f", "fp16": "6__half", "bf16": "13__nv_bfloat16"}   # Itanium mangling of X
+KERNELS = {0: ("lstm_fwd_kernel", "FwdParams", "fwd_step"), 1: ("lstm_bwd_kernel", "BwdParams", "bwd_step")}
+_MAX_B = 65  # one past the largest batch chunk (lstm_api.h engine_shape): every B-dependent choice
 
 
 def nvcc_path() -> str | None:
@@ -105,33 +114,56 @@ def _parse_ptxas(text: str) -> dict[str, dict]:
     return out
 
 
-def kernel_resources(arch) -> dict[str, dict]:
-    """Per-kernel ptxas figures of lstm.cu for one arch (compiled once, cached)."""
-    arch = _norm_arch(arch)
+def _compile(arch: str) -> tuple[Path, str]:
+    """lstm.cu -> cubin for sm_<arch> (any "80", "89", "90", "90a", ...;
+    cached by source, nvcc version and arch): (cubin path, ptxas -v text)."""
+    arch = str(arch).lower().removeprefix("sm_").removeprefix("compute_")
+    if not re.fullmatch(r"\d{2,3}a?", arch):
+        raise ValueError(f"unknown arch {arch!r}")
     why = unavailable_reason()
     if why is not None:
-        raise RuntimeError(f"cannot report CUDA kernel resources: {why}")
+        raise RuntimeError(f"cannot compile the CUDA kernels: {why}")
     nvcc = nvcc_path()
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True, check=True).stdout
     h = hashlib.sha256(version.encode() + arch.encode())
     for name in sorted(os.listdir(SRC_DIR)):
         if name.endswith((".cu", ".h", ".cuh")):
             h.update(name.encode() + (SRC_DIR / name).read_bytes())
-    cache = _cache_dir() / f"sm_{arch}-{h.hexdigest()[:20]}.json"
-    if cache.exists():
-        return json.loads(cache.read_text())
-    with tempfile.TemporaryDirectory() as d:
-        cmd = [nvcc, "-cubin", f"-arch=sm_{arch}", "-std=c++17", "-O3", "-Xptxas", "-v",
-               f"-I{SRC_DIR.parent}", f"-I{SRC_DIR}", str(SRC_DIR / "lstm.cu"), "-o", os.path.join(d, "k.cubin")]
-        r = subprocess.run(cmd, capture_output=True, text=True)
+    for name in sorted(os.listdir(SRC_DIR.parent / "common")):
+        h.update(name.encode() + (SRC_DIR.parent / "common" / name).read_bytes())
+    base = _cache_dir() / f"sm_{arch}-{h.hexdigest()[:20]}"
+    cubin, log = base.with_suffix(".cubin"), base.with_suffix(".ptxas.txt")
+    if cubin.exists() and log.exists():
+        return cubin, log.read_text()
+    base.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [nvcc, "-cubin", f"-arch=sm_{arch}", "-std=c++17", "-O3", "-lineinfo", "-Xptxas", "-v",
+           f"-I{SRC_DIR.parent}", f"-I{SRC_DIR}", str(SRC_DIR / "lstm.cu"), "-o", str(cubin)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"nvcc failed ({' '.join(cmd)}):\n{r.stderr[-4000:]}")
-    res = _parse_ptxas(r.stdout + r.stderr)
+    log.write_text(r.stdout + r.stderr)
+    return cubin, r.stdout + r.stderr
+
+
+def cubin(arch) -> Path:
+    """The cubin of lstm.cu for sm_<arch>, with -lineinfo (compiled once, cached)."""
+    return _compile(str(arch))[0]
+
+
+def kernel_resources(arch) -> dict[str, dict]:
+    """Per-kernel ptxas figures of lstm.cu for one arch (compiled once, cached)."""
+    arch = _norm_arch(arch)
+    res = _parse_ptxas(_compile(arch)[1])
     if not res:
-        raise RuntimeError(f"no kernels found in the ptxas output of {' '.join(cmd)}")
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    cache.write_text(json.dumps(res, indent=1, sort_keys=True))
+        raise RuntimeError(f"no kernels found in the ptxas output of lstm.cu for sm_{arch}")
     return res
+
+
+def mangled(kind: int, dtype: str, engine: str) -> str:
+    """The symbol of lstm_fwd_kernel / lstm_bwd_kernel<X, engine> (engine codes: lstm_api.h Engine)."""
+    name, params, _ = KERNELS[kind]
+    code = cuda_lstm.ENGINES[engine]
+    return f"_ZN11bilstm_cuda{len(name)}{name}I{_KERNEL_TYPE[_norm_dtype(dtype)]}Li{code}EEEvNS_{len(params)}{params}E"
 
 
 def _plan_module():
@@ -142,37 +174,62 @@ def _plan_module():
     raise RuntimeError(f"neither bilstm_fast._cuda_emu nor _cuda can be loaded: {mod}")
 
 
+def dispatcher_plans(arch, H: int, dtype) -> list[dict]:
+    """Every distinct plan make_plan chooses for (kind, H, dtype) on the arch's
+    reference GPU with N = 2, over every B and TF32 setting; each dict gets
+    ``kind``. [] if W_hh does not fit on that GPU."""
+    arch, dtype = _norm_arch(arch), _norm_dtype(dtype)
+    mod = _plan_module()
+    _, sms, smem = REFERENCE_GPU[arch]
+    seen, out = set(), []
+    for kind in (0, 1):
+        for tf32 in ((False, True) if dtype == "fp32" else (False,)):
+            for B in range(1, _MAX_B + 1):
+                try:
+                    d = mod.plan(kind, 2, B, int(H), _DTYPE_CODE[dtype], sms, smem, warps=mod.gpu_warps, tf32=tf32)
+                except RuntimeError:
+                    return []
+                key = (kind, d["engine"], d["blocks"], d["batch_tile"], d["reg_cols"])
+                if key not in seen:
+                    seen.add(key)
+                    out.append(dict(d, kind=kind))
+    return out
+
+
 def rows(archs, hs, dtypes) -> list[dict]:
-    """One row per (kernel, arch, H, dtype) the dispatcher chooses: keys backend,
-    kernel, arch (int for 80/90, "90a" for sm_90a), H, dtype, registers, spills,
-    stack, smem_bytes, threads, note. Empty (with a message on stderr) if nvcc
-    is not installed."""
+    """One row per (kernel, engine, arch, H, dtype) the dispatcher can choose: keys
+    backend, kernel, arch (int for 80/90, "90a" for sm_90a), H, dtype, registers,
+    spills, stack, smem_bytes, threads, note (engine first). Empty (with a
+    message on stderr) if nvcc is not installed."""
     why = unavailable_reason()
     if why is not None:
         print(f"tools/cuda_resources.py: no CUDA C++ rows: {why}", file=sys.stderr)
         return []
-    mod = _plan_module()
     out = []
     for a in archs:
         arch = _norm_arch(a)
         res = kernel_resources(arch)
-        gpu, sms, smem_limit = REFERENCE_GPU[arch]
+        gpu, sms, _ = REFERENCE_GPU[arch]
         for H in hs:
             for d in dtypes:
                 dtype = _norm_dtype(d)
-                for kind, kname, params in ((0, "lstm_fwd_kernel", "FwdParams"), (1, "lstm_bwd_kernel", "BwdParams")):
-                    plan = mod.plan(kind, 2, _PLAN_B, int(H), _DTYPE_CODE[dtype], sms, smem_limit)
-                    onchip = plan["path"] == "onchip"
-                    mangled = (f"_ZN11bilstm_cuda{len(kname)}{kname}I{_KERNEL_TYPE[dtype]}"
-                               f"Lb{int(onchip)}EEEvNS_{len(params)}{params}E")
-                    if mangled not in res:
-                        raise RuntimeError(f"kernel {mangled} not in the ptxas output for sm_{arch}")
-                    r = res[mangled]
-                    out.append(dict(
-                        backend="cuda", kernel=kname, arch=int(arch) if arch.isdigit() else arch,
-                        H=int(H), dtype=dtype, registers=r["registers"], spills=r["spills"],
-                        stack=r["stack"], smem_bytes=r["smem_bytes"] + plan["smem_bytes"],
-                        threads=plan["threads"],
-                        note=(f"{plan['path']} N=2: {plan['blocks']} blocks/dir x {plan['slice']} units, "
-                              f"B-tile {plan['batch_tile']} ({gpu} {sms} SMs)")))
+                plans = dispatcher_plans(arch, H, dtype)
+                if not plans:
+                    print(f"tools/cuda_resources.py: sm_{arch} H={H} {dtype}: W_hh does not fit on a {gpu}; "
+                          "no cuda kernel is chosen there", file=sys.stderr)
+                for kind in (0, 1):
+                    for engine in sorted({p["engine"] for p in plans if p["kind"] == kind}):
+                        mine = [p for p in plans if p["kind"] == kind and p["engine"] == engine]
+                        sym = mangled(kind, dtype, engine)
+                        if sym not in res:
+                            raise RuntimeError(f"kernel {sym} not in the ptxas output for sm_{arch}")
+                        r, worst = res[sym], max(mine, key=lambda p: p["smem_bytes"])
+                        out.append(dict(
+                            backend="cuda", kernel=KERNELS[kind][0], arch=int(arch) if arch.isdigit() else arch,
+                            H=int(H), dtype=dtype, registers=r["registers"], spills=r["spills"],
+                            stack=r["stack"], smem_bytes=r["smem_bytes"] + worst["smem_bytes"],
+                            threads=worst["threads"],
+                            note=(f"{engine} N=2: {worst['blocks']} blocks/dir x {worst['units']} units, "
+                                  f"W_hh cols in regs {worst['reg_cols']}/{worst['kpad']}, "
+                                  f"B-chunks {'/'.join(str(p['batch_tile']) for p in mine)} ({gpu} {sms} SMs)")))
     return out

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Run the CUDA kernels' CPU-emulation selftest (csrc/cuda/emu_selftest.cpp:
-# forward + backward, on-chip and streaming paths, several blocks per
-# direction) under ThreadSanitizer and under AddressSanitizer+UBSan.
+# forward + backward of every engine, W_hh in registers and in shared memory,
+# several blocks per direction, one batch chunk and several) under
+# ThreadSanitizer and under AddressSanitizer+UBSan.
 # Exits non-zero on any sanitizer report or wrong value. No Python needed.
 #   tools/sanitize.sh            # both
 #   tools/sanitize.sh thread     # one of: thread, address
-# A missing __syncthreads or grid barrier shows up as a TSAN data race;
+# A missing __syncthreads, __syncwarp or grid barrier (or a barrier without
+# its acquire / release) shows up as a TSAN data race;
 # an out-of-bounds index as an ASAN report.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -23,6 +23,7 @@ holds for the structured code nvcc and Triton emit.
 """
 from __future__ import annotations
 
+import bisect
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ import subprocess
 import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Optional
 
@@ -86,15 +88,19 @@ class Instr:
 
     @property
     def calls_subroutine(self) -> bool:
-        """A CALL to a named subroutine ($__internal_...: 64-bit division, slow
-        paths), not nvcc's CALL.REL.NOINC to a local label (warp reconvergence)."""
-        return self.op == "CALL" and self.target is not None and self.target_label.startswith("$")
+        """A CALL to a named subroutine ($__internal_...: 64-bit division), not
+        nvcc's CALL.REL.NOINC to a local label (warp reconvergence), nor to a
+        `..._slowpath` (the rare operands of a division or reciprocal --
+        denormals, zero, infinity -- that a branch around the call skips
+        otherwise)."""
+        return (self.op == "CALL" and self.target is not None and self.target_label.startswith("$")
+                and "slowpath" not in self.target_label)
 
-    @property
+    @cached_property
     def op(self) -> str:
         return self.opcode.split(".")[0]
 
-    @property
+    @cached_property
     def cls(self) -> str:
         return classify(self.opcode, self.operands)
 
@@ -301,11 +307,45 @@ class Loop:
         return f"Loop({self.header:#x}-{self.end:#x} {src}, {len(self.children)} inner)"
 
 
+_JUMPS = ("BRA", "BRX", "JMP", "JMX")
+
+
+def _cold_returns(instrs: list[Instr]) -> set:
+    """Addresses of backward branches that return from an out-of-line block,
+    not close a loop: nvcc places slow paths (e.g. `BRA.DIV` to the divergent
+    case of a __syncwarp) after the function's EXIT, and their last BRA jumps
+    back to just after the branch that left. Such a branch's region -- the
+    code from the last unconditional transfer before it up to it -- starts
+    after its target and is entered only from before its target: nothing
+    between target and region reaches it, so no loop closes there."""
+    jumps = sorted((i.target, i.addr) for i in instrs if i.op in _JUMPS and i.target is not None)
+    targets = [t for t, _ in jumps]
+    out = set()
+    for k, ins in enumerate(instrs):
+        if ins.op not in ("BRA", "JMP") or ins.target is None or ins.target >= ins.addr:
+            continue
+        r = k
+        while r > 0 and not (instrs[r - 1].op in _JUMPS + ("EXIT", "RET") and instrs[r - 1].pred in ("", "@PT")
+                             and ".DIV" not in instrs[r - 1].opcode):
+            r -= 1
+        lo = instrs[r].addr
+        if lo <= ins.target:
+            continue
+        inside = [a for _, a in jumps[bisect.bisect_left(targets, lo):bisect.bisect_right(targets, ins.addr)]
+                  if not lo <= a <= ins.addr]
+        if inside and all(a < ins.target for a in inside):
+            out.add(ins.addr)
+    return out
+
+
 def loop_tree(instrs: list[Instr]) -> list[Loop]:
-    """The function's loops as a forest (outermost first), nested by address range."""
+    """The function's loops as a forest (outermost first), nested by address
+    range; backward branches that return from out-of-line code are no loops
+    (_cold_returns)."""
     ends: dict[int, Instr] = {}
+    cold = _cold_returns(instrs)
     for ins in instrs:
-        if ins.op in ("BRA", "JMP") and ins.target is not None and ins.target < ins.addr:
+        if ins.op in ("BRA", "JMP") and ins.target is not None and ins.target < ins.addr and ins.addr not in cold:
             if ins.target not in ends or ins.addr > ends[ins.target].addr:
                 ends[ins.target] = ins
     loops = sorted((Loop(h, b.addr, b) for h, b in ends.items()), key=lambda l: (l.header, -l.end))
@@ -327,11 +367,36 @@ def all_loops(roots: list[Loop]) -> list[Loop]:
     return [l for r in roots for l in r.walk()]
 
 
+def _span(instrs: list[Instr], lo: int, hi: int) -> list[Instr]:
+    """instrs (in address order) with lo <= addr <= hi."""
+    key = _addrs(instrs)
+    return instrs[bisect.bisect_left(key, lo):bisect.bisect_right(key, hi)]
+
+
+_ADDRS: dict = {}
+
+
+def _addrs(instrs: list[Instr]) -> list[int]:
+    k = id(instrs)
+    got = _ADDRS.get(k)
+    if got is None or got[0] is not instrs or len(got[1]) != len(instrs):
+        got = _ADDRS[k] = (instrs, [i.addr for i in instrs])
+    return got[1]
+
+
 def body(instrs: list[Instr], loop: Loop, own: bool = True) -> list[Instr]:
     """Instructions of a loop; own=True leaves out those of its inner loops."""
-    out = [i for i in instrs if loop.contains(i.addr)]
-    if own:
-        out = [i for i in out if not any(c.contains(i.addr) for c in loop.children)]
+    out = _span(instrs, loop.header, loop.end)
+    if own and loop.children:
+        kids = sorted((c.header, c.end) for c in loop.children)
+        keep, k = [], 0
+        for i in out:
+            while k < len(kids) and kids[k][1] < i.addr:
+                k += 1
+            if k < len(kids) and kids[k][0] <= i.addr <= kids[k][1]:
+                continue
+            keep.append(i)
+        out = keep
     return out
 
 

@@ -128,8 +128,9 @@ def environment(ctx, events) -> dict:
             problems.append(f"{b}: {status[b]}")
             continue
         mod = backends.get(b)
+        probe = cc.EMU_PROBE_H if ctx["emulate"] else cc.PROBE_H
         for dt in ("fp32", "fp16", "bf16"):
-            why = mod.unsupported_reason(_spec(device, DTYPES[dt], 2, 256, True))
+            why = mod.unsupported_reason(_spec(device, DTYPES[dt], 2, probe, True))
             if why:
                 problems.append(f"{b} {dt}: {why}")
         if getattr(mod, "plans", None) is None:
@@ -277,7 +278,8 @@ def correct(ctx, events) -> dict:
             events(case=f"{dt} {case.label}", plans=[p or "auto" for p in plans])
             for r in cc.check_op_case(backend, case, dt, device, plans, seed=ctx.get("seed", 0)):
                 r["label"] = f"{dt} {case.label} plan={r['plan']}"
-                r["ran"] = cc.plan_used(backend, mod, spec, case.B, None if r["plan"] == "auto" else r["plan"])
+                r["ran"] = "" if r["plan"] == "unsupported" else cc.plan_used(
+                    backend, mod, spec, case.B, None if r["plan"] == "auto" else r["plan"])
                 rows.append(r)
         mcase = cc.EMU_MODULE_CASE if ctx["emulate"] else cc.GPU_MODULE_CASE
         events(case=f"{dt} {mcase.label}")
@@ -304,6 +306,10 @@ def determinism(ctx, events) -> dict:
     reps = 3 if ctx["emulate"] else (20 if ctx["full"] else 5)
     notes, rows = [], []
     for case, dt in determinism_shapes(ctx):
+        refused = cc.refusal(ctx["backend"], case, dt, device)
+        if refused is not None:     # e.g. H past the cuda backend's on-chip limit on this GPU
+            rows.append(dict(refused, label=f"{dt} {case.label} plan=unsupported"))
+            continue
         x = cc.cast(cc.op_inputs(case, device, ctx.get("seed", 0)), DTYPES[dt])
         for text in _plans(mod, _spec(device, DTYPES[dt], case.N, case.H, case.lengths is not None), notes):
             label = f"{dt} {case.label} plan={text or 'auto'}"
@@ -349,6 +355,10 @@ def streams(ctx, events) -> dict:
     rows = []
     for case, dt in streams_shapes(ctx):
         X = DTYPES[dt]
+        refused = cc.refusal(ctx["backend"], case, dt, device)
+        if refused is not None:
+            rows.append(dict(refused, label=f"{dt} {case.label}"))
+            continue
         xa = cc.cast(cc.op_inputs(case, device, 1), X)
         xb = cc.cast(cc.op_inputs(case, device, 2), X)
         alone = [cc.run_kernels(mod, xa), cc.run_kernels(mod, xb)]
@@ -575,6 +585,11 @@ def big(ctx, events) -> dict:
     case, dt = big_shape(ctx)
     X = DTYPES[dt]
     T, B, N, H = case.T, case.B, case.N, case.H
+    refused = cc.refusal(ctx["backend"], case, dt, device)
+    if refused is not None:        # the backend does not run this H on this GPU (docs/cuda.md §3)
+        row = dict(refused, label=f"{dt} {case.label}")
+        return dict(summarize([row], "cases"), cases=[row],
+                    notes=[f"{ctx['backend']} does not support {dt} H={H} here: 2^31 elements not reached"])
     events(case=f"{dt} {case.label}", gate_elements=T * B * N * 4 * H)
     g = torch.Generator(device=device).manual_seed(ctx.get("seed", 0))
     r = lambda *s, scale=1.0: (torch.randn(*s, generator=g, device=device, dtype=torch.float32) * scale).to(X)  # noqa: E731

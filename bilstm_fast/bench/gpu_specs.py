@@ -195,8 +195,18 @@ _GTC21_L2 = ("Jia (Citadel), GTC 2021 S33322 'Dissecting the Ampere GPU Architec
 _PTX_NANOSLEEP = "PTX ISA, nanosleep: suspends the thread for approximately the given number of ns"
 
 
+_A100_L2_BW = Fact(47, "B/clk per SM, all SMs reading L2",
+                   "A100 whitepaper: L2 read bandwidth 5120 B/clk for 108 SMs (= 47); "
+                   "the same per SM assumed for Ada", "recalled")
+_H100_L2_BW = Fact(22.7, "B/clk per SM, all SMs reading L2",
+                   "Chips and Cheese, 'Nvidia's H100: Funny L2, and Tons of Bandwidth' (2023): ~5.5 TB/s "
+                   "measured L2 bandwidth = 3000 B/clk at 1.83 GHz, over 132 SMs (the per-step estimate "
+                   "of the persistent CUDA kernels used it first)", "recalled")
+
+
 def _common(fp32_lanes: int, tc_fma: float, tc_src: str, l2_near: float, l2_src: str,
-            l2_sm_bytes: float, smem_lat: float, hbm_extra: float, far: Fact) -> dict:
+            l2_sm_bytes: float, smem_lat: float, hbm_extra: float, far: Fact,
+            l2_bw: Fact = _A100_L2_BW) -> dict:
     """Facts shared by the three architectures, with their per-arch values."""
     return {
         "schedulers": Fact(4, "warp instr/clk/SM", _WP_SM, "read"),
@@ -210,9 +220,7 @@ def _common(fp32_lanes: int, tc_fma: float, tc_src: str, l2_near: float, l2_src:
         "smem_bytes_clk": Fact(128, "B/clk/SM", _JIA_VOLTA + "; unchanged on Ampere/Ada/Hopper "
                                                              "(32 banks of 4 B)", "recalled"),
         "tc_fma_clk": Fact(tc_fma, "dense fp16 FMA/clk/SM for mma.sync (HMMA)", tc_src, "derived"),
-        "l2_gpu_bytes_clk_per_sm": Fact(47, "B/clk per SM, all SMs reading L2",
-                                        "A100 whitepaper: L2 read bandwidth 5120 B/clk for 108 SMs (= 47); "
-                                        "the same per SM assumed for Ada and Hopper", "recalled"),
+        "l2_gpu_bytes_clk_per_sm": l2_bw,
         "l2_sm_bytes_clk": Fact(l2_sm_bytes, "B/clk/SM, one SM reading L2",
                                 "recalled order of magnitude (64 B/clk SM-to-L2 port; the A100 whitepaper's "
                                 "5120 B/clk aggregate L2 read bandwidth is 47 B/clk per SM with all 108 "
@@ -257,7 +265,7 @@ ARCH: dict[int, ArchFacts] = {
         _HOPPER_MB + " (H800 L2 hit ~ 260)", 64, 30, 300,
         Fact(1.75, "x", "assumed: the A100's far/near ratio (" + _GTC21_L2 + "); the H100's L2 is two "
                         "partitions too (Chips and Cheese, 'Nvidia's H100: Funny L2, and Tons of Bandwidth', 2023)",
-             "assumed"))),
+             "assumed"), _H100_L2_BW)),
 }
 
 

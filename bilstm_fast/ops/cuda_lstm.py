@@ -2,14 +2,18 @@
 docs/cuda.md; contract: backends.py).
 
 Legend: T steps, B batch, N directions (1 or 2), H hidden size, G = 4H,
-X input dtype (fp32 / fp16 / bf16), f32 accumulation, cell state, workspaces.
+X input dtype (fp32 / fp16 / bf16), f32 accumulation, cell state, gates/cells.
 
 One persistent launch runs all T steps of both directions (forward), one the
-backward. This file only allocates the outputs and workspaces (on the tensors'
-device) and calls: the compiled module (bilstm_fast._cuda, which never links
-torch) checks every tensor once at its boundary (csrc/common/tensor_arg.h)
-and launches on the caller's current stream with no host sync. The tensors
-are passed as the objects themselves and held by this frame for the call.
+backward: each direction on its own SMs, W_hh resident on chip, h_t (dh
+partials in backward) exchanged through L2 in X, one barrier per step. This
+file only plans, allocates the outputs and buffers (on the tensors' device,
+with torch: nothing is allocated inside the binding, so the op is
+capturable in a CUDA graph) and calls: the compiled module
+(bilstm_fast._cuda, which never links torch) checks every tensor once at its
+boundary (csrc/common/tensor_arg.h) and launches on the caller's current
+stream with no host sync. The tensors are passed as the objects themselves
+and held by this frame for the call.
 
 Emulation: with ``BILSTM_FAST_CUDA_EMULATE=1`` in the environment (read at
 each call, so tests can set it with monkeypatch), ``backend="cuda"`` runs the
@@ -17,15 +21,21 @@ same kernel source compiled as plain C++ (bilstm_fast._cuda_emu, csrc/cuda/emu.h
 on *CPU* tensors, one OS thread per CUDA thread: the CUDA analogue of
 TRITON_INTERPRET. It then accepts CPU tensors only; without it, CUDA tensors only.
 
-Plans: the launcher picks path, blocks, threads and batch tile itself
-(``make_plan`` in lstm.cu). A caller can force any of them with a ``Plan``,
-passed as an argument (``forward(..., plan=Plan(blocks=2))``) or in the
-backend name (``backend="cuda:path=stream,blocks=2"``, parsed by
-``parse_plan``); ``plan_for`` says what a call would run.
+Plans: the launcher's plan (``make_plan`` in lstm.cu) is the engine (the
+per-step matmul: f16 tensor-core tiles for fp16 and bf16, tf32 or exact
+fma for fp32), blocks per direction, warps per block, the batch chunk
+and the W_hh tiles per warp kept in registers. A caller can force any of
+them with a ``Plan``, passed as an argument (``forward(...,
+plan=Plan(blocks=2))``) or in the backend name
+(``backend="cuda:engine=fma,blocks=2"``, parsed by ``parse_plan``);
+``plan_for`` says what a call would run and ``plans`` lists every plan the
+dispatcher can choose for a ``backends.CallSpec``. For fp32 the engine
+follows ``torch.backends.cuda.matmul.allow_tf32`` at the time of the call
+(tf32 when True, exact fma otherwise), like torch's own matmuls.
 
 ``backend="auto"`` on CUDA tensors prefers this backend whenever it is
-available and ``unsupported_reason`` is None (fp32/fp16/bf16, no proj_size);
-float64 and proj_size go to the next backend (triton, then reference).
+available and ``unsupported_reason`` is None (fp32/fp16/bf16, no proj_size,
+W_hh fits on chip); the rest goes to the next backend (triton, then reference).
 """
 from __future__ import annotations
 
@@ -41,43 +51,58 @@ NAME = "cuda"
 EMULATE_ENV = "BILSTM_FAST_CUDA_EMULATE"
 
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-_PATHS = {"auto": 0, "onchip": 1, "stream": 2}
+# csrc/cuda/lstm_api.h Engine codes by name (tests check this mirror against the module's ``engines``).
+ENGINES = {"auto": 0, "f16": 1, "tf32": 2, "fma": 3}
+# The kernels' batch chunk never exceeds this many rows (lstm_api.h engine_shape: n * max_nt).
+_MAX_BATCH_TILE = 64
 
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """A launch plan forced by the caller; "auto" / 0 leaves a field to the launcher."""
-    path: str = "auto"   # "onchip" (W_hh in shared memory) or "stream" (W_hh from L2)
-    blocks: int = 0      # blocks per direction
-    threads: int = 0     # threads per block
-    batch_tile: int = 0  # batch rows staged in shared memory per tile (-1: none, h/dG from L2)
+    """A launch plan forced by the caller; "auto" / 0 / -1 leaves a field to the launcher."""
+    engine: str = "auto"   # "f16" (fp16/bf16), "tf32", "fma" (fp32)
+    blocks: int = 0        # blocks per direction (each owns a multiple of 8 hidden units)
+    warps: int = 0         # warps per block (at most 8)
+    batch_tile: int = 0    # at most this many batch rows per chunk (rounded down to the engine's tile)
+    reg_tiles: int = -1    # at most this many W_hh tiles per warp in registers (0: all in shared memory)
 
     def __post_init__(self):
-        if self.path not in _PATHS:
-            raise ValueError(f"plan: path must be one of {list(_PATHS)}, got {self.path!r}")
-        for f in ("blocks", "threads"):
+        if self.engine not in ENGINES:
+            raise ValueError(f"plan: engine must be one of {list(ENGINES)}, got {self.engine!r}")
+        for f in ("blocks", "warps", "batch_tile"):
             if getattr(self, f) < 0:
                 raise ValueError(f"plan: {f} must be >= 0 (0 = automatic), got {getattr(self, f)}")
+        if self.reg_tiles < -1:
+            raise ValueError(f"plan: reg_tiles must be >= -1 (-1 = automatic), got {self.reg_tiles}")
 
-    def options(self) -> dict:
+    def options(self, tf32: bool) -> dict:
         """The keyword arguments of the compiled module's forward/backward/plan."""
-        return dict(path=_PATHS[self.path], blocks=self.blocks, threads=self.threads,
-                    batch_tile=self.batch_tile)
+        return dict(engine=ENGINES[self.engine], blocks=self.blocks, warps=self.warps,
+                    batch_tile=self.batch_tile, reg_tiles=self.reg_tiles, tf32=tf32)
+
+    def text(self) -> str:
+        """The backend-name form: parse_plan(plan.text()) == plan."""
+        return ",".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(Plan))
 
 
 def parse_plan(text: str) -> Plan:
-    """"path=stream,blocks=2,threads=16,batch_tile=2" (any subset) -> Plan."""
-    fields = {f.name: f.type for f in dataclasses.fields(Plan)}
+    """"engine=fma,blocks=2,warps=2,batch_tile=8,reg_tiles=0" (any subset) -> Plan."""
+    fields = {f.name for f in dataclasses.fields(Plan)}
     values = {}
     for item in filter(None, (t.strip() for t in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep or key not in fields:
-            raise ValueError(f"cuda plan: expected key=value with key in {list(fields)}, got {item!r}")
+            raise ValueError(f"cuda plan: expected key=value with key in {sorted(fields)}, got {item!r}")
         try:
-            values[key] = value if key == "path" else int(value)
+            values[key] = value if key == "engine" else int(value)
         except ValueError:
             raise ValueError(f"cuda plan: {key} must be an integer, got {value!r}") from None
     return Plan(**values)
+
+
+def _tf32_allowed() -> bool:
+    """Whether fp32 calls may use TF32 tensor cores (torch's matmul switch, read at each call)."""
+    return bool(torch.backends.cuda.matmul.allow_tf32)
 
 
 _status_cache: dict[str, Optional[str]] = {}
@@ -178,63 +203,63 @@ def unsupported_reason(spec) -> Optional[str]:
     return None
 
 
+def _device_index(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 0
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _plan(mod, kind: int, N: int, B: int, H: int, dtype: torch.dtype, device, plan: Optional[Plan],
+          tf32: bool) -> dict:
+    sms, smem = mod.device_limits(_device_index(torch.device(device)))
+    d = mod.plan(kind, N, B, H, native.DTYPE_CODES[dtype], sms, smem, **(plan or Plan()).options(tf32))
+    d["text"] = Plan(engine=d["engine"], blocks=d["blocks"], warps=d["warps"], batch_tile=d["batch_tile"],
+                     reg_tiles=d["reg_tiles"]).text()
+    return d
+
+
 def plan_for(kind: int, N: int, B: int, H: int, dtype: torch.dtype, device,
              plan: Optional[Plan] = None) -> dict:
     """The launch plan a forward (kind 0) or backward (kind 1) call would run
-    on ``device``'s limits: path, blocks, slice, threads, batch_tile, smem_bytes, why."""
-    mod = _module()
-    device = torch.device(device)
-    index = (device.index if device.index is not None else torch.cuda.current_device()) \
-        if device.type == "cuda" else 0
-    sms, smem = mod.device_limits(index)
-    return mod.plan(kind, N, B, H, native.DTYPE_CODES[dtype], sms, smem, **(plan or Plan()).options())
+    on ``device``'s limits: engine, blocks, units, warps, threads, batch_tile,
+    reg_tiles, reg_cols, kpad, ksplit, smem_bytes, exchange_elems,
+    state_floats, why, and ``text``: the plan text that forces exactly this
+    plan. RuntimeError when nothing fits (W_hh too large for the chip)."""
+    return _plan(_module(), kind, N, B, H, dtype, device, plan, _tf32_allowed())
 
 
-# Batch sizes plans() looks at: make_plan's on-chip test depends on B only
-# below 8 (the minimum tile is min(B, 8)), so 1..8 and one large B cover
-# every choice it can make.
-_PLAN_BATCHES = (1, 2, 3, 4, 5, 6, 7, 8, 256)
-_PLAN_TEXTS = ("path=onchip", "path=stream", "path=stream,batch_tile=-1")
-
-
-def _plan_text(chosen: dict) -> str:
-    """A plan_for() result -> the text that forces its path and tile mode."""
-    if chosen["path"] == "onchip":
-        return "path=onchip"
-    return "path=stream" if chosen["batch_tile"] > 0 else "path=stream,batch_tile=-1"
-
-
-def plans(spec) -> list:
-    """Every distinct plan text the dispatcher can choose for a call like
-    ``spec`` (a backends.CallSpec) on the current device, over any B and both
-    forward and backward: "path=onchip", "path=stream" (h / dG staged in
-    shared memory) and "path=stream,batch_tile=-1" (unstaged, h / dG from L2;
-    only for very large H). A text is listed only when it can be forced for
-    every B and both kinds: a path the dispatcher takes only for one of them
-    is exercised by the automatic plan (no text). [] when the backend cannot
-    run the call. (Today's kernels; the kernel owner keeps this in step with
-    make_plan.)"""
+def plans(spec) -> list[str]:
+    """Every distinct plan text the dispatcher can choose for calls described
+    by ``spec`` (a backends.CallSpec) on the current device (the emulated one
+    under BILSTM_FAST_CUDA_EMULATE), forward and backward, any T and B, TF32
+    allowed or not: what a GPU check forces one by one. Each text is valid for
+    every B and both kernels (batch_tile and reg_tiles are upper bounds). []
+    when the backend cannot run here (no device) or does not support the call."""
     if unavailable_reason() is not None or unsupported_reason(spec) is not None:
         return []
     device = "cuda" if spec.device == "cuda" else "cpu"
-    chosen = {_plan_text(plan_for(kind, spec.N, B, spec.H, spec.dtype, device))
-              for kind in (0, 1) for B in _PLAN_BATCHES}
-
-    def forceable(text: str) -> bool:
-        forced = parse_plan(text)
-        try:
-            for kind in (0, 1):
-                for B in _PLAN_BATCHES:
-                    plan_for(kind, spec.N, B, spec.H, spec.dtype, device, forced)
-        except RuntimeError:
-            return False
-        return True
-    return [t for t in _PLAN_TEXTS if t in chosen and forceable(t)]
+    mod = _module()
+    tf32s = (False, True) if spec.dtype == torch.float32 else (False,)
+    # The plan depends on B only through the batch chunk: every B up to one
+    # past the largest chunk reaches every choice.
+    texts = {_plan(mod, kind, spec.N, B, spec.H, spec.dtype, device, None, tf32)["text"]
+             for kind in (0, 1) for tf32 in tf32s for B in range(1, _MAX_BATCH_TILE + 2)}
+    return sorted(texts)
 
 
 def _stream(device: torch.device) -> int:
     """The caller's current stream on ``device`` (0 in emulation)."""
     return torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+
+
+def _buffers(mod, kind: int, like: torch.Tensor, N: int, B: int, H: int, plan: Optional[Plan], tf32: bool):
+    """exchange [exchange_elems] X, state [state_floats] f32 and barrier [N * 32]
+    int32 zeros for a call, sized by its plan (the binding checks them against it)."""
+    d = _plan(mod, kind, N, B, H, like.dtype, like.device, plan, tf32)
+    exchange = like.new_empty(d["exchange_elems"])       # fully written before it is read
+    state = like.new_empty(d["state_floats"], dtype=torch.float32)
+    barrier = torch.zeros(N * 32, dtype=torch.int32, device=like.device)
+    return exchange, state, barrier
 
 
 # ----------------------------------------------------------------- contract
@@ -247,15 +272,15 @@ def forward(gx, w_hh, w_hr, h0, c0, lengths, keep_for_backward, plan: Optional[P
     T, B, N, G = gx.shape
     H = G // 4
     f32 = torch.float32
-    w_t = w_hh.transpose(1, 2).contiguous()                 # [N, H, 4H]: coalesced over units
+    tf32 = _tf32_allowed()
     y = gx.new_empty(T, B, N, H)                             # every element written by the kernel
     h_n, c_n = torch.empty_like(h0), torch.empty_like(c0)
     gates = gx.new_empty((T, B, N, G) if keep_for_backward else (0,), dtype=f32)
     cells = gx.new_empty((T, B, N, H) if keep_for_backward else (0,), dtype=f32)
-    scratch = gx.new_empty(mod.fwd_scratch_floats(N, B, H), dtype=f32)
-    barrier = torch.zeros(N, dtype=torch.int32, device=gx.device)
-    mod.forward(gx, w_hh, w_t, h0, c0, lengths, y, h_n, c_n, gates if keep_for_backward else None,
-                cells if keep_for_backward else None, scratch, barrier, _stream(gx.device), **(plan or Plan()).options())
+    exchange, state, barrier = _buffers(mod, 0, gx, N, B, H, plan, tf32)
+    mod.forward(gx, w_hh, h0, c0, lengths, y, h_n, c_n, gates if keep_for_backward else None,
+                cells if keep_for_backward else None, exchange, state, barrier, _stream(gx.device),
+                **(plan or Plan()).options(tf32))
     return y, h_n, c_n, gates, cells
 
 
@@ -266,10 +291,10 @@ def backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, y, gates, cells, plan:
     mod = _module()
     T, B, N, G = gates.shape
     H = G // 4
+    tf32 = _tf32_allowed()
     dgx = dy.new_empty(T, B, N, G)                           # every element written by the kernel
     dh0, dc0 = torch.empty_like(dh_n), torch.empty_like(dc_n)
-    scratch = dy.new_empty(mod.bwd_scratch_floats(N, B, H), dtype=torch.float32)
-    barrier = torch.zeros(N, dtype=torch.int32, device=dy.device)
-    mod.backward(dy, dh_n, dc_n, w_hh, c0, lengths, gates, cells, dgx, dh0, dc0, scratch, barrier,
-                 _stream(dy.device), **(plan or Plan()).options())
+    exchange, state, barrier = _buffers(mod, 1, dy, N, B, H, plan, tf32)
+    mod.backward(dy, dh_n, dc_n, w_hh, c0, lengths, gates, cells, dgx, dh0, dc0, exchange, state, barrier,
+                 _stream(dy.device), **(plan or Plan()).options(tf32))
     return dgx, dh0, dc0, None

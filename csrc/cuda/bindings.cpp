@@ -7,7 +7,8 @@
 // The GIL is released during a call.
 //
 // Legend: T steps, B batch, N directions (1 or 2), H hidden size, G = 4H,
-// X the input dtype (fp32, fp16, bf16); gates, cells and the workspace are fp32.
+// X the input dtype (fp32, fp16, bf16); gates, cells and the state buffer are fp32, the
+// exchange buffer X.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
@@ -62,21 +63,31 @@ DType float_dtype(const TensorArg& a) {
 }
 
 py::dict plan_dict(const Plan& pl) {
+  const Geometry& g = pl.geo;
   py::dict d;
-  d["path"] = pl.path == kOnChip ? "onchip" : "stream";
-  d["blocks"] = pl.blocks;
-  d["slice"] = pl.slice;
-  d["threads"] = pl.threads;
-  d["batch_tile"] = pl.batch_tile;
+  d["engine"] = engine_name(pl.engine);
+  d["blocks"] = g.blocks;
+  d["units"] = g.U;
+  d["warps"] = g.warps;
+  d["threads"] = 32 * g.warps;
+  d["batch_tile"] = g.NB;
+  d["reg_tiles"] = pl.reg_tiles;
+  d["reg_cols"] = g.Kr;
+  d["kpad"] = g.Kpad;
+  d["ksplit"] = g.KS;
   d["smem_bytes"] = pl.smem_bytes;
+  d["exchange_elems"] = pl.exchange_elems;
+  d["state_floats"] = pl.state_floats;
   d["why"] = pl.why;
   return d;
 }
 
-Options options(int path, int blocks, int threads, int batch_tile) {
-  require(path >= 0 && path <= 2, "path must be 0 (auto), 1 (onchip) or 2 (stream)");
+Options options(int engine, int blocks, int warps, int batch_tile, int reg_tiles, bool tf32) {
+  require(engine >= kAutoEngine && engine <= kFma, "engine code must be 0..3 (auto, f16, tf32, fma), got " +
+                                                      std::to_string(engine));
+  require(blocks >= 0 && warps >= 0 && batch_tile >= 0, "blocks, warps and batch_tile must be >= 0 (0 = automatic)");
   Options o;
-  o.path = path; o.blocks = blocks; o.threads = threads; o.batch_tile = batch_tile;
+  o.engine = engine; o.blocks = blocks; o.warps = warps; o.batch_tile = batch_tile; o.reg_tiles = reg_tiles; o.tf32 = tf32;
   return o;
 }
 
@@ -87,9 +98,23 @@ DType dtype_from_code(int code) {
   return static_cast<DType>(code);
 }
 
-py::dict py_forward(py::handle gx, py::handle w_hh, py::handle w_t, py::handle h0, py::handle c0, py::handle lengths,
-                 py::handle y, py::handle h_n, py::handle c_n, py::handle gates, py::handle cells, py::handle scratch,
-                 py::handle barrier, std::uintptr_t stream, int path, int blocks, int threads, int batch_tile) {
+// The plan of a call on its device, and its buffers checked against it:
+// exchange [exchange_elems] X, state [state_floats] fp32, barrier [N * 32] int32.
+Plan checked_plan(int kind, int64_t N, int64_t B, int64_t H, DType X, int dev, const Options& o, py::handle exchange,
+                  py::handle state, py::handle barrier, void*& xptr, float*& sptr, unsigned*& bptr) {
+  const Plan pl = make_plan(kind, (int)N, (int)B, (int)H, X, device_limits(dev < 0 ? 0 : dev), o);
+  xptr = bilstm::expect(bilstm::read("exchange", exchange), X, dev, {{"exchange_elems", pl.exchange_elems}}).ptr;
+  sptr = static_cast<float*>(
+      bilstm::expect(bilstm::read("state", state), DType::f32, dev, {{"state_floats", pl.state_floats}}).ptr);
+  bptr = static_cast<unsigned*>(
+      bilstm::expect(bilstm::read("barrier", barrier), DType::i32, dev, {{"N*32", N * kBarrierStride}}).ptr);
+  return pl;
+}
+
+py::dict py_forward(py::handle gx, py::handle w_hh, py::handle h0, py::handle c0, py::handle lengths, py::handle y,
+                    py::handle h_n, py::handle c_n, py::handle gates, py::handle cells, py::handle exchange,
+                    py::handle state, py::handle barrier, std::uintptr_t stream, int engine, int blocks, int warps,
+                    int batch_tile, int reg_tiles, bool tf32) {
   const TensorArg agx = bilstm::read("gx", gx);
   FwdParams p{};
   bilstm::lstm_sizes(agx, p.T, p.B, p.N, p.H);
@@ -97,10 +122,7 @@ py::dict py_forward(py::handle gx, py::handle w_hh, py::handle w_t, py::handle h
   const DType X = p.dtype = float_dtype(agx), F = DType::f32;
   const int dev = device_of(agx);
   p.gx = bilstm::expect(agx, X, dev, {{"T", T}, {"B", B}, {"N", N}, {"4H", G}});
-  // w_hh itself is not read by the forward kernel (it reads w_t), but it is the
-  // contract's tensor: checked so that w_t is known to be its transpose's shape.
-  bilstm::expect(bilstm::read("w_hh", w_hh), X, dev, {{"N", N}, {"4H", G}, {"H", H}}, kDense);
-  p.w_t = bilstm::expect(bilstm::read("w_t", w_t), X, dev, {{"N", N}, {"H", H}, {"4H", G}}, kDense).ptr;
+  p.w_hh = bilstm::expect(bilstm::read("w_hh", w_hh), X, dev, {{"N", N}, {"4H", G}, {"H", H}}, kDense);
   p.h0 = bilstm::expect(bilstm::read("h0", h0), X, dev, {{"N", N}, {"B", B}, {"H", H}}, kDense);
   p.c0 = bilstm::expect(bilstm::read("c0", c0), X, dev, {{"N", N}, {"B", B}, {"H", H}}, kDense);
   p.lengths = bilstm::expect_lengths(lengths, dev, B, T);
@@ -111,21 +133,19 @@ py::dict py_forward(py::handle gx, py::handle w_hh, py::handle w_t, py::handle h
     throw py::value_error("gates, cells: pass both workspace tensors or neither");
   p.gates = bilstm::expect_optional("gates", gates, F, dev, {{"T", T}, {"B", B}, {"N", N}, {"4H", G}}, kDense);
   p.cells = bilstm::expect_optional("cells", cells, F, dev, {{"T", T}, {"B", B}, {"N", N}, {"H", H}}, kDense);
-  p.scratch = static_cast<float*>(
-      bilstm::expect(bilstm::read("scratch", scratch), F, dev, {{"fwd_scratch_floats", fwd_scratch_floats(N, B, H)}}).ptr);
-  p.barrier = static_cast<unsigned*>(bilstm::expect(bilstm::read("barrier", barrier), DType::i32, dev, {{"N", N}}).ptr);
-  const Options o = options(path, blocks, threads, batch_tile);
-  Plan pl;
+  const Options o = options(engine, blocks, warps, batch_tile, reg_tiles, tf32);
+  const Plan pl = checked_plan(kForward, N, B, H, X, dev, o, exchange, state, barrier, p.exchange, p.state, p.barrier);
   {
     py::gil_scoped_release release;
-    pl = bilstm_cuda::forward(p, o, dev < 0 ? 0 : dev, reinterpret_cast<void*>(stream));
+    bilstm_cuda::forward(p, pl, dev < 0 ? 0 : dev, reinterpret_cast<void*>(stream));
   }
   return plan_dict(pl);
 }
 
-py::dict py_backward(py::handle dy, py::handle dh_n, py::handle dc_n, py::handle w_hh, py::handle c0, py::handle lengths,
-                  py::handle gates, py::handle cells, py::handle dgx, py::handle dh0, py::handle dc0, py::handle scratch,
-                  py::handle barrier, std::uintptr_t stream, int path, int blocks, int threads, int batch_tile) {
+py::dict py_backward(py::handle dy, py::handle dh_n, py::handle dc_n, py::handle w_hh, py::handle c0,
+                     py::handle lengths, py::handle gates, py::handle cells, py::handle dgx, py::handle dh0,
+                     py::handle dc0, py::handle exchange, py::handle state, py::handle barrier, std::uintptr_t stream,
+                     int engine, int blocks, int warps, int batch_tile, int reg_tiles, bool tf32) {
   const TensorArg ag = bilstm::read("gates", gates);
   const TensorArg ady = bilstm::read("dy", dy);
   BwdParams p{};
@@ -144,14 +164,11 @@ py::dict py_backward(py::handle dy, py::handle dh_n, py::handle dc_n, py::handle
   p.dgx = bilstm::expect(bilstm::read("dgx", dgx), X, dev, {{"T", T}, {"B", B}, {"N", N}, {"4H", G}});
   p.dh0 = bilstm::expect(bilstm::read("dh0", dh0), X, dev, {{"N", N}, {"B", B}, {"H", H}}, kDense);
   p.dc0 = bilstm::expect(bilstm::read("dc0", dc0), X, dev, {{"N", N}, {"B", B}, {"H", H}}, kDense);
-  p.scratch = static_cast<float*>(
-      bilstm::expect(bilstm::read("scratch", scratch), F, dev, {{"bwd_scratch_floats", bwd_scratch_floats(N, B, H)}}).ptr);
-  p.barrier = static_cast<unsigned*>(bilstm::expect(bilstm::read("barrier", barrier), DType::i32, dev, {{"N", N}}).ptr);
-  const Options o = options(path, blocks, threads, batch_tile);
-  Plan pl;
+  const Options o = options(engine, blocks, warps, batch_tile, reg_tiles, tf32);
+  const Plan pl = checked_plan(kBackward, N, B, H, X, dev, o, exchange, state, barrier, p.exchange, p.state, p.barrier);
   {
     py::gil_scoped_release release;
-    pl = bilstm_cuda::backward(p, o, dev < 0 ? 0 : dev, reinterpret_cast<void*>(stream));
+    bilstm_cuda::backward(p, pl, dev < 0 ? 0 : dev, reinterpret_cast<void*>(stream));
   }
   return plan_dict(pl);
 }
@@ -179,6 +196,7 @@ PYBIND11_MODULE(BILSTM_MODULE, m) {
     d["cuda_version"] = CUDART_VERSION;
 #endif
     d["kernels"] = py::make_tuple("lstm_fwd_kernel", "lstm_bwd_kernel");
+    d["step_functions"] = py::make_tuple("fwd_step", "bwd_step");
     return d;
   }, "Build facts: emulated or not, the SASS architectures compiled, the CUDA runtime version.");
 
@@ -198,39 +216,46 @@ PYBIND11_MODULE(BILSTM_MODULE, m) {
     return d;
   }, "cudaGetDeviceCount's result: {code, name, message, count}. Never raises.");
 
-  m.def("plan", [](int kind, int N, int B, int H, int dtype, int sm_count, long smem_per_block,
-                   int path, int blocks, int threads, int batch_tile) {
+  m.def("plan", [](int kind, int N, int B, int H, int dtype, int sm_count, long smem_per_block, int engine,
+                   int blocks, int warps, int batch_tile, int reg_tiles, bool tf32) {
     require(N == 1 || N == 2, "N (directions) must be 1 or 2, got " + std::to_string(N));
     require(B >= 1 && H >= 1, "need B, H >= 1, got B=" + std::to_string(B) + " H=" + std::to_string(H));
     require(kind == kForward || kind == kBackward, "kind must be 0 (forward) or 1 (backward)");
     return plan_dict(make_plan(kind, N, B, H, dtype_from_code(dtype), DeviceLimits{sm_count, smem_per_block},
-                               options(path, blocks, threads, batch_tile)));
+                               options(engine, blocks, warps, batch_tile, reg_tiles, tf32)));
   }, py::arg("kind"), py::arg("N"), py::arg("B"), py::arg("H"), py::arg("dtype"), py::arg("sm_count"),
-     py::arg("smem_per_block"), py::arg("path") = 0, py::arg("blocks") = 0, py::arg("threads") = 0,
-     py::arg("batch_tile") = 0,
-     "The launch plan the dispatcher would choose on a device with these limits (pure host logic).\n"
-     "dtype is a code of csrc/common/lstm_args.h DType (0 fp32, 2 fp16, 3 bf16).");
+     py::arg("smem_per_block"), py::arg("engine") = 0, py::arg("blocks") = 0, py::arg("warps") = 0,
+     py::arg("batch_tile") = 0, py::arg("reg_tiles") = -1, py::arg("tf32") = false,
+     "The launch plan the dispatcher chooses on a device with these limits (pure host logic).\n"
+     "dtype is a code of csrc/common/lstm_args.h DType (0 fp32, 2 fp16, 3 bf16); engine a code of `engines`.");
+
+  py::dict engines;
+  for (int e = kAutoEngine; e <= kFma; ++e) engines[engine_name(e)] = e;
+  m.attr("engines") = engines;
+  m.attr("gpu_warps") = kGpuWarps;            // what warps=0 means on a GPU (the compile report plans for it)
+  m.attr("default_warps") = default_warps();  // what warps=0 means in this module
 
   m.def("device_limits", [](int device) {
     DeviceLimits l = device_limits(device);
     return py::make_tuple(l.sm_count, l.smem_per_block);
   }, py::arg("device") = 0, "(SM count, max dynamic shared memory per block) of a device (the emulated one in _cuda_emu).");
 
-  m.def("fwd_scratch_floats", &fwd_scratch_floats);
-  m.def("bwd_scratch_floats", &bwd_scratch_floats);
 
-  m.def("forward", &py_forward, py::arg("gx"), py::arg("w_hh"), py::arg("w_t"), py::arg("h0"), py::arg("c0"),
-        py::arg("lengths"), py::arg("y"), py::arg("h_n"), py::arg("c_n"), py::arg("gates"), py::arg("cells"),
-        py::arg("scratch"), py::arg("barrier"), py::arg("stream"), py::arg("path") = 0, py::arg("blocks") = 0,
-        py::arg("threads") = 0, py::arg("batch_tile") = 0,
-        "Forward recurrence (lstm_api.h FwdParams): gx [T,B,N,4H] X, w_hh [N,4H,H] X, w_t [N,H,4H] X,\n"
-        "h0/c0 [N,B,H] X, lengths [B] int64 or None; writes y [T,B,N,H] X, h_n/c_n [N,B,H] X,\n"
-        "gates [T,B,N,4H] and cells [T,B,N,H] fp32 (or both None); scratch fp32, barrier [N] int32 zeros.\n"
-        "Runs on `stream` (cudaStream_t as int). Returns the plan used.");
+  m.def("forward", &py_forward, py::arg("gx"), py::arg("w_hh"), py::arg("h0"), py::arg("c0"), py::arg("lengths"),
+        py::arg("y"), py::arg("h_n"), py::arg("c_n"), py::arg("gates"), py::arg("cells"), py::arg("exchange"),
+        py::arg("state"), py::arg("barrier"), py::arg("stream"), py::arg("engine") = 0, py::arg("blocks") = 0,
+        py::arg("warps") = 0, py::arg("batch_tile") = 0, py::arg("reg_tiles") = -1, py::arg("tf32") = false,
+        "Forward recurrence (lstm_api.h FwdParams): gx [T,B,N,4H] X, w_hh [N,4H,H] X, h0/c0 [N,B,H] X,\n"
+        "lengths [B] int64 or None; writes y [T,B,N,H] X, h_n/c_n [N,B,H] X, gates [T,B,N,4H] and\n"
+        "cells [T,B,N,H] fp32 (or both None). exchange [plan exchange_elems] X, state [plan state_floats]\n"
+        "fp32, barrier [N*32] int32 zeros: sized by `plan` with the same options. Runs on `stream`\n"
+        "(cudaStream_t as int), no host sync. Returns the plan used.");
 
   m.def("backward", &py_backward, py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("w_hh"), py::arg("c0"),
         py::arg("lengths"), py::arg("gates"), py::arg("cells"), py::arg("dgx"), py::arg("dh0"), py::arg("dc0"),
-        py::arg("scratch"), py::arg("barrier"), py::arg("stream"), py::arg("path") = 0, py::arg("blocks") = 0,
-        py::arg("threads") = 0, py::arg("batch_tile") = 0,
-        "Backward recurrence (lstm_api.h BwdParams); writes dgx [T,B,N,4H] X, dh0/dc0 [N,B,H] X. Returns the plan used.");
+        py::arg("exchange"), py::arg("state"), py::arg("barrier"), py::arg("stream"), py::arg("engine") = 0,
+        py::arg("blocks") = 0, py::arg("warps") = 0, py::arg("batch_tile") = 0, py::arg("reg_tiles") = -1,
+        py::arg("tf32") = false,
+        "Backward recurrence (lstm_api.h BwdParams); writes dgx [T,B,N,4H] X, dh0/dc0 [N,B,H] X. Buffers as\n"
+        "forward's, sized by `plan(kind=1, ...)`. Returns the plan used.");
 }

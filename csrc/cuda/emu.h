@@ -6,18 +6,29 @@
 //   * one std::thread per CUDA thread, all threads of all blocks alive at once
 //     (so every block is "co-resident" and a grid barrier cannot deadlock);
 //   * threadIdx / blockIdx / blockDim / gridDim are thread_local;
-//   * __syncthreads() is a per-block std::barrier;
+//   * __syncthreads() is a per-block std::barrier, __syncwarp() a per-warp one
+//     (warps are 32 consecutive threads of a block, the last one may be short);
 //   * dynamic shared memory is one buffer per block, reached through the
 //     BL_DYNAMIC_SMEM macro (a static __shared__ cannot be per-block in C++);
-//   * atomics go through std::atomic_ref, __threadfence is a seq_cst fence;
-//     the grid barrier of the persistent kernels is written in the kernel
-//     source on top of these atomics (lstm.cu: grid_barrier);
+//   * atomics go through std::atomic_ref: atomicAdd, and cuda::atomic_ref
+//     (libcu++'s spelling, used by the grid barrier of lstm.cu) with its
+//     memory orders; __threadfence is a compiler fence;
+//   * 16-byte vector types (float4, uint4) and __ldcg are plain loads;
+//   * wmma (namespace emu::wmma, the API of nvcuda::wmma): every thread of a
+//     warp holds the WHOLE tile of a fragment (the real layout spreads it over
+//     the 32 lanes; kernels that only load, mma, store and touch x[i]
+//     element-wise cannot tell the difference). load_matrix_sync reads the
+//     tile in every thread, mma_sync multiplies it in fp32, store_matrix_sync
+//     writes it from lane 0 only (the writes of the other lanes would be the
+//     same values, and a data race for ThreadSanitizer), so a kernel must
+//     __syncwarp() / __syncthreads() before other lanes read what was stored:
+//     exactly what real wmma requires too;
 //   * half / bfloat16 are 16-bit storage types with round-to-nearest-even
 //     conversions (arithmetic is always done in float by the kernels).
-// Limits (keep kernels inside them): no inline PTX (mma.sync, cp.async,
-// wgmma), no implicit warp lockstep and no warp shuffles (not provided: the
-// kernels do not use them), x86 memory ordering is stronger than CUDA's, and
-// a thread per CUDA thread is slow: emulate small grids (tens of blocks of
+// Limits (keep kernels inside them): no inline PTX (lstm.cu gives each PTX
+// wrapper an emulated twin: cp.async is a plain copy), no implicit warp
+// lockstep and no warp shuffles, x86 memory ordering is stronger than CUDA's,
+// and a thread per CUDA thread is slow: emulate small grids (tens of blocks of
 // tens of threads).
 #pragma once
 
@@ -34,12 +45,17 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 struct dim3 {
   unsigned x = 1, y = 1, z = 1;
   constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
 };
+
+// CUDA's 16-byte vector types (what a 128-bit load moves).
+struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(16) uint4 { unsigned x, y, z, w; };
 
 namespace emu {
 
@@ -50,6 +66,7 @@ inline float bits_f32(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
 struct half { uint16_t bits; };
 struct bfloat16 { uint16_t bits; };
 
+inline float to_float(float f) { return f; }
 inline float to_float(bfloat16 h) { return bits_f32(uint32_t(h.bits) << 16); }
 inline bfloat16 bf16_from_float(float f) {
   uint32_t u = f32_bits(f);
@@ -84,14 +101,18 @@ inline half half_from_float(float f) {
 
 // ----------------------------------------------------------- launch context
 struct Block {
-  explicit Block(std::ptrdiff_t nthreads, size_t smem_bytes)
-      : bar(nthreads), smem((smem_bytes + 15) / 16 + 1) {}
+  Block(unsigned nthreads, size_t smem_bytes) : bar(nthreads), smem((smem_bytes + 15) / 16 + 1) {
+    for (unsigned w = 0; w * 32 < nthreads; ++w)
+      warp_bars.push_back(std::make_unique<std::barrier<>>(std::min(32u, nthreads - w * 32)));
+  }
   std::barrier<> bar;
-  std::vector<std::max_align_t> smem;  // 16-byte aligned dynamic shared memory
+  std::vector<std::unique_ptr<std::barrier<>>> warp_bars;  // one per warp of 32 threads
+  std::vector<std::max_align_t> smem;                      // 16-byte aligned dynamic shared memory
 };
 
 inline thread_local dim3 tl_threadIdx, tl_blockIdx, tl_blockDim, tl_gridDim;
 inline thread_local Block* tl_block = nullptr;
+inline thread_local unsigned tl_linear_tid = 0;  // threadIdx flattened, as CUDA numbers lanes
 
 // Every CUDA thread is an OS thread, all alive at once.
 inline constexpr size_t kMaxEmulatedThreads = 4096;
@@ -121,6 +142,7 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, void (*kernel)(KArgs...), 
         tl_blockDim = block;
         tl_blockIdx = dim3(bi % grid.x, (bi / grid.x) % grid.y, bi / (grid.x * grid.y));
         tl_threadIdx = dim3(ti % block.x, (ti / block.x) % block.y, ti / (block.x * block.y));
+        tl_linear_tid = ti;
         tl_block = blocks[bi].get();
         try {
           kernel(args...);
@@ -137,8 +159,99 @@ void launch(dim3 grid, dim3 block, size_t smem_bytes, void (*kernel)(KArgs...), 
 
 inline void* block_smem() { return tl_block->smem.data(); }
 inline void syncthreads() { tl_block->bar.arrive_and_wait(); }
+inline void syncwarp() { tl_block->warp_bars[tl_linear_tid / 32]->arrive_and_wait(); }
+inline unsigned lane() { return tl_linear_tid % 32; }
 
+// --------------------------------------------------------------------- wmma
+// The subset of nvcuda::wmma that lstm.cu uses, emulated tile-wise (see the
+// header comment): fragment<Use, M, N, K, T, Layout>, fill_fragment,
+// load_matrix_sync, mma_sync, store_matrix_sync, __float_to_tf32.
+namespace wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+namespace precision { struct tf32 {}; }
+
+template <class Use, int M, int N, int K> struct tile_shape;
+template <int M, int N, int K> struct tile_shape<matrix_a, M, N, K> { static constexpr int rows = M, cols = K; };
+template <int M, int N, int K> struct tile_shape<matrix_b, M, N, K> { static constexpr int rows = K, cols = N; };
+template <int M, int N, int K> struct tile_shape<accumulator, M, N, K> { static constexpr int rows = M, cols = N; };
+
+// The whole rows x cols tile, row-major, in float (exact for half, bfloat16
+// and tf32 operands), in every thread of the warp.
+template <class Use, int M, int N, int K, class T, class Layout = void>
+struct fragment {
+  static constexpr int rows = tile_shape<Use, M, N, K>::rows, cols = tile_shape<Use, M, N, K>::cols;
+  static constexpr int num_elements = rows * cols;
+  float x[num_elements];
+};
+
+template <class Use, int M, int N, int K, class T, class L>
+inline void fill_fragment(fragment<Use, M, N, K, T, L>& f, float v) {
+  for (float& e : f.x) e = v;
+}
+
+// Operand fragments: the layout is part of the type (row_major: element (r, c)
+// at p[r * ld + c]; col_major: at p[c * ld + r]).
+template <class Use, int M, int N, int K, class T, class L, class P>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const P* p, unsigned ld) {
+  using F = fragment<Use, M, N, K, T, L>;
+  for (int r = 0; r < F::rows; ++r)
+    for (int c = 0; c < F::cols; ++c)
+      f.x[r * F::cols + c] = to_float(std::is_same_v<L, col_major> ? p[(size_t)c * ld + r] : p[(size_t)r * ld + c]);
+}
+
+template <int M, int N, int K, class TA, class LA, class TB, class LB>
+inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
+                     const fragment<matrix_b, M, N, K, TB, LB>& b, const fragment<accumulator, M, N, K, float>& c) {
+  float out[M * N];
+  for (int m = 0; m < M; ++m)
+    for (int n = 0; n < N; ++n) {
+      float acc = c.x[m * N + n];
+      for (int k = 0; k < K; ++k) acc += a.x[m * K + k] * b.x[k * N + n];
+      out[m * N + n] = acc;
+    }
+  std::memcpy(d.x, out, sizeof(out));
+}
+
+template <int M, int N, int K>
+inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ld, layout_t layout) {
+  if (lane() != 0) return;  // one writer per warp (see the header comment)
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < N; ++c) (layout == mem_col_major ? p[(size_t)c * ld + r] : p[(size_t)r * ld + c]) = f.x[r * N + c];
+}
+
+// cvt.rna.tf32.f32: keep 10 mantissa bits, round to nearest, ties away from zero.
+inline float __float_to_tf32(float v) {
+  uint32_t u = f32_bits(v);
+  if ((u & 0x7f800000u) == 0x7f800000u) return v;  // inf / nan unchanged
+  return bits_f32((u + 0x1000u) & 0xffffe000u);
+}
+
+}  // namespace wmma
 }  // namespace emu
+
+// ------------------------------------------------------ libcu++ atomics
+// cuda::atomic_ref over std::atomic_ref: the orders the kernels name are the
+// orders ThreadSanitizer checks.
+namespace cuda {
+using memory_order = std::memory_order;
+inline constexpr memory_order memory_order_relaxed = std::memory_order_relaxed;
+inline constexpr memory_order memory_order_acquire = std::memory_order_acquire;
+inline constexpr memory_order memory_order_release = std::memory_order_release;
+enum thread_scope { thread_scope_system, thread_scope_device, thread_scope_block };
+template <class T, thread_scope Scope = thread_scope_system>
+struct atomic_ref {
+  explicit atomic_ref(T& v) : ref(v) {}
+  T fetch_add(T v, memory_order o) const { return ref.fetch_add(v, o); }
+  T load(memory_order o) const { return ref.load(o); }
+  std::atomic_ref<T> ref;
+};
+}  // namespace cuda
 
 // ------------------------------------------------------ CUDA spellings
 #define threadIdx (::emu::tl_threadIdx)
@@ -150,19 +263,18 @@ inline void syncthreads() { tl_block->bar.arrive_and_wait(); }
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
+#define __grid_constant__
 #define __restrict__ __restrict
 #define __syncthreads() ::emu::syncthreads()
-// The emulated atomics are already acq_rel (atomicAdd) / acquire (bl_load_acquire),
-// which orders what a CUDA __threadfence orders around them; a compiler barrier
-// suffices (and ThreadSanitizer does not model stand-alone fences).
+#define __syncwarp(...) ::emu::syncwarp()
+// The emulated atomics carry their own orders; a compiler barrier suffices
+// (and ThreadSanitizer does not model stand-alone fences).
 #define __threadfence() std::atomic_signal_fence(std::memory_order_seq_cst)
-#define __nanosleep(ns) std::this_thread::yield()
 // Dynamic shared memory of the current block as a TYPE* called NAME.
 #define BL_DYNAMIC_SMEM(TYPE, NAME) TYPE* NAME = reinterpret_cast<TYPE*>(::emu::block_smem())
 
 template <class T>
 inline T atomicAdd(T* p, T v) { return std::atomic_ref<T>(*p).fetch_add(v, std::memory_order_acq_rel); }
+// Load through L2 only (ld.global.cg): a plain load on a CPU.
 template <class T>
-inline T bl_load_acquire(const T* p) {
-  return std::atomic_ref<T>(*const_cast<T*>(p)).load(std::memory_order_acquire);
-}
+inline T __ldcg(const T* p) { return *p; }

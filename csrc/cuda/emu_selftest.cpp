@@ -1,14 +1,15 @@
 // emu_selftest.cpp — standalone check of the CUDA kernels under the CPU
 // emulation (no Python, no torch), for the sanitizer runs (tools/sanitize.sh):
-// one forward + backward per path (on-chip and streaming W_hh, and streaming
-// with h / dG read from L2 instead of a shared-memory tile), several
-// blocks per direction (so the per-direction grid barrier is exercised),
-// several batch tiles, fewer threads than (batch, unit) pairs and more
-// (dot products split over threads), unsorted
-// lengths incl. 1, odd H and B; checked against a plain double-precision
-// reference of the same math. Exit code 0 only if every value matches.
+// one forward + backward per engine (exact fp32 FMA tiles, tf32, fp16 and bf16
+// wmma tiles of both shapes), several blocks per direction (so the
+// per-direction barrier and the h / dh-partial exchange through the
+// "L2" buffers are exercised), W_hh tiles in registers and in shared memory,
+// one chunk and several (B > NB: the state round trip), unsorted lengths
+// incl. 1, odd H and B; checked against a plain double-precision reference of
+// the same math on the same (rounded) inputs. Exit code 0 only if every value
+// matches.
 //
-//   g++ -std=c++20 -O1 -g -fsanitize=thread -Icsrc csrc/cuda/emu_selftest.cpp -o selftest && ./selftest
+//   g++ -std=c++20 -O1 -g -fsanitize=thread -Icsrc -Icsrc/cuda csrc/cuda/emu_selftest.cpp -o selftest && ./selftest
 #define BILSTM_CUDA_EMULATE 1
 #include "lstm.cu"
 
@@ -28,7 +29,6 @@ struct Problem {
   std::vector<int64_t> len{6, 1, 4};
   V gx, w, h0, c0, dy, dhn, dcn;  // w: [N, 4H, H]
 };
-
 size_t idx4(const Problem& p, int t, int b, int n, int j, int last) { return (((size_t)t * p.B + b) * p.N + n) * last + j; }
 
 // Double-precision reference forward + backward (docs/design.md §2, reference.py).
@@ -95,32 +95,50 @@ void reference(const Problem& p, V& y, V& hn, V& cn, V& gates, V& cells, V& dgx,
 
 int g_fail = 0;
 
-void compare(const char* what, const std::vector<float>& got, const V& want, const Problem& p, int last, bool masked) {
+void compare(const char* what, const std::vector<float>& got, const V& want, const Problem& p, int last, bool masked,
+             double tol) {
   double worst = 0;
   for (size_t i = 0; i < got.size(); ++i) {
     if (masked) {  // [T, B, N, last]: only valid t (gates / cells are unspecified elsewhere)
       const size_t t = i / ((size_t)p.B * p.N * last), b = (i / ((size_t)p.N * last)) % p.B;
       if ((int64_t)t >= p.len[b]) continue;
     }
-    worst = std::max(worst, std::abs(double(got[i]) - want[i]));
+    const double e = std::abs(double(got[i]) - want[i]);
+    worst = std::isnan(e) ? INFINITY : std::max(worst, e);
   }
-  const bool ok = worst <= 2e-5;
+  const bool ok = worst <= tol;
   std::printf("  %-6s max err %.3g %s\n", what, worst, ok ? "ok" : "FAIL");
   g_fail += !ok;
 }
 
-void run(const Problem& p, const Options& opt, const char* name) {
+// X storage of a double (rounded like the tensor the op would get), and back.
+template <class X> X to_x(double v) { return from_f<X>(float(v)); }
+template <class X> std::vector<X> to_xs(const V& v) {
+  std::vector<X> o(v.size());
+  for (size_t i = 0; i < v.size(); ++i) o[i] = to_x<X>(v[i]);
+  return o;
+}
+template <class X> V to_ds(const std::vector<X>& v) {
+  V o(v.size());
+  for (size_t i = 0; i < v.size(); ++i) o[i] = to_f(v[i]);
+  return o;
+}
+template <class X> std::vector<float> to_fs(const std::vector<X>& v) {
+  std::vector<float> o(v.size());
+  for (size_t i = 0; i < v.size(); ++i) o[i] = to_f(v[i]);
+  return o;
+}
+
+template <class X>
+void run(Problem p, DType dtype, const Options& opt, const char* name, double tol) {
   const int T = p.T, B = p.B, N = p.N, H = p.H, G = p.G;
-  auto f = [](const V& v) { return std::vector<float>(v.begin(), v.end()); };
-  std::vector<float> gx = f(p.gx), w = f(p.w), h0 = f(p.h0), c0 = f(p.c0), dy = f(p.dy), dhn = f(p.dhn), dcn = f(p.dcn);
-  std::vector<float> wt((size_t)N * H * G);  // [N, H, 4H]
-  for (int n = 0; n < N; ++n)
-    for (int r = 0; r < G; ++r)
-      for (int k = 0; k < H; ++k) wt[((size_t)n * H + k) * G + r] = w[((size_t)n * G + r) * H + k];
-  std::vector<float> y((size_t)T * B * N * H, -7.f), hn((size_t)N * B * H), cn(hn.size());
+  // The reference sees exactly the X-rounded inputs the kernels see.
+  std::vector<X> gx = to_xs<X>(p.gx), w = to_xs<X>(p.w), h0 = to_xs<X>(p.h0), c0 = to_xs<X>(p.c0);
+  std::vector<X> dy = to_xs<X>(p.dy), dhn = to_xs<X>(p.dhn), dcn = to_xs<X>(p.dcn);
+  p.gx = to_ds(gx); p.w = to_ds(w); p.h0 = to_ds(h0); p.c0 = to_ds(c0);
+  p.dy = to_ds(dy); p.dhn = to_ds(dhn); p.dcn = to_ds(dcn);
+  std::vector<X> y((size_t)T * B * N * H, to_x<X>(-7.0)), hn((size_t)N * B * H), cn(hn.size());
   std::vector<float> gates((size_t)T * B * N * G), cells((size_t)T * B * N * H);
-  std::vector<float> scratch(fwd_scratch_floats(N, B, H));
-  std::vector<unsigned> bar(N, 0);
 
   // Dense [T, B, N, F] / [N, ...] views (strides in elements).
   auto seq = [&](void* ptr, int last) {
@@ -133,67 +151,102 @@ void run(const Problem& p, const Options& opt, const char* name) {
     v.stride[0] = (int64_t)rows * last; v.stride[1] = last; v.stride[2] = 1;
     return v;
   };
+  const DeviceLimits lim = device_limits(0);
+  const Plan pf = make_plan(kForward, N, B, H, dtype, lim, opt);
+  std::vector<X> xf(pf.exchange_elems);
+  std::vector<float> sf(pf.state_floats);
+  std::vector<unsigned> bar(N * kBarrierStride, 0);
   FwdParams fp{};
-  fp.T = T; fp.B = B; fp.N = N; fp.H = H; fp.dtype = DType::f32;
-  fp.gx = seq(gx.data(), G); fp.w_hh = state(w.data(), G, H); fp.w_t = wt.data();
+  fp.T = T; fp.B = B; fp.N = N; fp.H = H; fp.dtype = dtype;
+  fp.gx = seq(gx.data(), G); fp.w_hh = state(w.data(), G, H);
   fp.h0 = state(h0.data(), B, H); fp.c0 = state(c0.data(), B, H); fp.lengths = p.len.data();
   fp.y = seq(y.data(), H); fp.h_n = state(hn.data(), B, H); fp.c_n = state(cn.data(), B, H);
   fp.gates = seq(gates.data(), G); fp.cells = seq(cells.data(), H);
-  fp.scratch = scratch.data(); fp.barrier = bar.data();
-  const Plan pf = forward(fp, opt, 0, nullptr);
+  fp.exchange = xf.data(); fp.state = sf.data(); fp.barrier = bar.data();
+  forward(fp, pf, 0, nullptr);
 
-  std::vector<float> dgx((size_t)T * B * N * G, -7.f), dh0(hn.size()), dc0(hn.size());
-  std::vector<float> wsb(bwd_scratch_floats(N, B, H));
-  std::vector<unsigned> barb(N, 0);
+  std::vector<X> dgx((size_t)T * B * N * G, to_x<X>(-7.0)), dh0(hn.size()), dc0(hn.size());
+  const Plan pb = make_plan(kBackward, N, B, H, dtype, lim, opt);
+  std::vector<X> xb(pb.exchange_elems);
+  std::vector<float> sb(pb.state_floats);
+  std::vector<unsigned> barb(N * kBarrierStride, 0);
   BwdParams bp{};
-  bp.T = T; bp.B = B; bp.N = N; bp.H = H; bp.dtype = DType::f32;
+  bp.T = T; bp.B = B; bp.N = N; bp.H = H; bp.dtype = dtype;
   bp.dy = seq(dy.data(), H); bp.dh_n = state(dhn.data(), B, H); bp.dc_n = state(dcn.data(), B, H);
   bp.w_hh = state(w.data(), G, H); bp.c0 = state(c0.data(), B, H); bp.lengths = p.len.data();
   bp.gates = seq(gates.data(), G); bp.cells = seq(cells.data(), H);
   bp.dgx = seq(dgx.data(), G); bp.dh0 = state(dh0.data(), B, H); bp.dc0 = state(dc0.data(), B, H);
-  bp.scratch = wsb.data(); bp.barrier = barb.data();
-  const Plan pb = backward(bp, opt, 0, nullptr);
+  bp.exchange = xb.data(); bp.state = sb.data(); bp.barrier = barb.data();
+  backward(bp, pb, 0, nullptr);
 
-  std::printf("%s: forward %s blocks=%d slice=%d threads=%d tile=%d | backward %s blocks=%d tile=%d\n", name,
-              pf.path == kOnChip ? "onchip" : "stream", pf.blocks, pf.slice, pf.threads, pf.batch_tile,
-              pb.path == kOnChip ? "onchip" : "stream", pb.blocks, pb.batch_tile);
+  auto desc = [](const Plan& pl) {
+    const Geometry& g = pl.geo;
+    char buf[200];
+    std::snprintf(buf, sizeof buf, "%s blocks=%d U=%d warps=%d NB=%d KS=%d Kr=%d/%d", engine_name(pl.engine),
+                  g.blocks, g.U, g.warps, g.NB, g.KS, g.Kr, g.Kpad);
+    return std::string(buf);
+  };
+  std::printf("%s: forward %s | backward %s\n", name, desc(pf).c_str(), desc(pb).c_str());
   V ry, rhn, rcn, rg, rcells, rdgx, rdh0, rdc0;
   reference(p, ry, rhn, rcn, rg, rcells, rdgx, rdh0, rdc0);
-  compare("y", y, ry, p, H, false);
-  compare("h_n", hn, rhn, p, H, false);
-  compare("c_n", cn, rcn, p, H, false);
-  compare("gates", gates, rg, p, G, true);
-  compare("cells", cells, rcells, p, H, true);
-  compare("dgx", dgx, rdgx, p, G, false);
-  compare("dh0", dh0, rdh0, p, H, false);
-  compare("dc0", dc0, rdc0, p, H, false);
+  compare("y", to_fs(y), ry, p, H, false, tol);
+  compare("h_n", to_fs(hn), rhn, p, H, false, tol);
+  compare("c_n", to_fs(cn), rcn, p, H, false, tol);
+  compare("gates", gates, rg, p, G, true, tol);
+  compare("cells", cells, rcells, p, H, true, tol);
+  compare("dgx", to_fs(dgx), rdgx, p, G, false, tol);
+  compare("dh0", to_fs(dh0), rdh0, p, H, false, tol);
+  compare("dc0", to_fs(dc0), rdc0, p, H, false, tol);
+}
+
+Problem make_problem(int T, int B, int N, int H, std::vector<int64_t> len, unsigned seed) {
+  Problem p;
+  p.T = T; p.B = B; p.N = N; p.H = H; p.G = 4 * H; p.len = std::move(len);
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> nd(0.0, 1.0);
+  auto fill = [&](V& v, size_t n, double scale) { v.resize(n); for (auto& x : v) x = nd(rng) * scale; };
+  fill(p.gx, (size_t)T * B * N * p.G, 1.0);
+  fill(p.w, (size_t)N * p.G * H, 1.0 / std::sqrt(double(H)));
+  fill(p.h0, (size_t)N * B * H, 0.5);
+  fill(p.c0, (size_t)N * B * H, 0.5);
+  fill(p.dy, (size_t)T * B * N * H, 1.0);
+  fill(p.dhn, (size_t)N * B * H, 1.0);
+  fill(p.dcn, (size_t)N * B * H, 1.0);
+  return p;
+}
+
+Options plan_opts(int engine, int blocks, int batch_tile, int reg_tiles) {
+  Options o;
+  o.engine = engine; o.blocks = blocks; o.warps = 2; o.batch_tile = batch_tile; o.reg_tiles = reg_tiles;
+  return o;
 }
 
 }  // namespace
 
 int main() {
-  Problem p;
-  std::mt19937 rng(1234);
-  std::normal_distribution<double> nd(0.0, 1.0);
-  auto fill = [&](V& v, size_t n, double scale) { v.resize(n); for (auto& x : v) x = float(nd(rng) * scale); };
-  fill(p.gx, (size_t)p.T * p.B * p.N * p.G, 1.0);
-  fill(p.w, (size_t)p.N * p.G * p.H, 0.3);
-  fill(p.h0, (size_t)p.N * p.B * p.H, 1.0);
-  fill(p.c0, (size_t)p.N * p.B * p.H, 1.0);
-  fill(p.dy, (size_t)p.T * p.B * p.N * p.H, 1.0);
-  fill(p.dhn, (size_t)p.N * p.B * p.H, 1.0);
-  fill(p.dcn, (size_t)p.N * p.B * p.H, 1.0);
-  Options on; on.path = kOnChip; on.blocks = 3; on.threads = 16; on.batch_tile = 2;
-  Options st = on; st.path = kStream;
-  Options st_l2 = st; st_l2.batch_tile = -1;  // h / dG read from L2 (the mode for huge H)
-  run(p, on, "onchip");
-  run(p, st, "stream");
-  run(p, st_l2, "stream-unstaged");
-  // 64 threads for 10 (row, unit) items per tile: each dot product split over 6 threads
-  Options on_ks = on; on_ks.threads = 64;
-  Options st_l2_ks = st_l2; st_l2_ks.threads = 64;
-  run(p, on_ks, "onchip-ksplit");
-  run(p, st_l2_ks, "stream-unstaged-ksplit");
+  // H = 21 over 3 blocks of 8 units (3 padding units), B = 3, unsorted lengths incl. 1.
+  const Problem p = make_problem(6, 3, 2, 21, {6, 1, 4}, 1234);
+  run<float>(p, DType::f32, plan_opts(kFma, 3, 0, -1), "fma-registers", 2e-5);
+  run<float>(p, DType::f32, plan_opts(kFma, 3, 0, 0), "fma-shared-memory", 2e-5);
+  run<float>(p, DType::f32, plan_opts(kTF32, 3, 0, 1), "tf32-split", 5e-3);          // forward Kr 8 of 24
+  run<bl_half>(p, DType::f16, plan_opts(kF16, 3, 0, -1), "f16-ksplit", 1e-2);        // forward KS = 2
+  Options one_warp = plan_opts(kF16, 3, 0, 1);
+  one_warp.warps = 1;
+  run<bl_bf16>(p, DType::bf16, one_warp, "bf16-1warp-split", 5e-2);                  // forward Kr 16 of 32, KS 1
+  // H = 60: U = 24, 4 warps; forward rows over several slots per warp, backward Kr 64 of 80.
+  const Problem w = make_problem(3, 3, 2, 60, {3, 1, 2}, 7);
+  Options wide = plan_opts(kTF32, 3, 0, 12);
+  wide.warps = 4;
+  run<float>(w, DType::f32, wide, "tf32-wide", 5e-3);                                 // backward Kr 64 of 80
+  wide.engine = kF16; wide.reg_tiles = 2;                                             // forward Kr 32 of 80
+  run<bl_bf16>(w, DType::bf16, wide, "bf16-wide", 5e-2);
+  // H = 120 over 4 blocks of 32 units: backward Kr 64 of 128 (one register slot per warp).
+  const Problem r = make_problem(3, 3, 2, 120, {2, 3, 1}, 5);
+  run<bl_half>(r, DType::f16, plan_opts(kF16, 4, 0, 8), "f16-bwd-split", 1e-2);
+  // Several chunks (B = 19 > NB = 16 and 8): c, dh, dc round-trip through the state buffer.
+  const Problem q = make_problem(4, 19, 2, 13, {4, 1, 3, 2, 4, 4, 1, 2, 3, 4, 2, 1, 3, 4, 4, 2, 1, 3, 2}, 99);
+  run<bl_bf16>(q, DType::bf16, plan_opts(kF16, 2, 16, 0), "bf16-chunks", 5e-2);
+  run<float>(q, DType::f32, plan_opts(kFma, 2, 8, 1), "fma-chunks", 2e-5);
   std::printf("%s\n", g_fail ? "FAILED" : "all ok");
   return g_fail ? 1 : 0;
 }

@@ -1,40 +1,60 @@
 // lstm.cu — persistent CUDA kernels for the LSTM recurrence of N directions
-// (docs/design.md §3, contract in bilstm_fast/ops/backends.py), and their launcher.
+// (docs/design.md §3, contract in bilstm_fast/ops/backends.py), and their
+// launcher. Design and per-step cost model: docs/cuda.md.
 //
 // Legend: T steps, B batch, N directions (1 or 2), H hidden size, G = 4H,
-// X input dtype (float, half, bfloat16), all math and state in fp32.
+// X the input dtype (float, half, bfloat16); all math and state in fp32.
+// Per-file letters: U units per block, Hx = blocks * U, NB batch rows per
+// chunk, KS forward k-splits, Kr W_hh columns in registers, M / N / K the
+// engine's MMA tile (lstm_api.h EngineShape), MT / KT tile counts.
 //
-// One launch runs every step of both directions. Grid = N * blocks; block
-// (n, j) owns all four gates of the hidden units [j*slice, (j+1)*slice) of
-// direction n. Per step it reads the whole previous h of its direction, does
-// its 4*slice x H slice of the recurrent mat-vec, updates c and h of its units
-// in registers and publishes h; then the blocks of that direction meet at a
-// grid barrier (one per direction: the directions never wait for each other).
-// h is double-buffered, so one barrier per step is enough.
-//   on-chip path (kOnChip): the block's W_hh slice (4*slice*H of X) is loaded
-//     once into shared memory and stays there for all T steps;
-//   streaming path (kStream): W_hh is read from global memory (L2) each step,
-//     so every H works.
-// Backward mirrors it: phase 1 computes dG for the block's units and publishes
-// it; barrier; phase 2 computes dh = dG W_hh for the block's units (W_hh
-// columns on chip or streamed).
-// Within a block, h_{t-1} (dG) is staged in shared memory per tile of batch
-// rows; threads loop over (row, unit) items, and when a tile has fewer items
-// than threads each dot product is split over several threads (k-split).
-// make_plan (host side, below) picks blocks, path and tiles; docs/cuda.md.
+// One launch runs every step of both directions; grid = N * blocks, one block
+// per SM, each direction on its own blocks with its own barrier counter.
+// Block (n, j) owns all four gates of units [j*U, (j+1)*U) of direction n and
+// keeps its W_hh slice (4U rows x H) on chip for the whole sequence: the first
+// Kr columns as MMA operand fragments in registers, the rest in shared memory.
+//
+// Forward step (fwd_step): wait for the direction's barrier; copy h_{t-1}
+// [B, Hx] (X) from the L2 exchange buffer into shared memory with 16-byte
+// async copies, all issued at once in up to 4 stages along K, the matmul of a
+// stage starting as soon as it has landed; G^T[4U, NB] = W_slice * h^T on the
+// engine's tiles (warps split the rows and, KS ways, the reduction); add the
+// prefetched gx, update c (registers) and h; publish h_t (X, 16-byte stores);
+// arrive at the barrier; then write y / gates / cells and prefetch the next
+// step's gx while the other blocks arrive.
+//
+// Backward step (bwd_step): the block owns the same units and slice. It
+// receives dh for its units as the sum, in a fixed order, of the partial
+// products every block of the direction sent it (a reduce-scatter: B*Hx X
+// read per block, no all-gather of the B*4H dG), computes dG of its units
+// (dgx), then the partial products P^T[Hx, NB] = W_slice^T * dG^T of its
+// 4U rows and sends each block its U columns. One barrier per step.
+//
+// Engines (lstm_api.h Engine): fp16 / bf16 wmma tiles (m32n8k16), tf32 wmma
+// (m16n16k8) when torch allows TF32, and exact fp32 FMA tiles (16x8x8) laid
+// out like an MMA fragment. One kernel template for the forward and one for
+// the backward, instantiated per (X, engine); T, B, H, lengths and strides
+// are runtime values.
 //
 // The same source compiles as plain C++ against emu.h (BILSTM_CUDA_EMULATE):
-// no inline PTX, no warp-synchronous code, no shuffles.
+// wmma is emulated tile-wise, cp.async (the only inline PTX) has a plain-copy
+// twin, the barrier uses cuda::atomic_ref in both.
 
 #include <algorithm>
 #include <cstdio>
+#include <cstring>
+#include <map>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <tuple>
+#include <type_traits>
 
 #include "lstm_api.h"
 
 #ifdef BILSTM_CUDA_EMULATE
 #include "emu.h"
+namespace wm = emu::wmma;
 using bl_half = emu::half;
 using bl_bf16 = emu::bfloat16;
 __device__ __forceinline__ float to_f(float x) { return x; }
@@ -44,15 +64,25 @@ template <class T> __device__ __forceinline__ T from_f(float x);
 template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
 template <> __device__ __forceinline__ bl_half from_f<bl_half>(float x) { return emu::half_from_float(x); }
 template <> __device__ __forceinline__ bl_bf16 from_f<bl_bf16>(float x) { return emu::bf16_from_float(x); }
-using std::min;
-// Load of data another block wrote before the last grid barrier.
-__device__ __forceinline__ float ld_shared_state(const float* p) { return *p; }
 __device__ __forceinline__ float bl_exp(float x) { return std::exp(x); }
 __device__ __forceinline__ float bl_tanh(float x) { return std::tanh(x); }
+__device__ __forceinline__ int lane_id() { return (int)emu::lane(); }
+// 16 bytes from `src` to `dst` (no alignment assumed by the CPU).
+__device__ __forceinline__ void copy16(void* dst, const void* src) { std::memcpy(dst, src, 16); }
+__device__ __forceinline__ float4 ld_f4(const float* p) { float4 v; std::memcpy(&v, p, 16); return v; }
+// cp.async twins: the copy happens at once, so committing and waiting are no-ops.
+__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src) { std::memcpy(smem_dst, gmem_src, 16); }
+__device__ __forceinline__ void cp_async_commit() {}
+__device__ __forceinline__ void cp_async_wait(int) {}
+// A spinning thread gives the CPU to the others (hundreds of OS threads share a few cores).
+__device__ __forceinline__ void spin_pause() { std::this_thread::yield(); }
 #else
-#include <cuda_runtime.h>
-#include <cuda_fp16.h>
+#include <cuda/atomic>
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+namespace wm = nvcuda::wmma;
 using bl_half = __half;
 using bl_bf16 = __nv_bfloat16;
 __device__ __forceinline__ float to_f(float x) { return x; }
@@ -62,406 +92,993 @@ template <class T> __device__ __forceinline__ T from_f(float x);
 template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
 template <> __device__ __forceinline__ bl_half from_f<bl_half>(float x) { return __float2half_rn(x); }
 template <> __device__ __forceinline__ bl_bf16 from_f<bl_bf16>(float x) { return __float2bfloat16_rn(x); }
+__device__ __forceinline__ float bl_exp(float x) { return expf(x); }
+__device__ __forceinline__ float bl_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ int lane_id() { return (int)(threadIdx.x & 31); }
+__device__ __forceinline__ void copy16(void* dst, const void* src) {
+  *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
+}
+__device__ __forceinline__ float4 ld_f4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+// 16-byte global -> shared copy through L2 only (cp.async.cg: never a stale
+// L1 line of data another SM wrote), asynchronous: a thread issues all its
+// copies of a stage, then waits once.
+__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src) {
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem_src) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+// Wait until at most `pending` (0..3) of this thread's committed groups are in flight.
+__device__ __forceinline__ void cp_async_wait(int pending) {
+  switch (pending) {  // the count is an immediate of the instruction
+    case 0: asm volatile("cp.async.wait_group 0;\n" ::: "memory"); break;
+    case 1: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
+    case 2: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 3;\n" ::: "memory"); break;
+  }
+}
+__device__ __forceinline__ void spin_pause() {}
 #define BL_DYNAMIC_SMEM(TYPE, NAME)                   \
   extern __shared__ float4 bl_dynamic_smem_raw[];     \
   TYPE* NAME = reinterpret_cast<TYPE*>(bl_dynamic_smem_raw)
-// Load of data another block wrote before the last grid barrier: cache at L2
-// only (ld.global.cg), so no stale L1 line from an earlier step can be hit.
-__device__ __forceinline__ float ld_shared_state(const float* p) { return __ldcg(p); }
-__device__ __forceinline__ float bl_exp(float x) { return expf(x); }
-__device__ __forceinline__ float bl_tanh(float x) { return tanhf(x); }
-template <class T>
-__device__ __forceinline__ T bl_load_acquire(const T* p) {
-  T v = *reinterpret_cast<const volatile T*>(p);
-  __threadfence();
-  return v;
-}
 #endif
-
-// ------------------------------------------------ compile-time switches
-// BOOL_SWITCH(cond, NAME, ...) / DTYPE_SWITCH(code, T, ...): run the body
-// with a constexpr bool / a type alias, instantiating each variant once.
-#define BOOL_SWITCH(COND, NAME, ...)     \
-  [&] {                                  \
-    if (COND) {                          \
-      constexpr bool NAME = true;        \
-      return __VA_ARGS__();              \
-    } else {                             \
-      constexpr bool NAME = false;       \
-      return __VA_ARGS__();              \
-    }                                    \
-  }()
-#define DTYPE_SWITCH(CODE, T, ...)                                              \
-  [&] {                                                                         \
-    switch (CODE) {                                                             \
-      case ::bilstm::DType::f32: { using T = float; return __VA_ARGS__(); }    \
-      case ::bilstm::DType::f16: { using T = bl_half; return __VA_ARGS__(); }  \
-      case ::bilstm::DType::bf16: { using T = bl_bf16; return __VA_ARGS__(); } \
-      default: throw std::runtime_error("bilstm_fast._cuda: unsupported dtype " \
-                                        + std::to_string(static_cast<int>(CODE))); \
-    }                                                                           \
-  }()
 
 namespace bilstm_cuda {
 
-// Threads per block are capped at 256 and kernels declare
-// __launch_bounds__(256, 1): ptxas may then use up to 255 registers per thread.
-// (With the default heuristics it capped some variants at 64 registers and
-// spilled; the compile report / tests/test_cuda_emulated.py fail on any spill.)
-constexpr int kMaxThreads = 256;
-
+__device__ __forceinline__ int imin(int a, int b) { return a < b ? a : b; }
+__device__ __forceinline__ int imax(int a, int b) { return a > b ? a : b; }
+// nn.LSTM's sigmoid: 1 / (1 + e^-x); +-inf give 1 / 0, NaN stays NaN.
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + bl_exp(-x)); }
 
-// Barrier across the `blocks` blocks of one direction. `counter` only grows:
-// the k-th barrier (k = 1, 2, ...) waits until it reaches k * blocks, so it
-// never needs resetting within a launch. Deadlock-free only if all blocks of
-// the grid are co-resident (guaranteed by the cooperative launch below; in
-// emulation every block has its threads).
-__device__ __forceinline__ void grid_barrier(unsigned* counter, unsigned target) {
-  __syncthreads();                  // the whole block is done with this step
+// ------------------------------------------------------------- engines
+// An engine is the per-step matmul of a warp on (M x K) * (K x N) tiles:
+//   FragA<L>  the W_hh operand (L = wm::row_major for W, wm::col_major for W^T),
+//   FragB     the batch operand (h^T or dG^T: element (k, n) at p[n * ld + k]),
+//   FragC     the fp32 accumulator, stored column-major (element (m, n) at p[n * ld + m]);
+// load_a / load_b / mma / store_col are warp-collective, like wmma.
+template <class X, int M, int N, int K, class P>
+struct WmmaEngine {
+  template <class L> using FragA = wm::fragment<wm::matrix_a, M, N, K, P, L>;
+  using FragB = wm::fragment<wm::matrix_b, M, N, K, P, wm::col_major>;
+  using FragC = wm::fragment<wm::accumulator, M, N, K, float>;
+  static constexpr bool kTf32 = std::is_same<P, wm::precision::tf32>::value;
+  template <class F> __device__ __forceinline__ static void round(F& f) {
+    if constexpr (kTf32) {
+      for (int i = 0; i < f.num_elements; ++i) f.x[i] = wm::__float_to_tf32(f.x[i]);
+    }
+  }
+  template <class L> __device__ __forceinline__ static void load_a(FragA<L>& a, const X* p, int ld) {
+    wm::load_matrix_sync(a, p, ld);
+    round(a);
+  }
+  __device__ __forceinline__ static void load_b(FragB& b, const X* p, int ld) {
+    wm::load_matrix_sync(b, p, ld);
+    round(b);
+  }
+  __device__ __forceinline__ static void zero(FragC& c) { wm::fill_fragment(c, 0.f); }
+  template <class L> __device__ __forceinline__ static void mma(FragC& c, const FragA<L>& a, const FragB& b) {
+    wm::mma_sync(c, a, b, c);
+  }
+  __device__ __forceinline__ static void store_col(float* p, const FragC& c, int ld) {
+    wm::store_matrix_sync(p, c, ld, wm::mem_col_major);
+  }
+};
+
+// Exact fp32 on the FMA pipes, with the interface of a 16x8x8 MMA tile. Lane
+// l owns row l/2 of the tile and columns 4*(l%2) .. +3: it keeps A's row l/2
+// (8 values; lanes 2r and 2r+1 both hold row r) and reads its 4 batch columns
+// of B straight from shared memory (two 16-byte loads per column, broadcast
+// to the 16 lanes that share them), 32 FMAs per 8 loads.
+struct FmaEngine {
+  template <class L> struct FragA { float x[8]; };
+  struct FragB { const float* p; int ld; };
+  struct FragC { float x[4]; };
+  template <class L> __device__ __forceinline__ static void load_a(FragA<L>& a, const float* p, int ld) {
+    const int r = lane_id() >> 1;
+    if constexpr (std::is_same<L, wm::row_major>::value) {
+      const float4 v[2] = {ld_f4(p + (size_t)r * ld), ld_f4(p + (size_t)r * ld + 4)};
+      a.x[0] = v[0].x; a.x[1] = v[0].y; a.x[2] = v[0].z; a.x[3] = v[0].w;
+      a.x[4] = v[1].x; a.x[5] = v[1].y; a.x[6] = v[1].z; a.x[7] = v[1].w;
+    } else {
+#pragma unroll
+      for (int k = 0; k < 8; ++k) a.x[k] = p[(size_t)k * ld + r];
+    }
+  }
+  __device__ __forceinline__ static void load_b(FragB& b, const float* p, int ld) { b.p = p; b.ld = ld; }
+  __device__ __forceinline__ static void zero(FragC& c) {
+#pragma unroll
+    for (int j = 0; j < 4; ++j) c.x[j] = 0.f;
+  }
+  template <class L> __device__ __forceinline__ static void mma(FragC& c, const FragA<L>& a, const FragB& b) {
+    const int c0 = (lane_id() & 1) * 4;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const float4 v[2] = {ld_f4(b.p + (size_t)(c0 + j) * b.ld), ld_f4(b.p + (size_t)(c0 + j) * b.ld + 4)};
+      float s = c.x[j];
+      s += a.x[0] * v[0].x; s += a.x[1] * v[0].y; s += a.x[2] * v[0].z; s += a.x[3] * v[0].w;
+      s += a.x[4] * v[1].x; s += a.x[5] * v[1].y; s += a.x[6] * v[1].z; s += a.x[7] * v[1].w;
+      c.x[j] = s;
+    }
+  }
+  __device__ __forceinline__ static void store_col(float* p, const FragC& c, int ld) {
+    const int r = lane_id() >> 1, c0 = (lane_id() & 1) * 4;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) p[(size_t)(c0 + j) * ld + r] = c.x[j];
+  }
+};
+
+template <class X, int E> struct EngineOf;
+// fp16 / bf16: m32n8k16 moves half the batch-operand bytes of m16n16k16 per
+// MMA and pads B only to 8, for the same HMMA.16816s (docs/cuda.md §4).
+template <class X> struct EngineOf<X, kF16> { using type = WmmaEngine<X, 32, 8, 16, X>; };
+template <> struct EngineOf<float, kTF32> { using type = WmmaEngine<float, 16, 16, 8, wm::precision::tf32>; };
+template <> struct EngineOf<float, kFma> { using type = FmaEngine; };
+
+// ------------------------------------------------------ common pieces
+// Per-direction grid barrier: counter[0] of the direction's own 128-byte line
+// only grows; the k-th barrier waits until it reaches k * blocks, so it never
+// needs a reset within a launch. Deadlock-free only because every block of
+// the grid is co-resident (cooperative launch + occupancy check, below).
+// arrive: the caller's __syncthreads() has ordered the block's writes before
+// thread 0's release-add (cumulative at gpu scope).
+__device__ __forceinline__ void barrier_arrive(unsigned* counter) {
+  if (threadIdx.x == 0)
+    cuda::atomic_ref<unsigned, cuda::thread_scope_device>(*counter).fetch_add(1u, cuda::memory_order_release);
+}
+// wait: thread 0 spins on acquire loads of the counter (each poll one L2
+// round trip; no fence per poll), then the block meets at __syncthreads().
+__device__ __forceinline__ void barrier_wait(unsigned* counter, unsigned target) {
   if (threadIdx.x == 0) {
-    __threadfence();                // release this block's global writes
-    atomicAdd(counter, 1u);
-    while (bl_load_acquire(counter) < target) __nanosleep(20);
-  }
-  __syncthreads();                  // the block sees the other blocks' writes
-}
-
-// The inner products, with the load of the fp32 vector (h or dG) as a
-// parameter: plain (shared memory) or L2 (another block's data, unstaged).
-struct LoadPlain { __device__ __forceinline__ float operator()(const float* p) const { return *p; } };
-struct LoadL2 { __device__ __forceinline__ float operator()(const float* p) const { return ld_shared_state(p); } };
-
-// a_g += sum_k h[k] * w[k * wk + g * wg] for the four gates g.
-template <class T, class Load>
-__device__ __forceinline__ void gate_dots(const float* h, const T* w, size_t wk, size_t wg, int K, Load load,
-                                          float& a0, float& a1, float& a2, float& a3) {
-  for (int k = 0; k < K; ++k) {
-    const float hk = load(h + k);
-    const T* wr = w + k * wk;
-    a0 += hk * to_f(wr[0]);
-    a1 += hk * to_f(wr[wg]);
-    a2 += hk * to_f(wr[2 * wg]);
-    a3 += hk * to_f(wr[3 * wg]);
-  }
-}
-
-// sum_row g[row] * w[row * scratch]
-template <class T, class Load>
-__device__ __forceinline__ float column_dot(const float* g, const T* w, size_t scratch, int rows, Load load) {
-  float acc = 0.f;
-  for (int row = 0; row < rows; ++row) acc += load(g + row) * to_f(w[row * scratch]);
-  return acc;
-}
-
-// ----------------------------------------------------------- forward kernel
-// Shared memory: [W slice: H x 4 x slice of X, if W_SMEM][h tile: batch_tile x H fp32]
-// [partial sums: 4 x threads fp32] (batch_tile 0: no h tile, h_{t-1} read from L2;
-// only when one row does not fit).
-template <class T, bool W_SMEM>
-__global__ void __launch_bounds__(kMaxThreads, 1) lstm_fwd_kernel(const FwdParams p) {
-  BL_DYNAMIC_SMEM(unsigned char, smem);
-  const int T_ = (int)p.T, B = (int)p.B, N = (int)p.N, H = (int)p.H, G = 4 * H;
-  const int dir = blockIdx.x / p.blocks, blk = blockIdx.x % p.blocks;
-  const int u0 = blk * p.slice;
-  const int hs = min(p.slice, H - u0);               // units owned by this block
-  const int tid = threadIdx.x, nth = blockDim.x;
-  const T* wt = static_cast<const T*>(p.w_t) + (size_t)dir * H * G;  // [H, 4H]
-  T* w_s = reinterpret_cast<T*>(smem);                                // [H, 4, hs]
-  const size_t w_bytes = W_SMEM ? ((size_t)H * 4 * p.slice * sizeof(T) + 15) / 16 * 16 : 0;
-  float* h_s = reinterpret_cast<float*>(smem + w_bytes);              // [batch_tile, H]
-  const bool staged = p.batch_tile > 0;        // else h_{t-1} is read from L2 (huge H)
-  const int tile = staged ? p.batch_tile : B;
-  float* red_s = h_s + (size_t)p.batch_tile * H;                      // [ks, items, 4] partial sums
-  const size_t wk = W_SMEM ? 4 * hs : G, wg = W_SMEM ? hs : H;        // W(k, gate) at k * wk + gate * wg
-  float* h_buf = p.scratch;                                                // [2, N, B, H]
-  float* c_st = p.scratch + (size_t)2 * N * B * H;                         // [N, B, H]
-  const T* gx = static_cast<const T*>(p.gx.ptr);
-  T* y = static_cast<T*>(p.y.ptr);
-  float* gates_out = static_cast<float*>(p.gates.ptr);                // [T, B, N, 4H] or null
-  float* cells_out = static_cast<float*>(p.cells.ptr);                      // [T, B, N, H] or null
-
-  if (W_SMEM) {
-    for (int i = tid; i < H * 4 * hs; i += nth) {
-      const int k = i / (4 * hs), gr = i % (4 * hs), gate = gr / hs, r = gr % hs;
-      w_s[i] = wt[(size_t)k * G + gate * H + u0 + r];
-    }
-  }
-  for (int i = tid; i < B * hs; i += nth) {          // state <- h0, c0
-    const int b = i / hs, u = u0 + i % hs;
-    const size_t nbh = ((size_t)dir * B + b) * H + u;
-    h_buf[nbh] = to_f(static_cast<const T*>(p.h0.ptr)[nbh]);
-    c_st[nbh] = to_f(static_cast<const T*>(p.c0.ptr)[nbh]);
-  }
-  unsigned n_bar = 1;
-  grid_barrier(p.barrier + dir, n_bar++ * p.blocks);  // all of h0 published
-
-  for (int s = 0; s < T_; ++s) {
-    const int t = dir == 0 ? s : T_ - 1 - s;
-    const float* h_prev = h_buf + ((size_t)(s & 1) * N + dir) * B * H;
-    float* h_next = h_buf + ((size_t)((s + 1) & 1) * N + dir) * B * H;
-    for (int b0 = 0; b0 < B; b0 += tile) {
-      const int nb = min(tile, B - b0);
-      if (staged) {
-        __syncthreads();                               // previous tile fully read
-        for (int i = tid; i < nb * H; i += nth) h_s[i] = ld_shared_state(h_prev + (size_t)b0 * H + i);
-        __syncthreads();
-      }
-      // Few (row, unit) items for many threads (small B): split each dot
-      // product over ks threads, partial sums through shared memory.
-      const int items = nb * hs;
-      const int ks = min(nth / items, H);
-      if (ks >= 2) {
-        if (tid < items * ks) {
-          const int it = tid % items, kp = tid / items, bl = it / hs, r = it % hs;
-          const int k0 = (int)((long)kp * H / ks), k1 = (int)((long)(kp + 1) * H / ks);
-          const float* hb = (staged ? h_s + (size_t)bl * H : h_prev + (size_t)(b0 + bl) * H) + k0;
-          const T* w = (W_SMEM ? w_s + r : wt + u0 + r) + (size_t)k0 * wk;
-          float a0 = 0.f, a1 = 0.f, a2 = 0.f, a3 = 0.f;
-          if (staged) gate_dots(hb, w, wk, wg, k1 - k0, LoadPlain{}, a0, a1, a2, a3);
-          else        gate_dots(hb, w, wk, wg, k1 - k0, LoadL2{}, a0, a1, a2, a3);
-          float* rp = red_s + ((size_t)kp * items + it) * 4;
-          rp[0] = a0; rp[1] = a1; rp[2] = a2; rp[3] = a3;
-        }
-        __syncthreads();
-      }
-      for (int i = tid; i < items; i += nth) {
-        const int bl = i / hs, r = i % hs, b = b0 + bl, u = u0 + r;
-        const bool valid = t < (p.lengths ? (int)p.lengths[b] : T_);
-        const size_t bu = (size_t)b * H + u;
-        const size_t nbh = (size_t)dir * B * H + bu;
-        const size_t y_off = (size_t)t * p.y.stride[0] + (size_t)b * p.y.stride[1] + (size_t)dir * p.y.stride[2] + u;
-        if (!valid) {                                  // state frozen, output 0
-          h_next[bu] = h_prev[bu];
-          y[y_off] = from_f<T>(0.f);
-          continue;
-        }
-        const T* gxp = gx + (size_t)t * p.gx.stride[0] + (size_t)b * p.gx.stride[1] + (size_t)dir * p.gx.stride[2] + u;
-        float a0 = to_f(gxp[0]), a1 = to_f(gxp[H]), a2 = to_f(gxp[2 * H]), a3 = to_f(gxp[3 * H]);
-        if (ks >= 2) {
-          for (int kp = 0; kp < ks; ++kp) {
-            const float* rp = red_s + ((size_t)kp * items + i) * 4;
-            a0 += rp[0]; a1 += rp[1]; a2 += rp[2]; a3 += rp[3];
-          }
-        } else {
-          const float* hb = staged ? h_s + (size_t)bl * H : h_prev + (size_t)b * H;
-          const T* w = W_SMEM ? w_s + r : wt + u;
-          if (staged) gate_dots(hb, w, wk, wg, H, LoadPlain{}, a0, a1, a2, a3);
-          else        gate_dots(hb, w, wk, wg, H, LoadL2{}, a0, a1, a2, a3);
-        }
-        const float ig = sigmoidf_(a0), fg = sigmoidf_(a1), gg = bl_tanh(a2), og = sigmoidf_(a3);
-        const float c = fg * c_st[nbh] + ig * gg;
-        const float h = og * bl_tanh(c);
-        c_st[nbh] = c;
-        h_next[bu] = h;
-        y[y_off] = from_f<T>(h);
-        if (gates_out) {
-          float* gw = gates_out + (((size_t)t * B + b) * N + dir) * G + u;
-          gw[0] = ig; gw[H] = fg; gw[2 * H] = gg; gw[3 * H] = og;
-          cells_out[(((size_t)t * B + b) * N + dir) * H + u] = c;
-        }
-      }
-      if (ks >= 2) __syncthreads();                    // red_s free for the next tile
-    }
-    grid_barrier(p.barrier + dir, n_bar++ * p.blocks);  // h_next complete
-  }
-  const float* h_fin = h_buf + ((size_t)(T_ & 1) * N + dir) * B * H;
-  for (int i = tid; i < B * hs; i += nth) {
-    const int b = i / hs, u = u0 + i % hs;
-    const size_t nbh = ((size_t)dir * B + b) * H + u;
-    static_cast<T*>(p.h_n.ptr)[nbh] = from_f<T>(h_fin[(size_t)b * H + u]);
-    static_cast<T*>(p.c_n.ptr)[nbh] = from_f<T>(c_st[nbh]);
-  }
-}
-
-// ---------------------------------------------------------- backward kernel
-// Shared memory: [W columns: 4H x slice of X, if W_SMEM][dG tile: batch_tile x 4H fp32]
-// [partial sums: threads fp32] (batch_tile 0: dG read from L2).
-template <class T, bool W_SMEM>
-__global__ void __launch_bounds__(kMaxThreads, 1) lstm_bwd_kernel(const BwdParams p) {
-  BL_DYNAMIC_SMEM(unsigned char, smem);
-  const int T_ = (int)p.T, B = (int)p.B, N = (int)p.N, H = (int)p.H, G = 4 * H;
-  const int dir = blockIdx.x / p.blocks, blk = blockIdx.x % p.blocks;
-  const int u0 = blk * p.slice;
-  const int hs = min(p.slice, H - u0);
-  const int tid = threadIdx.x, nth = blockDim.x;
-  const T* w = static_cast<const T*>(p.w_hh.ptr) + (size_t)dir * G * H;  // [4H, H]
-  T* w_s = reinterpret_cast<T*>(smem);                                // [4H, hs]
-  const size_t w_bytes = W_SMEM ? ((size_t)G * p.slice * sizeof(T) + 15) / 16 * 16 : 0;
-  float* g_s = reinterpret_cast<float*>(smem + w_bytes);              // [batch_tile, 4H]
-  const bool staged = p.batch_tile > 0;        // else dG is read from L2 (huge H)
-  const int tile = staged ? p.batch_tile : B;
-  float* red_s = g_s + (size_t)p.batch_tile * G;                      // [ks, items] partial sums
-  const size_t wstride = W_SMEM ? hs : H;                             // W(row, unit) at row * wstride
-  float* dh_st = p.scratch;                                                // [N, B, H]
-  float* dc_st = p.scratch + (size_t)N * B * H;                            // [N, B, H]
-  float* g_buf = p.scratch + (size_t)2 * N * B * H;                        // [2, N, B, 4H]
-  const T* dy = static_cast<const T*>(p.dy.ptr);
-  const float* gates_out = static_cast<const float*>(p.gates.ptr);    // [T, B, N, 4H]
-  const float* cells_out = static_cast<const float*>(p.cells.ptr);          // [T, B, N, H]
-  const T* c0 = static_cast<const T*>(p.c0.ptr);
-  T* dgx = static_cast<T*>(p.dgx.ptr);
-
-  if (W_SMEM) {
-    for (int i = tid; i < G * hs; i += nth) w_s[i] = w[(size_t)(i / hs) * H + u0 + i % hs];
-  }
-  for (int i = tid; i < B * hs; i += nth) {
-    const int b = i / hs, u = u0 + i % hs;
-    const size_t nbh = ((size_t)dir * B + b) * H + u;
-    dh_st[nbh] = to_f(static_cast<const T*>(p.dh_n.ptr)[nbh]);
-    dc_st[nbh] = to_f(static_cast<const T*>(p.dc_n.ptr)[nbh]);
-  }
-  unsigned n_bar = 1;
-  for (int s = T_ - 1; s >= 0; --s) {                 // s: step of this direction
-    const int it = T_ - 1 - s;
-    const int t = dir == 0 ? s : T_ - 1 - s;
-    float* gb = g_buf + ((size_t)(it & 1) * N + dir) * B * G;
-    __syncthreads();                                   // dh_st of the last phase 2 written
-    // phase 1: dG of this block's units
-    for (int i = tid; i < B * hs; i += nth) {
-      const int b = i / hs, u = u0 + i % hs;
-      const int L = p.lengths ? (int)p.lengths[b] : T_;
-      const size_t nbh = ((size_t)dir * B + b) * H + u;
-      T* dgxp = dgx + (size_t)t * p.dgx.stride[0] + (size_t)b * p.dgx.stride[1] + (size_t)dir * p.dgx.stride[2] + u;
-      if (t >= L) {
-        dgxp[0] = dgxp[H] = dgxp[2 * H] = dgxp[3 * H] = from_f<T>(0.f);
-        continue;
-      }
-      const size_t tbn = ((size_t)t * B + b) * N + dir;
-      const float* gt = gates_out + tbn * G + u;
-      const float ig = gt[0], fg = gt[H], gg = gt[2 * H], og = gt[3 * H];
-      const float c_t = cells_out[tbn * H + u];
-      const int t_prev = dir == 0 ? t - 1 : t + 1;     // time of the previous step
-      const bool prev_valid = s > 0 && t_prev < L;
-      const float c_prev = prev_valid ? cells_out[(((size_t)t_prev * B + b) * N + dir) * H + u] : to_f(c0[nbh]);
-      const float dh_out = dh_st[nbh] + to_f(dy[(size_t)t * p.dy.stride[0] + (size_t)b * p.dy.stride[1] + (size_t)dir * p.dy.stride[2] + u]);
-      const float tc = bl_tanh(c_t);
-      const float d_o = dh_out * tc;
-      const float dct = dc_st[nbh] + dh_out * og * (1.f - tc * tc);
-      const float di = dct * gg, dg = dct * ig, df = dct * c_prev;
-      const float p0 = di * ig * (1.f - ig), p1 = df * fg * (1.f - fg);
-      const float p2 = dg * (1.f - gg * gg), p3 = d_o * og * (1.f - og);
-      dgxp[0] = from_f<T>(p0); dgxp[H] = from_f<T>(p1); dgxp[2 * H] = from_f<T>(p2); dgxp[3 * H] = from_f<T>(p3);
-      float* gbp = gb + (size_t)b * G + u;
-      gbp[0] = p0; gbp[H] = p1; gbp[2 * H] = p2; gbp[3 * H] = p3;
-      dc_st[nbh] = dct * fg;
-    }
-    grid_barrier(p.barrier + dir, n_bar++ * p.blocks);  // dG of every unit published
-    // phase 2: dh[b, u] = sum_r dG[b, r] W_hh[r, u] for this block's units
-    for (int b0 = 0; b0 < B; b0 += tile) {
-      const int nb = min(tile, B - b0);
-      if (staged) {
-        __syncthreads();
-        for (int i = tid; i < nb * G; i += nth) g_s[i] = ld_shared_state(gb + (size_t)b0 * G + i);
-        __syncthreads();
-      }
-      const int items = nb * hs;                        // split rows over ks threads (small B)
-      const int ks = min(nth / items, G);
-      if (ks >= 2) {
-        if (tid < items * ks) {
-          const int it = tid % items, kp = tid / items, bl = it / hs, r = it % hs;
-          const int r0 = (int)((long)kp * G / ks), r1 = (int)((long)(kp + 1) * G / ks);
-          const float* gr = (staged ? g_s + (size_t)bl * G : gb + (size_t)(b0 + bl) * G) + r0;
-          const T* wc = (W_SMEM ? w_s + r : w + u0 + r) + (size_t)r0 * wstride;
-          red_s[(size_t)kp * items + it] = staged ? column_dot(gr, wc, wstride, r1 - r0, LoadPlain{})
-                                                  : column_dot(gr, wc, wstride, r1 - r0, LoadL2{});
-        }
-        __syncthreads();
-      }
-      for (int i = tid; i < items; i += nth) {
-        const int bl = i / hs, r = i % hs, b = b0 + bl, u = u0 + r;
-        if (t >= (p.lengths ? (int)p.lengths[b] : T_)) continue;  // dh frozen
-        float acc = 0.f;
-        if (ks >= 2) {
-          for (int kp = 0; kp < ks; ++kp) acc += red_s[(size_t)kp * items + i];
-        } else {
-          const float* gr = staged ? g_s + (size_t)bl * G : gb + (size_t)b * G;
-          const T* wc = W_SMEM ? w_s + r : w + u;
-          acc = staged ? column_dot(gr, wc, wstride, G, LoadPlain{}) : column_dot(gr, wc, wstride, G, LoadL2{});
-        }
-        dh_st[((size_t)dir * B + b) * H + u] = acc;
-      }
-      if (ks >= 2) __syncthreads();                    // red_s free for the next tile
-    }
+    cuda::atomic_ref<unsigned, cuda::thread_scope_device> c(*counter);
+    while (c.load(cuda::memory_order_acquire) < target) spin_pause();
   }
   __syncthreads();
-  for (int i = tid; i < B * hs; i += nth) {
-    const int b = i / hs, u = u0 + i % hs;
-    const size_t nbh = ((size_t)dir * B + b) * H + u;
-    static_cast<T*>(p.dh0.ptr)[nbh] = from_f<T>(dh_st[nbh]);
-    static_cast<T*>(p.dc0.ptr)[nbh] = from_f<T>(dc_st[nbh]);
+}
+
+// Issues the async copies of columns [c0, c1) (multiples of 16 bytes) of
+// `nrows` rows into shared memory rows `dst_ld` apart; row r comes from
+// row_src(r), and the pieces form one commit group. Every 16-byte piece of a
+// stage is issued before any is waited for (cp_async_wait, then
+// __syncthreads): one L2 round trip per stage, not one per element.
+template <class X, class RowSrc>
+__device__ __forceinline__ void stage_rows(X* dst, int dst_ld, int nrows, int c0, int c1, RowSrc row_src) {
+  constexpr int kVec = 16 / (int)sizeof(X);
+  const int per_row = (c1 - c0) / kVec, total = nrows * per_row;
+  for (int i = threadIdx.x; i < total; i += blockDim.x) {
+    const int r = i / per_row, c = c0 + (i - r * per_row) * kVec;
+    cp_async16(dst + (size_t)r * dst_ld + c, row_src(r) + c);
   }
+  cp_async_commit();
+}
+
+// 8 fp32 values -> 8 X at `dst` (16-byte aligned), in 16-byte stores.
+template <class X>
+__device__ __forceinline__ void store8(X* dst, const float* v) {
+  alignas(16) X tmp[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) tmp[i] = from_f<X>(v[i]);
+#pragma unroll
+  for (int i = 0; i < (int)sizeof(tmp) / 16; ++i) copy16(reinterpret_cast<char*>(dst) + 16 * i, reinterpret_cast<const char*>(tmp) + 16 * i);
+}
+
+// L_b clamped into 1..T: no lengths value can index out of bounds.
+__device__ __forceinline__ int seq_len(const int64_t* lengths, int b, int T) {
+  if (!lengths) return T;
+  const int64_t L = lengths[b];
+  return L < 1 ? 1 : L > T ? T : (int)L;
+}
+
+// Row r of the block's W_hh slice (r = gate * U + unit) in the direction's
+// [4H, H] matrix, or -1 for a padding unit (>= H).
+__device__ __forceinline__ int slice_row(int r, int U, int u0, int H) {
+  const int gate = r / U, u = u0 + r % U;
+  return u < H ? gate * H + u : -1;
+}
+
+// Columns [Kr, Kpad) of the W_hh slice into w_s [4U][ld_w] (zero padding).
+template <class X>
+__device__ __forceinline__ void fill_w_smem(X* w_s, const X* w, const Geometry& g, int u0, int H) {
+  const int cols = g.Kpad - g.Kr, rows = 4 * g.U;
+  for (int i = threadIdx.x; i < rows * cols; i += blockDim.x) {
+    const int r = i / cols, c = i - r * cols, k = g.Kr + c, row = slice_row(r, g.U, u0, H);
+    w_s[(size_t)r * g.ld_w + c] = (row >= 0 && k < H) ? w[(size_t)row * H + k] : from_f<X>(0.f);
+  }
+}
+
+// The tile (rows [m0, m0+M), columns [k0, k0+K)) of the W_hh slice as an A
+// operand fragment, staged through this warp's `scratch` (M*K X of shared
+// memory): row-major tiles of W for the forward, col-major tiles of W^T
+// (m indexes W's columns, k its slice rows) for the backward.
+template <class Eng, class L, int M, int K, class X>
+__device__ __forceinline__ void load_w_tile(typename Eng::template FragA<L>& a, X* scratch, const X* w,
+                                            int m0, int k0, int U, int u0, int H) {
+  constexpr bool kW = std::is_same<L, wm::row_major>::value;  // A = W (forward) or W^T (backward)
+  for (int e = lane_id(); e < M * K; e += 32) {
+    const int m = e / K, k = e - m * K;
+    const int r = kW ? m0 + m : k0 + k, col = kW ? k0 + k : m0 + m;  // slice row, W column
+    const int row = slice_row(r, U, u0, H);
+    scratch[kW ? m * K + k : k * M + m] = (row >= 0 && col < H) ? w[(size_t)row * H + col] : from_f<X>(0.f);
+  }
+  __syncwarp();
+  Eng::load_a(a, scratch, kW ? K : M);
+  __syncwarp();
+}
+
+// f(std::integral_constant<int, n>) for the runtime n in 1..MAX: the batch
+// tiles of a chunk become a compile-time count, so the matmul loops carry no
+// per-tile guards (and no per-tile recomputation of fragment addresses).
+template <int N, int MAX, class F>
+__device__ __forceinline__ void with_tiles(int n, F&& f) {
+  if constexpr (N == MAX) {
+    f(std::integral_constant<int, N>{});
+  } else {
+    if (n == N) f(std::integral_constant<int, N>{});
+    else with_tiles<N + 1, MAX>(n, f);
+  }
+}
+
+// The K tiles kt in [kt_lo, kt_hi) of one slot of a warp, accumulated into
+// acc[0..NNT) (NNT batch tiles): slot (mt, ks) reduces over kt = ks + KS*q.
+// Its register tiles are a_reg[f0 + q] for q < qreg (f0: the slot's first
+// index in the warp's tile stream), the rest come from shared memory through
+// a_tile(mt, kt). Register arrays are indexed only by compile-time constants
+// (unrolled loops), so they never leave the registers.
+template <class Eng, class L, int RT, int NNT, class ATile, class BTile>
+__device__ __forceinline__ void slot_mma(typename Eng::FragC (&acc)[NNT], const typename Eng::template FragA<L> (&a_reg)[RT],
+                                         int mt, int ks, int KS, int f0, int qreg, int kt_lo, int kt_hi,
+                                         ATile a_tile, int ld_a, BTile b_tile, int ld_b) {
+  const int q_lo = imax(0, (kt_lo - ks + KS - 1) / KS), q_hi = (kt_hi - ks + KS - 1) / KS;  // kt in range
+  const int qr_hi = imin(q_hi, qreg);
+#pragma unroll
+  for (int f = 0; f < RT; ++f) {
+    const int q = f - f0;
+    if (q >= q_lo && q < qr_hi) {
+      const int kt = ks + KS * q;
+#pragma unroll
+      for (int nt = 0; nt < NNT; ++nt) {
+        typename Eng::FragB b;
+        Eng::load_b(b, b_tile(kt, nt), ld_b);
+        Eng::mma(acc[nt], a_reg[f], b);
+      }
+    }
+  }
+  for (int q = imax(q_lo, qreg); q < q_hi; ++q) {
+    const int kt = ks + KS * q;
+    typename Eng::template FragA<L> a;
+    Eng::load_a(a, a_tile(mt, kt), ld_a);
+#pragma unroll
+    for (int nt = 0; nt < NNT; ++nt) {
+      typename Eng::FragB b;
+      Eng::load_b(b, b_tile(kt, nt), ld_b);
+      Eng::mma(acc[nt], a, b);
+    }
+  }
+}
+
+// One warp's share of a chunk's matmul C[MT*M rows, NNT*N] = A * B, all K at
+// once. Slots j = warp + i * warps map to (mt = j / KS, ks = j % KS); the
+// warp's first `qr` tiles (slot-major) are its register tiles, i.e. the W_hh
+// columns [0, Kr). flush(mt, ks, acc) takes each slot's accumulators.
+template <class Eng, class L, int RT, int NNT, class ATile, class BTile, class Flush>
+__device__ __forceinline__ void warp_mma(const typename Eng::template FragA<L> (&a_reg)[RT], int S, int KS, int KT,
+                                         int qr, ATile a_tile, int ld_a, BTile b_tile, int ld_b, Flush flush) {
+  const int warp = threadIdx.x / 32, nw = blockDim.x / 32;
+  for (int j = warp, i = 0; j < S; j += nw, ++i) {
+    const int mt = j / KS, ks = j - mt * KS;
+    const int kcount = (KT - ks + KS - 1) / KS, f0 = i * kcount;
+    typename Eng::FragC acc[NNT];
+#pragma unroll
+    for (int nt = 0; nt < NNT; ++nt) Eng::zero(acc[nt]);
+    slot_mma<Eng, L>(acc, a_reg, mt, ks, KS, f0, imin(kcount, imax(0, qr - f0)), 0, KT, a_tile, ld_a, b_tile, ld_b);
+    flush(mt, ks, acc);
+  }
+}
+
+constexpr int kStages = 4;  // K stages of the forward h copy (cp.async.wait_group takes 0..3)
+
+template <class X, int E>
+struct FwdCta {
+  using Eng = typename EngineOf<X, E>::type;
+  static constexpr EngineShape S = engine_shape(E);
+  static constexpr int kP = kPairsPerThread;
+  using FragA = typename Eng::template FragA<wm::row_major>;
+
+  const FwdParams& p;
+  const Geometry& g;
+  int T, B, N, H, dir, blk, u0, MT, KT, slots, nchunks, groups;
+  X *w_s, *h_s, *hout, *xch;
+  float* red;
+  const X* w;
+  unsigned* counter;
+  FragA a_reg[S.reg_tiles];
+  // Per pair k of this thread (pair = tid + k * threads of the chunk, (row, unit) = (pair / U, pair % U)):
+  float c[kP], gx[kP][4], h[kP], act[kP][4];
+
+  __device__ __forceinline__ FwdCta(const FwdParams& p_, unsigned char* smem) : p(p_), g(p_.geo) {
+    T = (int)p.T; B = (int)p.B; N = (int)p.N; H = (int)p.H;
+    dir = blockIdx.x / g.blocks; blk = blockIdx.x - dir * g.blocks; u0 = blk * g.U;
+    MT = 4 * g.U / S.m; KT = g.Kpad / S.k; slots = MT * g.KS;
+    // Stages of the h copy: up to kStages when every warp owns at most one slot
+    // (its accumulators then live across the stages).
+    groups = slots <= (int)(blockDim.x / 32) ? imin(kStages, KT) : 1;
+    nchunks = (B + g.NB - 1) / g.NB;
+    w_s = reinterpret_cast<X*>(smem + g.off_w);
+    h_s = reinterpret_cast<X*>(smem + g.off_b);
+    red = reinterpret_cast<float*>(smem + g.off_red);
+    hout = reinterpret_cast<X*>(smem + g.off_out);
+    xch = static_cast<X*>(p.exchange);
+    w = static_cast<const X*>(p.w_hh.ptr) + (size_t)dir * 4 * H * H;
+    counter = p.barrier + dir * kBarrierStride;
+  }
+
+  __device__ __forceinline__ int time_of(int s) const { return dir == 0 ? s : T - 1 - s; }
+  __device__ __forceinline__ X* xrow(int parity, int b) const { return xch + ((size_t)(parity * N + dir) * B + b) * g.Hx; }
+  __device__ __forceinline__ int pair_count(int b0) const { return imin(g.NB, B - b0) * g.U; }
+
+  __device__ __forceinline__ void load_gx(int k, int t, int b, int uu) {
+    const X* q = static_cast<const X*>(p.gx.ptr) + (int64_t)t * p.gx.stride[0] + (int64_t)b * p.gx.stride[1] +
+                 (int64_t)dir * p.gx.stride[2] + uu;
+#pragma unroll
+    for (int gt = 0; gt < 4; ++gt) gx[k][gt] = to_f(q[(size_t)gt * H]);
+  }
+
+  // gx of step s for every pair of chunk b0 (skipped for padding units).
+  __device__ __forceinline__ void prefetch_gx(int s, int b0) {
+    const int t = time_of(s), np = pair_count(b0);
+#pragma unroll
+    for (int k = 0; k < kP; ++k) {
+      const int pr = threadIdx.x + k * blockDim.x;
+      if (pr < np && u0 + pr % g.U < H) load_gx(k, t, b0 + pr / g.U, u0 + pr % g.U);
+    }
+  }
+
+  __device__ __forceinline__ void prologue() {
+    // W_hh tiles of this warp's slot (one slot per warp whenever qr > 0) into registers.
+    const int warp = threadIdx.x / 32;
+    X* scratch = h_s + (size_t)warp * S.m * S.k;
+    if (warp < slots) {
+      const int mt = warp / g.KS, ks = warp - mt * g.KS;
+#pragma unroll
+      for (int f = 0; f < S.reg_tiles; ++f)
+        if (f < g.qr) load_w_tile<Eng, wm::row_major, S.m, S.k>(a_reg[f], scratch, w, mt * S.m, (ks + g.KS * f) * S.k, g.U, u0, H);
+    }
+    __syncthreads();
+    fill_w_smem(w_s, w, g, u0, H);
+    // h_s padding (columns >= Hx, rows >= the chunk) stays zero for the whole launch.
+    for (int i = threadIdx.x; i < g.NB * g.ld_b; i += blockDim.x) h_s[i] = from_f<X>(0.f);
+    // h0 -> the exchange (parity 0) for this block's units, c0 -> state.
+    const X* h0 = static_cast<const X*>(p.h0.ptr) + (size_t)dir * B * H;
+    const X* c0 = static_cast<const X*>(p.c0.ptr) + (size_t)dir * B * H;
+    for (int64_t i = threadIdx.x; i < (int64_t)B * g.U; i += blockDim.x) {
+      const int b = (int)(i / g.U), uu = u0 + (int)(i % g.U);
+      xrow(0, b)[uu] = uu < H ? h0[(size_t)b * H + uu] : from_f<X>(0.f);
+      if (nchunks > 1) p.state[((size_t)dir * B + b) * g.Hx + uu] = uu < H ? to_f(c0[(size_t)b * H + uu]) : 0.f;
+    }
+    if (nchunks == 1) {
+#pragma unroll
+      for (int k = 0; k < kP; ++k) {
+        const int pr = threadIdx.x + k * blockDim.x;
+        c[k] = (pr < pair_count(0) && u0 + pr % g.U < H) ? to_f(c0[(size_t)(pr / g.U) * H + u0 + pr % g.U]) : 0.f;
+      }
+      prefetch_gx(0, 0);
+    }
+    __syncthreads();
+    barrier_arrive(counter);
+  }
+
+  // y, gates, cells of the pairs of chunk b0 at step s (from registers).
+  __device__ __forceinline__ void write_outputs(int s, int b0) {
+    const int t = time_of(s), np = pair_count(b0);
+    X* y = static_cast<X*>(p.y.ptr);
+    float* gates = static_cast<float*>(p.gates.ptr);
+    float* cells = static_cast<float*>(p.cells.ptr);
+#pragma unroll
+    for (int k = 0; k < kP; ++k) {
+      const int pr = threadIdx.x + k * blockDim.x, b = b0 + pr / g.U, uu = u0 + pr % g.U;
+      if (pr >= np || uu >= H) continue;
+      const bool valid = t < seq_len(p.lengths, b, T);
+      y[(int64_t)t * p.y.stride[0] + (int64_t)b * p.y.stride[1] + (int64_t)dir * p.y.stride[2] + uu] =
+          from_f<X>(valid ? h[k] : 0.f);
+      if (gates && valid) {
+        const int64_t tbn = ((int64_t)t * B + b) * N + dir;
+#pragma unroll
+        for (int gt = 0; gt < 4; ++gt) gates[tbn * 4 * H + (int64_t)gt * H + uu] = act[k][gt];
+        cells[tbn * H + uu] = c[k];
+      }
+    }
+  }
+
+  // The cell update of chunk b0 at step s: G = gx + sum_ks red, then c, h.
+  __device__ __forceinline__ void cell_update(int s, int b0) {
+    const int t = time_of(s), np = pair_count(b0);
+    const size_t red_ks = (size_t)g.NB * g.ld_red;
+#pragma unroll
+    for (int k = 0; k < kP; ++k) {
+      const int pr = threadIdx.x + k * blockDim.x, bl = pr / g.U, u = pr - bl * g.U, uu = u0 + u;
+      if (pr >= np) continue;
+      if (uu >= H) { hout[pr] = from_f<X>(0.f); continue; }
+      if (t >= seq_len(p.lengths, b0 + bl, T)) {          // past L_b: state frozen, y = 0
+        hout[pr] = h_s[(size_t)bl * g.ld_b + uu];
+        h[k] = 0.f;
+        continue;
+      }
+      float a[4];
+#pragma unroll
+      for (int gt = 0; gt < 4; ++gt) {
+        const float* r = red + (size_t)bl * g.ld_red + gt * g.U + u;
+        float v = gx[k][gt];
+        for (int ks = 0; ks < g.KS; ++ks) v += r[ks * red_ks];
+        a[gt] = v;
+      }
+      const float ig = sigmoidf_(a[0]), fg = sigmoidf_(a[1]), gg = bl_tanh(a[2]), og = sigmoidf_(a[3]);
+      c[k] = fg * c[k] + ig * gg;
+      h[k] = og * bl_tanh(c[k]);
+      act[k][0] = ig; act[k][1] = fg; act[k][2] = gg; act[k][3] = og;
+      hout[pr] = from_f<X>(h[k]);
+    }
+  }
+
+  __device__ __forceinline__ void chunk_state(int b0, bool load) {  // c <-> state (B > NB only)
+    const int np = pair_count(b0);
+#pragma unroll
+    for (int k = 0; k < kP; ++k) {
+      const int pr = threadIdx.x + k * blockDim.x;
+      if (pr >= np) continue;
+      float& st = p.state[((size_t)dir * B + b0 + pr / g.U) * g.Hx + u0 + pr % g.U];
+      if (load) c[k] = st; else st = c[k];
+    }
+  }
+
+  __device__ __forceinline__ void epilogue() {
+    const int fin = T & 1;
+    X* h_n = static_cast<X*>(p.h_n.ptr) + (size_t)dir * B * H;
+    X* c_n = static_cast<X*>(p.c_n.ptr) + (size_t)dir * B * H;
+    for (int64_t i = threadIdx.x; i < (int64_t)B * g.U; i += blockDim.x) {  // own writes (__syncthreads before)
+      const int b = (int)(i / g.U), uu = u0 + (int)(i % g.U);
+      if (uu < H) h_n[(size_t)b * H + uu] = __ldcg(xrow(fin, b) + uu);
+      if (uu < H && nchunks > 1) c_n[(size_t)b * H + uu] = from_f<X>(p.state[((size_t)dir * B + b) * g.Hx + uu]);
+    }
+    if (nchunks == 1) {
+#pragma unroll
+      for (int k = 0; k < kP; ++k) {
+        const int pr = threadIdx.x + k * blockDim.x, uu = u0 + pr % g.U;
+        if (pr < pair_count(0) && uu < H) c_n[(size_t)(pr / g.U) * H + uu] = from_f<X>(c[k]);
+      }
+    }
+  }
+};
+
+// One forward time step s of one block (the loop body of lstm_fwd_kernel;
+// docs/cuda.md §4 counts its instructions): the barrier of step s, then per
+// chunk of NB batch rows: stage h_{t-1}, the matmul, the cell update, publish
+// h_t; arrive; outputs and the next gx while the other blocks arrive.
+template <class X, int E>
+__device__ __forceinline__ void fwd_step(FwdCta<X, E>& k, int s) {
+  using C = FwdCta<X, E>;
+  using Eng = typename C::Eng;
+  const Geometry& g = k.g;
+  const int par = s & 1;
+  barrier_wait(k.counter, (unsigned)(s + 1) * g.blocks);  // [barrier] h_{t-1} of every block published
+  for (int b0 = 0; b0 < k.B; b0 += g.NB) {
+    const int nb = imin(g.NB, k.B - b0);
+    if (k.nchunks > 1) {  // [state]
+      k.chunk_state(b0, true);
+      k.prefetch_gx(s, b0);
+    }
+    // [stage] h_{t-1} in `groups` stages along K, all issued now: the matmul of stage
+    // i starts as soon as it has landed, while the later ones are in flight.
+    for (int i = 0; i < k.groups; ++i)
+      stage_rows(k.h_s, g.ld_b, nb, imin(g.Hx, i * k.KT / k.groups * C::S.k), imin(g.Hx, (i + 1) * k.KT / k.groups * C::S.k),
+                 [&](int r) { return k.xrow(par, b0 + r); });
+    // [mma]
+    auto a_tile = [&](int mt, int kt) { return k.w_s + (size_t)mt * C::S.m * g.ld_w + (kt * C::S.k - g.Kr); };
+    auto b_tile = [&](int kt, int nt) { return k.h_s + (size_t)nt * C::S.n * g.ld_b + kt * C::S.k; };
+    with_tiles<1, C::S.max_nt>((nb + C::S.n - 1) / C::S.n, [&](auto tiles) {
+      constexpr int NNT = decltype(tiles)::value;
+      auto flush = [&](int mt, int ks, auto& acc) {
+        constexpr int kTiles = std::extent<std::remove_reference_t<decltype(acc)>>::value;
+#pragma unroll
+        for (int nt = 0; nt < kTiles; ++nt)
+          Eng::store_col(k.red + ((size_t)ks * g.NB + nt * C::S.n) * g.ld_red + mt * C::S.m, acc[nt], g.ld_red);
+      };
+      if (k.groups == 1) {
+        cp_async_wait(0);
+        __syncthreads();
+        warp_mma<Eng, wm::row_major, C::S.reg_tiles, NNT>(k.a_reg, k.slots, g.KS, k.KT, g.qr, a_tile, g.ld_w, b_tile,
+                                                       g.ld_b, flush);
+      } else {  // one slot (mt, ks) per warp; warps >= slots only keep the block's barriers
+        const int warp = threadIdx.x / 32, mt = warp / g.KS, ks = warp - mt * g.KS;
+        typename Eng::FragC acc[NNT];
+#pragma unroll
+        for (int nt = 0; nt < NNT; ++nt) Eng::zero(acc[nt]);
+        for (int i = 0; i < k.groups; ++i) {
+          cp_async_wait(k.groups - 1 - i);
+          __syncthreads();
+          if (warp < k.slots)
+            slot_mma<Eng, wm::row_major>(acc, k.a_reg, mt, ks, g.KS, 0, g.qr, i * k.KT / k.groups,
+                                         (i + 1) * k.KT / k.groups, a_tile, g.ld_w, b_tile, g.ld_b);
+        }
+        if (warp < k.slots) flush(mt, ks, acc);
+      }
+    });
+    __syncthreads();  // [cell]
+    k.cell_update(s, b0);
+    __syncthreads();
+    // [publish] h_t of this block's units: rows of U X, 16-byte stores
+    constexpr int kVec = 16 / (int)sizeof(X);
+    const int per_row = g.U / kVec;
+    for (int i = threadIdx.x; i < nb * per_row; i += blockDim.x) {
+      const int r = i / per_row, v = i - r * per_row;
+      copy16(k.xrow(par ^ 1, b0 + r) + k.u0 + v * kVec, k.hout + (size_t)r * g.U + v * kVec);
+    }
+    if (k.nchunks > 1) {  // [outputs]
+      k.write_outputs(s, b0);
+      k.chunk_state(b0, false);
+      __syncthreads();  // h_s / red / hout reused by the next chunk
+    }
+  }
+  __syncthreads();  // [arrive]
+  barrier_arrive(k.counter);
+  if (k.nchunks == 1) {  // [outputs]
+    k.write_outputs(s, 0);
+    if (s + 1 < k.T) k.prefetch_gx(s + 1, 0);
+  }
+}
+
+template <class X, int E>
+__global__ void __launch_bounds__(kMaxThreads, 1) lstm_fwd_kernel(__grid_constant__ const FwdParams p) {
+  BL_DYNAMIC_SMEM(unsigned char, smem);
+  FwdCta<X, E> k(p, smem);
+  k.prologue();
+  for (int s = 0; s < k.T; ++s) fwd_step(k, s);
+  __syncthreads();
+  k.epilogue();
+}
+
+// =============================================================== backward
+// Shared memory: w_s [4U][ld_w] X (W_hh slice columns [Kr, Kpad)); dG_s
+// [NB][ld_b] X (dG of this block's 4U rows, the batch operand); rx: the
+// received partials [blocks][nb][U] X, reused by each warp as its flush
+// staging [NB][M+4] fp32 and, in the prologue, for W-tile staging.
+template <class X, int E>
+struct BwdCta {
+  using Eng = typename EngineOf<X, E>::type;
+  static constexpr EngineShape S = engine_shape(E);
+  static constexpr int kP = kPairsPerThread;
+  using FragA = typename Eng::template FragA<wm::col_major>;
+
+  const BwdParams& p;
+  const Geometry& g;
+  int T, B, N, H, dir, blk, u0, MT, KT, nchunks;
+  X *w_s, *dg_s, *rx, *xch;
+  const X* w;
+  unsigned* counter;
+  FragA a_reg[S.reg_tiles];
+  // Per pair k: the dh / dc recurrence, and the saved forward values of the step.
+  float dh[kP], dc[kP], act[kP][4], cell[kP], cprev[kP], dy[kP];
+
+  __device__ __forceinline__ BwdCta(const BwdParams& p_, unsigned char* smem) : p(p_), g(p_.geo) {
+    T = (int)p.T; B = (int)p.B; N = (int)p.N; H = (int)p.H;
+    dir = blockIdx.x / g.blocks; blk = blockIdx.x - dir * g.blocks; u0 = blk * g.U;
+    MT = g.Kpad / S.m; KT = 4 * g.U / S.k;
+    nchunks = (B + g.NB - 1) / g.NB;
+    w_s = reinterpret_cast<X*>(smem + g.off_w);
+    dg_s = reinterpret_cast<X*>(smem + g.off_b);
+    rx = reinterpret_cast<X*>(smem + g.off_red);
+    xch = static_cast<X*>(p.exchange);
+    w = static_cast<const X*>(p.w_hh.ptr) + (size_t)dir * 4 * H * H;
+    counter = p.barrier + dir * kBarrierStride;
+  }
+
+  // Iteration it runs the forward step T-1-it of this direction, at time t.
+  __device__ __forceinline__ int time_of(int it) const { return dir == 0 ? T - 1 - it : it; }
+  __device__ __forceinline__ int pair_count(int b0) const { return imin(g.NB, B - b0) * g.U; }
+  // Partials that block `src` sends block `dest` at parity `par`: [B][U] X.
+  __device__ __forceinline__ X* xblock(int par, int dest, int src) const {
+    return xch + ((((size_t)par * N + dir) * g.blocks + dest) * g.blocks + src) * B * g.U;
+  }
+
+  // The saved forward values of iteration it for the pairs of chunk b0.
+  __device__ __forceinline__ void prefetch(int it, int b0) {
+    const int t = time_of(it), np = pair_count(b0);
+    const float* gates = static_cast<const float*>(p.gates.ptr);
+    const float* cells = static_cast<const float*>(p.cells.ptr);
+    const X* c0 = static_cast<const X*>(p.c0.ptr);
+    const X* dyp = static_cast<const X*>(p.dy.ptr);
+#pragma unroll
+    for (int k = 0; k < kP; ++k) {
+      const int pr = threadIdx.x + k * blockDim.x, b = b0 + pr / g.U, uu = u0 + pr % g.U;
+      if (pr >= np || uu >= H) continue;
+      const int L = seq_len(p.lengths, b, T);
+      if (t >= L) continue;  // masked: nothing read
+      const int64_t tbn = ((int64_t)t * B + b) * N + dir;
+#pragma unroll
+      for (int gt = 0; gt < 4; ++gt) act[k][gt] = gates[tbn * 4 * H + (int64_t)gt * H + uu];
+      cell[k] = cells[tbn * H + uu];
+      const int tp = dir == 0 ? t - 1 : t + 1;  // the forward step before t
+      cprev[k] = (tp >= 0 && tp < L) ? cells[(((int64_t)tp * B + b) * N + dir) * H + uu]
+                                     : to_f(c0[((size_t)dir * B + b) * H + uu]);
+      dy[k] = to_f(dyp[(int64_t)t * p.dy.stride[0] + (int64_t)b * p.dy.stride[1] + (int64_t)dir * p.dy.stride[2] + uu]);
+    }
+  }
+
+  __device__ __forceinline__ void chunk_state(int b0, bool load) {  // dh, dc <-> state (B > NB only)
+    const int np = pair_count(b0);
+#pragma unroll
+    for (int k = 0; k < kP; ++k) {
+      const int pr = threadIdx.x + k * blockDim.x;
+      if (pr >= np) continue;
+      const size_t i = ((size_t)dir * B + b0 + pr / g.U) * g.Hx + u0 + pr % g.U;
+      float* st = p.state + i;
+      float* sc = p.state + (size_t)N * B * g.Hx + i;
+      if (load) { dh[k] = *st; dc[k] = *sc; } else { *st = dh[k]; *sc = dc[k]; }
+    }
+  }
+
+  // dh of this block's units = the sum over source blocks, in block order, of
+  // the partials received for iteration it-1 (whose step is `t_prev`); pairs
+  // whose sequence was past its end there keep their dh.
+  __device__ __forceinline__ void receive(int it, int b0) {
+    const int nb = imin(g.NB, B - b0), par = (it - 1) & 1, t_prev = time_of(it - 1);
+    stage_rows(rx, g.U, g.blocks * nb, 0, g.U,
+               [&](int r) { return xblock(par, blk, r / nb) + (size_t)(b0 + r % nb) * g.U; });
+    cp_async_wait(0);
+    __syncthreads();
+    const int np = nb * g.U;
+#pragma unroll
+    for (int k = 0; k < kP; ++k) {
+      const int pr = threadIdx.x + k * blockDim.x;
+      if (pr >= np || t_prev >= seq_len(p.lengths, b0 + pr / g.U, T)) continue;
+      float s0 = 0.f, s1 = 0.f;  // two chains, fixed order: deterministic
+      int j = 0;
+      for (; j + 1 < g.blocks; j += 2) {
+        s0 += to_f(rx[(size_t)j * np + pr]);
+        s1 += to_f(rx[(size_t)(j + 1) * np + pr]);
+      }
+      if (j < g.blocks) s0 += to_f(rx[(size_t)j * np + pr]);
+      dh[k] = s0 + s1;
+    }
+  }
+
+  // dG of the chunk's pairs at iteration it: dgx (X, 0 past L_b) and dG_s.
+  __device__ __forceinline__ void gate_grads(int it, int b0) {
+    const int t = time_of(it), np = pair_count(b0);
+    X* dgx = static_cast<X*>(p.dgx.ptr);
+#pragma unroll
+    for (int k = 0; k < kP; ++k) {
+      const int pr = threadIdx.x + k * blockDim.x, bl = pr / g.U, u = pr - bl * g.U, b = b0 + bl, uu = u0 + u;
+      if (pr >= np) continue;
+      X* gs = dg_s + (size_t)bl * g.ld_b + u;
+      if (uu >= H) {
+#pragma unroll
+        for (int gt = 0; gt < 4; ++gt) gs[gt * g.U] = from_f<X>(0.f);
+        continue;
+      }
+      X* dq = dgx + (int64_t)t * p.dgx.stride[0] + (int64_t)b * p.dgx.stride[1] + (int64_t)dir * p.dgx.stride[2] + uu;
+      float d[4] = {0.f, 0.f, 0.f, 0.f};
+      if (t < seq_len(p.lengths, b, T)) {
+        const float ig = act[k][0], fg = act[k][1], gg = act[k][2], og = act[k][3];
+        const float dh_out = dh[k] + dy[k];
+        const float tc = bl_tanh(cell[k]);
+        const float dct = dc[k] + dh_out * og * (1.f - tc * tc);
+        d[0] = dct * gg * ig * (1.f - ig);
+        d[1] = dct * cprev[k] * fg * (1.f - fg);
+        d[2] = dct * ig * (1.f - gg * gg);
+        d[3] = dh_out * tc * og * (1.f - og);
+        dc[k] = dct * fg;
+      }
+#pragma unroll
+      for (int gt = 0; gt < 4; ++gt) {
+        const X v = from_f<X>(d[gt]);
+        dq[(size_t)gt * H] = v;
+        gs[gt * g.U] = v;
+      }
+    }
+  }
+
+  __device__ __forceinline__ void prologue() {
+    const int warp = threadIdx.x / 32, nw = blockDim.x / 32;
+    X* scratch = rx + (size_t)warp * S.m * S.k;
+    // Register slots i < qr / KT of this warp: m-tiles warp + i * warps over W's columns.
+#pragma unroll
+    for (int f = 0; f < S.reg_tiles; ++f)
+      if (f < g.qr) load_w_tile<Eng, wm::col_major, S.m, S.k>(a_reg[f], scratch, w, (warp + (f / KT) * nw) * S.m,
+                                                                (f % KT) * S.k, g.U, u0, H);
+    __syncthreads();
+    fill_w_smem(w_s, w, g, u0, H);
+    for (int i = threadIdx.x; i < g.NB * g.ld_b; i += blockDim.x) dg_s[i] = from_f<X>(0.f);
+    const X* dh_n = static_cast<const X*>(p.dh_n.ptr) + (size_t)dir * B * H;
+    const X* dc_n = static_cast<const X*>(p.dc_n.ptr) + (size_t)dir * B * H;
+    if (nchunks > 1) {
+      for (int64_t i = threadIdx.x; i < (int64_t)B * g.U; i += blockDim.x) {
+        const int b = (int)(i / g.U), uu = u0 + (int)(i % g.U);
+        const size_t si = ((size_t)dir * B + b) * g.Hx + uu;
+        p.state[si] = uu < H ? to_f(dh_n[(size_t)b * H + uu]) : 0.f;
+        p.state[(size_t)N * B * g.Hx + si] = uu < H ? to_f(dc_n[(size_t)b * H + uu]) : 0.f;
+      }
+    } else {
+#pragma unroll
+      for (int k = 0; k < kP; ++k) {
+        const int pr = threadIdx.x + k * blockDim.x, uu = u0 + pr % g.U;
+        const bool own = pr < pair_count(0) && uu < H;
+        dh[k] = own ? to_f(dh_n[(size_t)(pr / g.U) * H + uu]) : 0.f;
+        dc[k] = own ? to_f(dc_n[(size_t)(pr / g.U) * H + uu]) : 0.f;
+      }
+      prefetch(0, 0);
+    }
+    __syncthreads();
+  }
+
+  __device__ __forceinline__ void epilogue() {
+    barrier_wait(counter, (unsigned)T * g.blocks);
+    X* dh0 = static_cast<X*>(p.dh0.ptr) + (size_t)dir * B * H;
+    X* dc0 = static_cast<X*>(p.dc0.ptr) + (size_t)dir * B * H;
+    for (int b0 = 0; b0 < B; b0 += g.NB) {
+      if (nchunks > 1) chunk_state(b0, true);
+      receive(T, b0);
+      const int np = pair_count(b0);
+#pragma unroll
+      for (int k = 0; k < kP; ++k) {
+        const int pr = threadIdx.x + k * blockDim.x, b = b0 + pr / g.U, uu = u0 + pr % g.U;
+        if (pr >= np || uu >= H) continue;
+        dh0[(size_t)b * H + uu] = from_f<X>(dh[k]);
+        dc0[(size_t)b * H + uu] = from_f<X>(dc[k]);
+      }
+      __syncthreads();  // rx reused by the next chunk
+    }
+  }
+};
+
+// One backward iteration it of one block (the loop body of lstm_bwd_kernel;
+// docs/cuda.md §4): the barrier of iteration it-1, then per chunk: receive dh,
+// dG and dgx, the partial products W_slice^T dG^T, sent to their owners;
+// arrive; prefetch the next iteration's saved values while the others arrive.
+template <class X, int E>
+__device__ __forceinline__ void bwd_step(BwdCta<X, E>& k, int it) {
+  using C = BwdCta<X, E>;
+  using Eng = typename C::Eng;
+  const Geometry& g = k.g;
+  const int par = it & 1, warp = threadIdx.x / 32;
+  if (it > 0) barrier_wait(k.counter, (unsigned)it * g.blocks);  // [barrier] partials of iteration it-1 sent
+  for (int b0 = 0; b0 < k.B; b0 += g.NB) {
+    const int nb = imin(g.NB, k.B - b0);
+    if (k.nchunks > 1) {  // [state]
+      k.chunk_state(b0, true);
+      k.prefetch(it, b0);
+    }
+    if (it > 0) k.receive(it, b0);  // [receive]
+    k.gate_grads(it, b0);           // [dgates]
+    __syncthreads();  // dG_s complete; rx free for the flush staging
+    // [mma] and [send]: each warp's tiles of P^T go straight to their owners
+    float* stg = reinterpret_cast<float*>(k.rx) + (size_t)warp * g.NB * (C::S.m + 4);  // NB x (M+4) fp32
+    auto a_tile = [&](int mt, int kt) { return k.w_s + (size_t)kt * C::S.k * g.ld_w + (mt * C::S.m - g.Kr); };
+    auto b_tile = [&](int kt, int nt) { return k.dg_s + (size_t)nt * C::S.n * g.ld_b + kt * C::S.k; };
+    with_tiles<1, C::S.max_nt>((nb + C::S.n - 1) / C::S.n, [&](auto tiles) {
+      constexpr int NNT = decltype(tiles)::value;
+      warp_mma<Eng, wm::col_major, C::S.reg_tiles, NNT>(
+          k.a_reg, k.MT, 1, k.KT, g.qr, a_tile, g.ld_w, b_tile, g.ld_b,
+          [&](int mt, int, auto& acc) {
+            constexpr int kTiles = std::extent<std::remove_reference_t<decltype(acc)>>::value;
+#pragma unroll
+            for (int nt = 0; nt < kTiles; ++nt) Eng::store_col(stg + (size_t)nt * C::S.n * (C::S.m + 4), acc[nt], C::S.m + 4);
+            __syncwarp();
+            // rows k of this tile go to the block owning unit k, 8 consecutive (same owner) per store
+            for (int e = lane_id(); e < nb * (C::S.m / 8); e += 32) {
+              const int bl = e / (C::S.m / 8), kk = mt * C::S.m + 8 * (e - bl * (C::S.m / 8));
+              if (kk >= g.Hx) continue;
+              store8(k.xblock(par, kk / g.U, k.blk) + (size_t)(b0 + bl) * g.U + kk % g.U,
+                     stg + (size_t)bl * (C::S.m + 4) + kk - mt * C::S.m);
+            }
+            __syncwarp();
+          });
+    });
+    if (k.nchunks > 1) {  // [state]
+      k.chunk_state(b0, false);
+      __syncthreads();  // dG_s / rx reused by the next chunk
+    }
+  }
+  __syncthreads();  // [arrive]
+  barrier_arrive(k.counter);
+  if (k.nchunks == 1 && it + 1 < k.T) k.prefetch(it + 1, 0);  // [prefetch]
+}
+
+template <class X, int E>
+__global__ void __launch_bounds__(kMaxThreads, 1) lstm_bwd_kernel(__grid_constant__ const BwdParams p) {
+  BL_DYNAMIC_SMEM(unsigned char, smem);
+  BwdCta<X, E> k(p, smem);
+  k.prologue();
+  for (int it = 0; it < k.T; ++it) bwd_step(k, it);
+  k.epilogue();
 }
 
 // ================================================================= host side
-namespace {
-
-long round16(long x) { return (x + 15) / 16 * 16; }
-
-// Shared memory per block of a plan.
-long plan_smem(int kind, int path, int H, int slice, int batch_tile, int esize, int threads) {
-  const long w = path == kOnChip ? round16((long)4 * H * slice * esize) : 0;
-  const long stage = (long)batch_tile * (kind == kForward ? H : 4 * H) * 4;
-  const long partial = (long)threads * (kind == kForward ? 4 : 1) * 4;  // k-split partial sums
-  return w + stage + partial;
+const char* engine_name(int e) {
+  switch (e) {
+    case kF16: return "f16";
+    case kTF32: return "tf32";
+    case kFma: return "fma";
+    default: return "auto";
+  }
 }
+
+namespace {
 
 [[noreturn]] void fail(const std::string& msg) { throw std::runtime_error("bilstm_fast cuda: " + msg); }
 
+long round_up(long x, long m) { return (x + m - 1) / m * m; }
+
+// Dynamic shared memory of a geometry (fills the offsets).
+long layout_smem(int kind, Geometry& g, const EngineShape& S, int esize) {
+  const int pad = 16 / esize;  // one 16-byte access of padding per row: no bank conflicts
+  g.ld_w = g.Kpad - g.Kr + pad;
+  const long w = round_up((long)4 * g.U * g.ld_w * esize, 128);
+  const long tile_stage = (long)g.warps * S.m * S.k * esize;  // prologue W-tile staging
+  g.off_w = 0;
+  g.off_b = (int)w;
+  if (kind == kForward) {
+    g.ld_b = g.Kpad + pad;
+    g.ld_red = 4 * g.U + 4;
+    const long hs = round_up(std::max((long)g.NB * g.ld_b * esize, tile_stage), 128);
+    const long red = round_up((long)g.KS * g.NB * g.ld_red * 4, 128);
+    g.off_red = (int)(w + hs);
+    g.off_out = (int)(w + hs + red);
+    return w + hs + red + round_up((long)g.NB * g.U * esize, 128);
+  }
+  g.ld_b = 4 * g.U + pad;
+  g.ld_red = 0;
+  const long gs = round_up((long)g.NB * g.ld_b * esize, 128);
+  const long rx = round_up(std::max({(long)g.blocks * g.NB * g.U * esize, (long)g.warps * g.NB * (S.m + 4) * 4, tile_stage}), 128);
+  g.off_red = (int)(w + gs);
+  g.off_out = 0;
+  return w + gs + rx;
+}
+
 }  // namespace
 
-// Rule (docs/cuda.md): blocks per direction = min(SMs / N, ceil(H / 8)) so a
-// block owns >= 8 units and the grid fits one block per SM; the on-chip path
-// when that slice of W_hh plus a batch tile of >= min(B, 8) rows fits the
-// per-block shared memory, else the streaming path. Untuned: only a GPU run
-// can say where the crossover and the best block count really are.
+int default_warps() {
+#ifdef BILSTM_CUDA_EMULATE
+  return kEmulatedWarps;
+#else
+  return kGpuWarps;
+#endif
+}
+
+// The dispatch rule (docs/cuda.md §3): the engine from the dtype (and TF32
+// permission); as many blocks per direction as
+// the SMs allow with U a multiple of 8; as many W_hh tiles in registers as the
+// engine holds; the largest batch chunk (up to max_nt tiles) that fits the
+// shared memory and the threads.
 Plan make_plan(int kind, int N, int B, int H, DType dtype, const DeviceLimits& lim, const Options& opt) {
-  if (N < 1 || N > 2 || B < 1 || H < 1) fail("bad sizes N=" + std::to_string(N) + " B=" + std::to_string(B) + " H=" + std::to_string(H));
-  const int esize = dtype_size(dtype);
-  Plan pl{};
-  pl.threads = opt.threads > 0 ? opt.threads : 256;
-  if (pl.threads > kMaxThreads)
-    fail("threads per block must be <= " + std::to_string(kMaxThreads) + ", got " + std::to_string(pl.threads));
-  int blocks = opt.blocks > 0 ? opt.blocks : std::max(1, std::min(lim.sm_count / N, (H + 7) / 8));
-  blocks = std::min(blocks, H);
-  pl.slice = (H + blocks - 1) / blocks;
-  pl.blocks = (H + pl.slice - 1) / pl.slice;        // no empty blocks
-  // opt.batch_tile < 0 forces the unstaged mode (batch_tile 0), as used when one row does not fit.
-  const int want_tile = opt.batch_tile > 0 ? std::min(opt.batch_tile, B) : std::min(B, 32);
-  const int min_tile = opt.batch_tile > 0 ? want_tile : opt.batch_tile < 0 ? 0 : std::min(B, 8);
-  const long row = (long)(kind == kForward ? H : 4 * H) * 4;
-  auto fit_tile = [&](int path) {  // largest tile <= want_tile that fits; -1 if W alone does not fit
-    const long free = lim.smem_per_block - plan_smem(kind, path, H, pl.slice, 0, esize, pl.threads);
-    return free < 0 ? -1 : (int)std::min<long>(want_tile, free / row);
-  };
-  const int onchip_tile = fit_tile(kOnChip);
-  if (opt.path == kOnChip || (opt.path == kAuto && onchip_tile >= min_tile)) {
-    if (onchip_tile < min_tile)
-      fail("on-chip path forced but W_hh slice + batch tile (" +
-           std::to_string(plan_smem(kind, kOnChip, H, pl.slice, min_tile, esize, pl.threads)) +
-           " B) exceeds shared memory per block (" + std::to_string(lim.smem_per_block) + " B)");
-    pl.path = kOnChip;
-    pl.batch_tile = opt.batch_tile < 0 ? 0 : onchip_tile;
-    pl.why = "W_hh slice of " + std::to_string(pl.slice) + " units fits in shared memory";
+  if (N < 1 || N > 2 || B < 1 || H < 1)
+    fail("bad sizes N=" + std::to_string(N) + " B=" + std::to_string(B) + " H=" + std::to_string(H));
+  if (kind != kForward && kind != kBackward) fail("kind must be 0 (forward) or 1 (backward)");
+  const bool f32 = dtype == DType::f32;
+  if (!f32 && dtype != DType::f16 && dtype != DType::bf16) fail("dtype must be fp32, fp16 or bf16");
+  Plan pl;
+  std::string why;
+  if (opt.engine == kAutoEngine) {
+    Options o = opt;
+    if (f32) {
+      o.engine = opt.tf32 ? kTF32 : kFma;
+      why = opt.tf32 ? "fp32 with TF32 allowed: tf32 tensor cores" : "fp32 without TF32: exact FMA tiles";
+    } else {
+      o.engine = kF16;
+      why = "fp16 / bf16: m32n8k16 tensor-core tiles";
+    }
+    pl = make_plan(kind, N, B, H, dtype, lim, o);
+    pl.why = why + pl.why.substr(pl.why.find(';'));
+    return pl;
   } else {
-    pl.path = kStream;
-    pl.batch_tile = opt.batch_tile < 0 ? 0 : std::max(0, fit_tile(kStream));  // 0: h / dG from L2
-    pl.why = opt.path == kStream ? std::string("streaming path forced")
-                                 : "W_hh slice of " + std::to_string(pl.slice) +
-                                       " units does not fit in shared memory: weights stream from L2";
+    pl.engine = opt.engine;
+    if (pl.engine < kF16 || pl.engine > kFma) fail("unknown engine " + std::to_string(opt.engine));
+    if (f32 != (pl.engine == kTF32 || pl.engine == kFma))
+      fail(std::string("engine ") + engine_name(pl.engine) + " does not run " + (f32 ? "fp32" : "fp16 / bf16") +
+           " (fp16 / bf16: f16; fp32: tf32, fma)");
+    why = std::string("engine ") + engine_name(pl.engine) + " forced";
   }
-  pl.smem_bytes = plan_smem(kind, pl.path, H, pl.slice, pl.batch_tile, esize, pl.threads);
+  const EngineShape S = engine_shape(pl.engine);
+  const int esize = dtype_size(dtype);
+  Geometry& g = pl.geo;
+  const int max_blocks = std::max(1, lim.sm_count / N);
+  const int want = opt.blocks > 0 ? opt.blocks : max_blocks;
+  if (want > max_blocks)
+    fail(std::to_string(want) + " blocks per direction x N=" + std::to_string(N) + " exceed the " +
+         std::to_string(lim.sm_count) + " SMs (one co-resident block per SM)");
+  if (opt.warps * 32 > kMaxThreads)
+    fail("warps must be <= " + std::to_string(kMaxThreads / 32) + ", got " + std::to_string(opt.warps));
+  g.U = (int)round_up((H + want - 1) / want, 8);
+  g.blocks = (H + g.U - 1) / g.U;
+  g.Hx = g.blocks * g.U;
+  pl.reg_tiles = opt.reg_tiles < 0 ? S.reg_tiles : std::min(opt.reg_tiles, S.reg_tiles);
+  // The warps' shares of the matmul and of W_hh in registers.
+  auto split = [&](int nw) {
+    g.warps = nw;
+    const int R = pl.reg_tiles;
+    if (kind == kForward) {
+      g.Kpad = (int)round_up(g.Hx, S.k);
+      const int MT = 4 * g.U / S.m, KT = g.Kpad / S.k;
+      g.KS = MT <= nw ? std::max(1, std::min(nw / MT, KT)) : 1;
+      g.qr = MT <= nw ? std::min(R, KT / g.KS) : 0;  // one slot per warp: its first qr K tiles
+      g.Kr = g.KS * g.qr * S.k;
+    } else {
+      g.Kpad = (int)round_up(g.Hx, S.m);
+      const int MT = g.Kpad / S.m, KT = 4 * g.U / S.k;
+      g.KS = 1;
+      const int rho = std::min(R / KT, MT / nw);  // whole register slots per warp
+      g.qr = rho * KT;
+      g.Kr = rho * nw * S.m;
+    }
+  };
+  // Each thread owns at most kPairsPerThread (row, unit) pairs of a chunk:
+  // automatic warps grow until one batch tile of U units is covered.
+  auto pairs_fit = [&](int tiles) { return (long)tiles * S.n * g.U <= (long)kPairsPerThread * 32 * g.warps; };
+  split(opt.warps > 0 ? opt.warps : default_warps());
+  while (opt.warps <= 0 && !pairs_fit(1) && g.warps * 32 < kMaxThreads) split(g.warps + 1);
+  // Batch chunk: at most max_nt tiles and the cap asked for; the largest that
+  // fits the shared memory and the threads.
+  const int cap_tiles = std::min(S.max_nt, opt.batch_tile > 0 ? std::max(1, opt.batch_tile / S.n) : S.max_nt);
+  int tiles = std::min(cap_tiles, (B + S.n - 1) / S.n);
+  for (;; --tiles) {
+    g.NB = tiles * S.n;
+    pl.smem_bytes = layout_smem(kind, g, S, esize);
+    if (pl.smem_bytes <= lim.smem_per_block && pairs_fit(tiles)) break;
+    if (tiles == 1) break;
+  }
+  if (pl.smem_bytes > lim.smem_per_block)
+    fail("H=" + std::to_string(H) + " does not fit on chip: the W_hh slice of " + std::to_string(g.U) +
+         " units (" + std::to_string(4L * g.U * (g.Kpad - g.Kr) * esize) + " B in shared memory beyond " +
+         std::to_string(g.Kr) + " columns in registers) plus one batch tile needs " +
+         std::to_string(pl.smem_bytes) + " B of shared memory per block, the device has " +
+         std::to_string(lim.smem_per_block) + " B (" + std::to_string(g.blocks) + " blocks per direction)");
+  if (!pairs_fit(1))
+    fail("U=" + std::to_string(g.U) + " units x " + std::to_string(S.n) + " batch rows exceed the " +
+         std::to_string(kPairsPerThread) + " cell-update pairs per thread of " + std::to_string(32 * g.warps) +
+         " threads");
+  // As many chunks as that largest one needs, but balanced (B = 64 over
+  // 48-row chunks runs 2 x 32, not 48 + 16): the same chunk count, fewer
+  // batch tiles in the larger chunk.
+  {
+    const int btiles = (B + S.n - 1) / S.n, chunks = (btiles + tiles - 1) / tiles;
+    const int even = (btiles + chunks - 1) / chunks;
+    if (even < tiles) {
+      g.NB = even * S.n;
+      pl.smem_bytes = layout_smem(kind, g, S, esize);
+    }
+  }
+  const long long nchunks = (B + g.NB - 1) / g.NB;
+  pl.exchange_elems = kind == kForward ? 2LL * N * B * g.Hx : 2LL * N * g.blocks * B * g.Hx;
+  pl.state_floats = nchunks > 1 ? (kind == kForward ? 1LL : 2LL) * N * B * g.Hx : 1;
+  pl.why = why + "; " + std::to_string(g.blocks) + " blocks x " + std::to_string(g.U) + " units per direction, " +
+           std::to_string(g.Kr) + " of " + std::to_string(g.Kpad) + " W_hh columns in registers, batch chunks of " +
+           std::to_string(g.NB);
   return pl;
 }
 
+// Kernel of a (dtype, engine): fn(tag) with tag::X and tag::E.
+template <class T, int En> struct KernelTag { using X = T; static constexpr int E = En; };
+template <class Fn>
+static void dispatch(DType d, int engine, Fn fn) {
+  switch (engine) {
+    case kF16:
+      if (d == DType::f16) return fn(KernelTag<bl_half, kF16>{});
+      if (d == DType::bf16) return fn(KernelTag<bl_bf16, kF16>{});
+      break;
+    case kTF32:
+      if (d == DType::f32) return fn(KernelTag<float, kTF32>{});
+      break;
+    case kFma:
+      if (d == DType::f32) return fn(KernelTag<float, kFma>{});
+      break;
+  }
+  fail(std::string("no kernel for engine ") + engine_name(engine) + " and dtype code " + std::to_string((int)d));
+}
+
 #ifdef BILSTM_CUDA_EMULATE
-// The emulated device: small, so that tests at H <= 48 see several blocks per
-// direction and both paths.
+// The emulated device: small, so that tests at H <= 48 see several blocks per direction.
 DeviceLimits device_limits(int) { return DeviceLimits{8, 48 * 1024}; }
 
 template <class Params, class Kernel>
 static void launch(Kernel kernel, const Params& p, const Plan& pl, int, void*) {
-  emu::launch(dim3(p.N * pl.blocks), dim3(pl.threads), (size_t)pl.smem_bytes, kernel, p);
+  emu::launch(dim3(p.N * pl.geo.blocks), dim3(32 * pl.geo.warps), (size_t)pl.smem_bytes, kernel, p);
 }
 #else
 static void check(cudaError_t e, const char* what) {
@@ -470,39 +1087,57 @@ static void check(cudaError_t e, const char* what) {
 }
 
 DeviceLimits device_limits(int device) {
-  static DeviceLimits cache[64];
-  static bool known[64] = {};
-  if (device < 0 || device >= 64) fail("bad device index " + std::to_string(device));
-  if (!known[device]) {
-    int sms = 0, smem = 0, coop = 0;
-    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
-    check(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
-    check(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device), "cudaDeviceGetAttribute");
-    if (!coop) fail("device " + std::to_string(device) + " does not support cooperative launch");
-    cache[device] = DeviceLimits{sms, smem};
-    known[device] = true;
-  }
-  return cache[device];
+  static std::mutex mu;
+  static std::map<int, DeviceLimits> cache;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(device);
+  if (it != cache.end()) return it->second;
+  int sms = 0, smem = 0, coop = 0;
+  check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
+  check(cudaDeviceGetAttribute(&coop, cudaDevAttrCooperativeLaunch, device), "cudaDeviceGetAttribute");
+  if (!coop) fail("device " + std::to_string(device) + " does not support cooperative launch");
+  return cache[device] = DeviceLimits{sms, smem};
 }
 
-// Co-residency: the grid barrier spins, so every block must be resident at
-// once. Checked with the occupancy API before launch (a clear error instead of
-// a hang), then launched cooperatively (the driver refuses a grid that does
-// not fit, cudaErrorCooperativeLaunchTooLarge).
+// Per (kernel, device), once: raise the kernel's dynamic shared memory limit
+// to the device's opt-in maximum (a cap, not a reservation), so no launch
+// ever changes a function attribute another host thread may be launching
+// with. The occupancy per (kernel, device, threads, smem) is cached too.
+static int blocks_per_sm(const void* fn, int device, int threads, long smem) {
+  static std::mutex mu;
+  static std::map<std::pair<const void*, int>, bool> raised;
+  static std::map<std::tuple<const void*, int, int, long>, int> occupancy;
+  std::lock_guard<std::mutex> lock(mu);
+  if (!raised[{fn, device}]) {
+    check(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)device_limits(device).smem_per_block),
+          "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+    raised[{fn, device}] = true;
+  }
+  auto key = std::make_tuple(fn, device, threads, smem);
+  auto it = occupancy.find(key);
+  if (it != occupancy.end()) return it->second;
+  int per_sm = 0;
+  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, threads, (size_t)smem),
+        "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+  return occupancy[key] = per_sm;
+}
+
+// Co-residency: the barrier spins, so every block must be resident at once.
+// Checked against the device before the launch (a clear error, not a hang),
+// then launched cooperatively (the driver refuses a grid that cannot be
+// co-scheduled: cudaErrorCooperativeLaunchTooLarge).
 template <class Params, class Kernel>
 static void launch(Kernel kernel, const Params& p, const Plan& pl, int device, void* stream) {
   const void* fn = reinterpret_cast<const void*>(kernel);
-  check(cudaFuncSetAttribute(fn, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)pl.smem_bytes),
-        "cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
-  int per_sm = 0;
-  check(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, fn, pl.threads, (size_t)pl.smem_bytes),
-        "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
-  const long resident = (long)per_sm * device_limits(device).sm_count;
-  if (resident < (long)p.N * pl.blocks)
-    fail("grid of " + std::to_string(p.N * pl.blocks) + " blocks cannot be co-resident (" +
-         std::to_string(resident) + " fit: " + std::to_string(per_sm) + " per SM); the per-step barrier would deadlock");
+  const int threads = 32 * pl.geo.warps, grid = (int)p.N * pl.geo.blocks;
+  const long resident = (long)blocks_per_sm(fn, device, threads, pl.smem_bytes) * device_limits(device).sm_count;
+  if (resident < grid)
+    fail("grid of " + std::to_string(grid) + " blocks (" + std::to_string(pl.smem_bytes) + " B shared memory, " +
+         std::to_string(threads) + " threads each) cannot be co-resident on device " + std::to_string(device) +
+         " (" + std::to_string(resident) + " fit); the per-step barrier would deadlock");
   void* args[] = {const_cast<Params*>(&p)};
-  check(cudaLaunchCooperativeKernel(fn, dim3(p.N * pl.blocks), dim3(pl.threads), args, (size_t)pl.smem_bytes,
+  check(cudaLaunchCooperativeKernel(fn, dim3(grid), dim3(threads), args, (size_t)pl.smem_bytes,
                                     static_cast<cudaStream_t>(stream)),
         "cudaLaunchCooperativeKernel");
   check(cudaGetLastError(), "lstm kernel launch");
@@ -518,39 +1153,26 @@ struct DeviceGuard {  // run on `device`, restore the caller's current device
 };
 #endif
 
-// Threads per block when not overridden: 256 on a GPU; 32 in emulation, where
-// each CUDA thread is an OS thread.
-static Options with_defaults(Options o) {
-#ifdef BILSTM_CUDA_EMULATE
-  if (o.threads <= 0) o.threads = 32;
-#else
-  if (o.threads <= 0) o.threads = 256;
-#endif
-  return o;
-}
-
-Plan forward(FwdParams p, const Options& opt, int device, void* stream) {
+void forward(FwdParams p, const Plan& pl, int device, void* stream) {
 #ifndef BILSTM_CUDA_EMULATE
   DeviceGuard guard(device);
 #endif
-  const Plan pl = make_plan(kForward, (int)p.N, (int)p.B, (int)p.H, p.dtype, device_limits(device), with_defaults(opt));
-  p.blocks = pl.blocks; p.slice = pl.slice; p.batch_tile = pl.batch_tile;
-  DTYPE_SWITCH(p.dtype, T, [&] {
-    BOOL_SWITCH(pl.path == kOnChip, W_SMEM, [&] { launch(lstm_fwd_kernel<T, W_SMEM>, p, pl, device, stream); });
+  p.geo = pl.geo;
+  dispatch(p.dtype, pl.engine, [&](auto tag) {
+    using Tag = decltype(tag);
+    launch(lstm_fwd_kernel<typename Tag::X, Tag::E>, p, pl, device, stream);
   });
-  return pl;
 }
 
-Plan backward(BwdParams p, const Options& opt, int device, void* stream) {
+void backward(BwdParams p, const Plan& pl, int device, void* stream) {
 #ifndef BILSTM_CUDA_EMULATE
   DeviceGuard guard(device);
 #endif
-  const Plan pl = make_plan(kBackward, (int)p.N, (int)p.B, (int)p.H, p.dtype, device_limits(device), with_defaults(opt));
-  p.blocks = pl.blocks; p.slice = pl.slice; p.batch_tile = pl.batch_tile;
-  DTYPE_SWITCH(p.dtype, T, [&] {
-    BOOL_SWITCH(pl.path == kOnChip, W_SMEM, [&] { launch(lstm_bwd_kernel<T, W_SMEM>, p, pl, device, stream); });
+  p.geo = pl.geo;
+  dispatch(p.dtype, pl.engine, [&](auto tag) {
+    using Tag = decltype(tag);
+    launch(lstm_bwd_kernel<typename Tag::X, Tag::E>, p, pl, device, stream);
   });
-  return pl;
 }
 
 }  // namespace bilstm_cuda

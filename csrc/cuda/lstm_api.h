@@ -1,10 +1,14 @@
 // lstm_api.h — what the bindings (and emu_selftest.cpp) see of the CUDA
-// LSTM recurrence: plain params structs, the launch plan, the entry points.
+// LSTM recurrence: the params structs, the launch plan, the entry points.
 // No CUDA or torch types here, so it compiles in any C++ translation unit.
 //
-// Legend: T steps, B batch, N directions (1 or 2), H hidden size, G = 4H.
-// X is the input dtype (fp32, fp16, bf16); all accumulation, cell state and
-// workspaces are fp32.
+// Legend: T steps, B batch, N directions (1 or 2), H hidden size, G = 4H,
+// X the input dtype (fp32, fp16, bf16). Per-file letters (docs/cuda.md §2):
+// U hidden units per block, Hx = blocks * U (H padded to whole blocks),
+// NB batch rows per chunk, KS k-splits of the forward matmul, Kr the W_hh
+// columns held in registers. Accumulation, cell state and the gates / cells
+// workspaces are fp32; the h (forward) and dh-partial (backward) exchange
+// buffers are X.
 #pragma once
 
 #include <cstddef>
@@ -13,13 +17,45 @@
 
 #include "common/lstm_args.h"
 
+// engine_shape() is used by the kernels and by make_plan alike.
+#if defined(__CUDACC__)
+#define BILSTM_HD __host__ __device__
+#else
+#define BILSTM_HD
+#endif
+
 namespace bilstm_cuda {
 
 using bilstm::DType;
-enum Path : int { kAuto = 0, kOnChip = 1, kStream = 2 };
+using bilstm::dtype_size;
 enum Kind : int { kForward = 0, kBackward = 1 };
 
-using bilstm::dtype_size;
+// The per-step matmul engines (lstm.cu): tensor-core tiles through wmma, or
+// exact fp32 FMAs laid out like a tile. kAutoEngine lets make_plan choose.
+enum Engine : int {
+  kAutoEngine = 0,
+  kF16 = 1,    // fp16 / bf16 wmma m32n8k16 (batch tiles of 8)
+  kTF32 = 2,   // fp32 input, tf32 wmma m16n16k8 (when torch allows TF32)
+  kFma = 3,    // fp32 input, exact fp32 FMA tiles 16x8x8
+};
+
+// Tile sizes and register budget of an engine, shared by the kernels and make_plan.
+struct EngineShape {
+  int m, n, k;     // MMA tile: M rows of the output, N batch columns, K reduction
+  int reg_tiles;   // W_hh operand tiles a warp can keep in registers
+  int max_nt;      // batch tiles (of n columns) per chunk
+};
+BILSTM_HD constexpr EngineShape engine_shape(int e) {
+  return e == kF16    ? EngineShape{32, 8, 16, 8, 4}
+       : e == kTF32   ? EngineShape{16, 16, 8, 16, 4}
+                      : EngineShape{16, 8, 8, 8, 8};
+}
+const char* engine_name(int e);
+
+// Cell-update pairs (batch row, unit) a thread owns per chunk (register arrays).
+constexpr int kPairsPerThread = 4;
+// Threads per block at most (the kernels' __launch_bounds__).
+constexpr int kMaxThreads = 256;
 
 // Limits of the device a plan is made for.
 struct DeviceLimits {
@@ -27,58 +63,86 @@ struct DeviceLimits {
   long smem_per_block;  // max dynamic shared memory per block (opt-in), bytes
 };
 
-// Caller's overrides (0 = choose automatically).
+// Caller's overrides (0 / -1 = choose automatically).
 struct Options {
-  int path = kAuto;   // kOnChip / kStream force the path (kOnChip errors if it does not fit)
-  int blocks = 0;     // blocks per direction
-  int threads = 0;    // threads per block
-  int batch_tile = 0; // batch rows staged in shared memory per tile
+  int engine = kAutoEngine;
+  int blocks = 0;       // blocks per direction
+  int warps = 0;        // warps per block
+  int batch_tile = 0;   // at most this many batch rows per chunk (rounded down to the engine's N tile)
+  int reg_tiles = -1;   // at most this many W_hh tiles per warp in registers (-1: as many as the engine holds)
+  bool tf32 = false;    // fp32 input: TF32 tensor cores allowed (torch.backends.cuda.matmul.allow_tf32)
 };
 
-// How a call is launched: grid = N * blocks, each block owns the four gates
-// of `slice` consecutive hidden units of one direction.
+// The block geometry of a launch: everything the kernels derive from the plan.
+// Offsets are bytes into the block's dynamic shared memory; leading
+// dimensions (ld_*) are elements.
+struct Geometry {
+  int blocks = 0;   // per direction; block j owns units [j*U, (j+1)*U) (those >= H are padding)
+  int U = 0;        // units per block, a multiple of 8 (16-byte rows of the exchange in any X)
+  int Hx = 0;       // blocks * U
+  int warps = 0;
+  int NB = 0;       // batch rows per chunk, a multiple of the engine's N tile
+  int KS = 1;       // forward: warps splitting the reduction over k (1 in backward)
+  int Kpad = 0;     // forward: reduction length (Hx rounded to the K tile); backward: output rows (to the M tile)
+  int Kr = 0;       // W_hh columns [0, Kr) of the slice live in registers, [Kr, Kpad) in shared memory
+  int qr = 0;       // register tiles per warp (forward: per slot; backward: register slots * K tiles)
+  int ld_w = 0;     // w_s row: Kpad - Kr (+16 bytes of padding against bank conflicts)
+  int ld_b = 0;     // B operand row: forward h_s [NB][Kpad+pad], backward dG_s [NB][4U+pad]
+  int ld_red = 0;   // forward: partial-gates rows red[KS][NB][4U+4] (fp32)
+  int off_w = 0, off_b = 0, off_red = 0, off_out = 0;  // forward: w_s, h_s, red, hout; backward: w_s, dG_s, rx, -
+};
+
+// How a call is launched: grid = N * blocks, blockDim = 32 * warps.
 struct Plan {
-  int path;          // kOnChip or kStream
-  int blocks;        // blocks per direction
-  int slice;         // hidden units per block (the last block may own fewer)
-  int threads;       // threads per block
-  int batch_tile;    // batch rows staged per shared-memory tile
-  long smem_bytes;   // dynamic shared memory per block
-  std::string why;   // one line: why this path
+  int engine = kAutoEngine;
+  int reg_tiles = 0;            // the register cap the plan used (plan text field)
+  Geometry geo;
+  long smem_bytes = 0;          // dynamic shared memory per block
+  long long exchange_elems = 0; // X elements of the exchange buffer (forward 2*N*B*Hx, backward 2*N*blocks*B*Hx)
+  long long state_floats = 0;   // fp32 state spilled per chunk when B > NB (forward c, backward dh and dc); >= 1
+  std::string why;              // one line: why these choices
 };
 
 // The op's arguments (lstm_args.h, checked once at the boundary by
 // bindings.cpp) plus what only these kernels need. Sequence tensors
 // ([T, B, N, *]) may be strided (last dim dense); every other tensor is
-// contiguous. X = the input dtype; gates / cells / the workspace are fp32.
+// contiguous.
 struct FwdParams : bilstm::FwdArgs {
-  const void* w_t = nullptr;         // X [N, H, 4H]  W_hh transposed: w_t[n, k, r] = w_hh[n, r, k]
-  float* scratch = nullptr;               // fp32 workspace, fwd_scratch_floats(N, B, H)
-  unsigned* barrier = nullptr;       // [N] zeroed counters (one grid barrier per direction)
-  int blocks = 0, slice = 0, batch_tile = 0;  // filled by the launcher from the plan
+  void* exchange = nullptr;      // X    [2, N, B, Hx]       h_t of every unit, by step parity
+  float* state = nullptr;        // fp32 [N, B, Hx]          c between chunks (B > NB only)
+  unsigned* barrier = nullptr;   // u32  [N, 32]  zeroed; one counter per direction, each on its own 128-byte line
+  Geometry geo;                  // filled by the launcher from the plan
 };
 
 struct BwdParams : bilstm::BwdArgs {
-  float* scratch = nullptr;               // fp32 workspace, bwd_scratch_floats(N, B, H)
-  unsigned* barrier = nullptr;       // [N] zeroed counters
-  int blocks = 0, slice = 0, batch_tile = 0;
+  void* exchange = nullptr;      // X    [2, N, blocks(dest), blocks(src), B, U]  partial dh, by step parity
+  float* state = nullptr;        // fp32 [2, N, B, Hx]       dh, dc between chunks (B > NB only)
+  unsigned* barrier = nullptr;   // u32  [N, 32]  zeroed
+  Geometry geo;
 };
 
-inline long long fwd_scratch_floats(long long N, long long B, long long H) { return 3 * N * B * H; }
-inline long long bwd_scratch_floats(long long N, long long B, long long H) { return 10 * N * B * H; }
+// Words of the barrier tensor: one 128-byte line per direction.
+constexpr int kBarrierStride = 32;
 
-// The plan for a call on a device with `lim` (throws std::runtime_error on
-// an impossible override). Pure host logic: the same on GPU and in emulation.
+// The plan for a call on a device with `lim` (throws std::runtime_error when
+// nothing fits or an override is impossible). Pure host logic: the same on
+// GPU and in emulation.
 Plan make_plan(int kind, int N, int B, int H, DType dtype, const DeviceLimits& lim, const Options& opt);
 
 // Launch on `stream` (a cudaStream_t; ignored in emulation, where the call
 // returns when the kernel has finished). Throws std::runtime_error with the
-// CUDA error name and string on failure. No host synchronisation.
-// p.dtype is f32, f16 or bf16.
-Plan forward(FwdParams p, const Options& opt, int device, void* stream);
-Plan backward(BwdParams p, const Options& opt, int device, void* stream);
+// CUDA error name and string on failure. No host synchronisation. `plan` is
+// make_plan's result for these sizes (the binding checked the buffers
+// against it).
+void forward(FwdParams p, const Plan& plan, int device, void* stream);
+void backward(BwdParams p, const Plan& plan, int device, void* stream);
 
 // Limits of `device` (queried once per device, cached); the emulated device in emulation.
 DeviceLimits device_limits(int device);
+
+// Warps per block when Options.warps is 0: 8 on a GPU (2 per SM sub-partition, to
+// overlap the MMA chains), 2 in emulation (an OS thread per CUDA thread).
+constexpr int kGpuWarps = 8, kEmulatedWarps = 2;
+int default_warps();
 
 }  // namespace bilstm_cuda
