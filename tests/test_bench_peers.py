@@ -166,3 +166,13 @@ def test_untrusted_rows_are_marked_in_the_table():
     print(text, notes)
     assert "44.00?" in text and "!" in text
     assert any("NOT TRUSTED" in n for n in notes)
+
+
+def test_exit_status_counts_our_mismatches_not_an_inexact_peers():
+    from types import SimpleNamespace as Row
+
+    from bilstm_fast.bench import cli
+    assert cli.exit_status([Row(backend="torch-int8", status="mismatch"), Row(backend="cpu", status="ok")]) == 0
+    assert cli.exit_status([Row(backend="onnxruntime", status="mismatch")]) == 1
+    assert cli.exit_status([Row(backend="cpu", status="mismatch")]) == 1
+    assert cli.exit_status([Row(backend="cpu", status="error")]) == 0

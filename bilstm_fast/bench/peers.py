@@ -179,7 +179,11 @@ PEERS = {
         dtypes=("fp32",), needs=("onnxruntime", "onnx"), build=OnnxRuntimeLSTM,
         note="ONNX Runtime's CPU LSTM op (MLAS GEMMs), spinning off"),
     "torch-int8": Peer(
-        "torch-int8", "nn.LSTM int8 dynamic", exact=False, tolerance=5e-2, modes=("inference",),
+        # The bound guards the conversion only (a wrong gate order or scale is an
+        # O(1) error); int8 weights alone reached a scaled error of 5.5e-2 -
+        # 7.8e-2 at T64 D300 H128 (B 8-128, CI run of 2026-12-02), over the 5e-2
+        # this bound had.
+        "torch-int8", "nn.LSTM int8 dynamic", exact=False, tolerance=0.2, modes=("inference",),
         dtypes=("fp32",), needs=("torch.ao.nn.quantized.dynamic",), build=_int8_dynamic,
         note="torch.ao.nn.quantized.dynamic.LSTM (int8 weights, fbgemm): a different model "
              "numerically; its check only guards the conversion"),
