@@ -407,6 +407,24 @@ def graph_shapes(ctx) -> list:
     return [(cc.OpCase(16, 8, 256, 2, "random"), "bf16"), (cc.OpCase(16, 8, 256, 2, "random"), "fp32")]
 
 
+def _capture(fn, device, side, reset=lambda: None):
+    """(graph, outputs) of ``fn`` captured in a CUDA graph, after two warm-up
+    calls on the side stream ``side`` (torch's recipe: the warm-up allocations
+    and any lazy initialisation happen outside the capture); ``reset`` runs
+    before every call (e.g. clearing .grad)."""
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            reset()
+            fn()
+    torch.cuda.current_stream(device).wait_stream(side)
+    reset()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        outs = fn()
+    return g, outs
+
+
 def _graph_case(mod_name: str, case, dt: str, device, seed: int) -> list:
     """Capture (1) the op forward without grad, (2) the op forward + backward,
     (3) BiLSTM inference, in CUDA graphs; replay each with new values copied
@@ -429,14 +447,7 @@ def _graph_case(mod_name: str, case, dt: str, device, seed: int) -> list:
         with torch.no_grad():
             return lstm_recurrence(static["gx"], static["w_hh"], static["h0"], static["c0"],
                                    lengths=static["lengths"], backend=mod_name)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            fwd()
-    torch.cuda.current_stream(device).wait_stream(side)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        outs = fwd()
+    g, outs = _capture(fwd, device, side)
     rows.append(_replays("op forward", g, static, outs, fresh,
                          lambda x: lstm_recurrence(x["gx"], x["w_hh"], x["h0"], x["c0"], lengths=x["lengths"],
                                                    backend=mod_name), case, dt))
@@ -449,18 +460,11 @@ def _graph_case(mod_name: str, case, dt: str, device, seed: int) -> list:
                                   lengths=static["lengths"], backend=mod_name)
         torch.autograd.backward((y, h, c), (static["dy"], static["dh_n"], static["dc_n"]))
         return y, h, c
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            for v in leaves.values():
-                v.grad = None
-            train()
-    torch.cuda.current_stream(device).wait_stream(side)
-    for v in leaves.values():
-        v.grad = None
-    g2 = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g2):
-        y, h, c = train()
+
+    def no_grads():
+        for v in leaves.values():
+            v.grad = None
+    g2, (y, h, c) = _capture(train, device, side, reset=no_grads)
     captured = (y, h, c, *(leaves[k].grad for k in ("gx", "w_hh", "h0", "c0")))
 
     def fill(x):
@@ -486,14 +490,7 @@ def _graph_case(mod_name: str, case, dt: str, device, seed: int) -> list:
         with torch.no_grad():
             out, (hh, cc_) = model(xs)
         return out, hh, cc_
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(2):
-            infer()
-    torch.cuda.current_stream(device).wait_stream(side)
-    g3 = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g3):
-        mout = infer()
+    g3, mout = _capture(infer, device, side)
 
     def fill3(x):
         xs.copy_(x["x"])
