@@ -247,16 +247,28 @@ template <> struct PanelOf<bf16> { typedef float type; };
 #endif
 template <class S> using Panel = typename PanelOf<S>::type;
 
-#if BILSTM_VEC_BYTES == 32
+#if defined(__AVX2__)
+// 8 floats (256 bits) and 8 of an X = S row widened to them, unaligned: the
+// 8 x 8 blocks pack_nt transposes in the AVX2 and AVX-512 builds alike.
+typedef float F8 __attribute__((vector_size(32)));
+typedef float F8U __attribute__((vector_size(32), aligned(4)));
+inline F8 load8(const float* p) { return *reinterpret_cast<const F8U*>(p); }
+inline F8 load8(const f16* p) {
+  return reinterpret_cast<F8>(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+inline F8 load8(const bf16* p) {
+  return reinterpret_cast<F8>(
+      _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
+}
 // r[0..7] = the rows of an 8 x 8 float block -> its columns: in-lane
 // interleaves of row pairs, then of pairs of pairs, then the 128-bit halves
 // (what vunpck*ps / vshufps / vperm2f128 do; GCC picks the instructions).
-inline void transpose8(Vec<float>* r) {
+inline void transpose8(F8* r) {
   typedef int I __attribute__((vector_size(32)));
   const I lo1 = {0, 8, 1, 9, 4, 12, 5, 13}, hi1 = {2, 10, 3, 11, 6, 14, 7, 15};
   const I lo2 = {0, 1, 8, 9, 4, 5, 12, 13}, hi2 = {2, 3, 10, 11, 6, 7, 14, 15};
   const I lo4 = {0, 1, 2, 3, 8, 9, 10, 11}, hi4 = {4, 5, 6, 7, 12, 13, 14, 15};
-  Vec<float> t[8], s[8];
+  F8 t[8], s[8];
   for (int i = 0; i < 8; i += 2) {
     t[i] = __builtin_shuffle(r[i], r[i + 1], lo1);
     t[i + 1] = __builtin_shuffle(r[i], r[i + 1], hi1);
@@ -272,8 +284,14 @@ inline void transpose8(Vec<float>* r) {
     r[q + 4] = __builtin_shuffle(s[q], s[q + 4], hi4);
   }
 }
+// One L-lane vector from L/8 consecutive 8-lane pieces.
+inline Vec<float> join8(const F8* q) {
+#if BILSTM_VEC_BYTES == 64
+  return __builtin_shufflevector(q[0], q[1], 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
 #else
-inline void transpose8(Vec<float>*) {}  // only the 8-lane build calls it
+  return q[0];
+#endif
+}
 #endif
 
 // ---------------------------------------------------------------- activations
@@ -338,7 +356,13 @@ inline Vec<double> vtanh(Vec<double> x) {
 // With fewer rows the FMA chains get too few to hide the FMA latency
 // (4 cycles, 2 pipes: 8 chains needed), so M <= 3 also splits k over KU
 // accumulator sets (M=1: 4 sets = 8 chains; the B=1 case).
-constexpr int MR = 6;
+// AVX-512 has 32 vector registers: MR = 12 rows x 2 vectors = 24
+// accumulators + 2 weight vectors + 1 broadcast = 27, so a B=8 step is one
+// 8-row tile (16 FMA chains, 10 loads per 16 FMAs) instead of two 4-row
+// tiles (8 chains, 6 loads per 8 FMAs). Measured on a Zen 5 (AVX-512), one
+// thread, T64 H256 fp32 forward recurrence, min of 60 calls, 2 runs, 2 Dec
+// 2026: B=8 143-152 -> 161-167 GFLOP/s; B=32 unchanged (173 vs 173-190).
+constexpr int MR = kVecBytes == 64 ? 12 : 6;
 
 enum class Init { zero, bias, accumulate };  // C = A Wp | C = bias + A Wp | C += A Wp
 
@@ -424,7 +448,17 @@ inline void micro_gemm_rows(int m, const T* A, int64_t lda, int64_t ldk, const W
     case 4: micro_gemm<T, 4, 1, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
     case 5: micro_gemm<T, 5, 1, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
     case 6: micro_gemm<T, 6, 1, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
-    default: break;
+    default:
+      if constexpr (MR >= 12) switch (m) {
+          case 7: micro_gemm<T, 7, 1, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+          case 8: micro_gemm<T, 8, 1, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+          case 9: micro_gemm<T, 9, 1, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+          case 10: micro_gemm<T, 10, 1, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+          case 11: micro_gemm<T, 11, 1, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+          case 12: micro_gemm<T, 12, 1, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+          default: break;
+        }
+      break;
   }
 }
 
@@ -474,9 +508,14 @@ void gemm(int64_t M, int64_t K, const T* A, int64_t lda, int64_t ldk, const W* W
 // Panels of NR output columns, [K][NR] each, zero past the last column.
 // "nt": column c < nvalid of the product is row c of a row-major matrix
 // (rows `ld` apart: W_ih, and for the forward step one gate's block of
-// W_hh), columns nvalid..ncols-1 are zero (padding). A transpose: with 8
-// float lanes (AVX2) each 8 x 8 block goes through registers (3 rounds of
-// shuffles); otherwise element by element, k outer. Measured on [2048, 300]
+// W_hh), columns nvalid..ncols-1 are zero (padding). A transpose: in the
+// AVX2 and AVX-512 builds each 8 x 8 block goes through 256-bit registers (3
+// rounds of shuffles; AVX-512 joins two blocks per 16-lane row); otherwise
+// (baseline, fp64, a partial panel) element by element, k outer. The
+// AVX-512 build had only the element loop until 2 Dec 2026: on a Zen 5 it
+// was ~17% of a T64 B8 H256 recurrence call (perf samples); with the
+// blocks, one thread, min of 40 calls, 2 runs: the T64 B1 D300 projection
+// 0.50 -> 0.39 ms, the B8 recurrence 3.37-3.47 -> 2.73-3.05 ms. Measured on [2048, 300]
 // fp32, one thread, best of 20, on a loaded machine: 0.137 ms register
 // transpose vs 0.262 ms element by element with run-time strides (GCC
 // vectorized the element loop only when K was a compile-time constant); the
@@ -491,17 +530,22 @@ void pack_nt(int64_t ncols, int64_t nvalid, int64_t K, const S* base, int64_t ld
     const int64_t c0 = p * NR, nv = imin(NR, nvalid - c0);  // valid columns of this panel
     W* d = dst + p * K * NR;
     int64_t k = 0;
-    if constexpr (L == 8 && sizeof(T) == 4) {
+#if defined(__AVX2__)
+    if constexpr ((L == 8 || L == 16) && sizeof(T) == 4) {
+      constexpr int Q = NR / 8;  // 8-column blocks of a panel: 2 (AVX2), 4 (AVX-512)
       if (nv == NR)
-        for (; k + L <= K; k += L) {
-          Vec<T> r[2][L];
-          for (int half = 0; half < 2; ++half) {
-            for (int c = 0; c < L; ++c) r[half][c] = loadu(base + (c0 + half * L + c) * ld + k);
-            transpose8(r[half]);
+        for (; k + 8 <= K; k += 8) {
+          F8 r[8][Q];  // r[kk][q]: row k + kk, columns 8q..8q+7 of the panel
+          for (int q = 0; q < Q; ++q) {
+            F8 b[8];
+            for (int c = 0; c < 8; ++c) b[c] = load8(base + (c0 + 8 * q + c) * ld + k);
+            transpose8(b);
+            for (int kk = 0; kk < 8; ++kk) r[kk][q] = b[kk];
           }
-          for (int kk = 0; kk < L; ++kk) store_row(d + (k + kk) * NR, r[0][kk], r[1][kk]);
+          for (int kk = 0; kk < 8; ++kk) store_row(d + (k + kk) * NR, join8(r[kk]), join8(r[kk] + Q / 2));
         }
     }
+#endif
     for (; k < K; ++k)
       for (int c = 0; c < NR; ++c) d[k * NR + col_pos<W>(c)] = c < nv ? cvt<W>(base[(c0 + c) * ld + k]) : W{};
   }
