@@ -58,6 +58,25 @@ def test_every_isa_build(isa, dtype):
         assert_close(f"{isa} M{M}K{K}N{N}", cpu_gemm.linear(x, w, b), torch.addmm(b, x, w.t()), **TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", DTYPES + [torch.float16, torch.bfloat16],
+                         ids=DTYPE_IDS + ["fp16", "bf16"])
+def test_every_tile_height_and_packing_block(isa, dtype):
+    """M = 1..25 rows: every register-tile height of each build (MR = 6 rows
+    for AVX2 / SSE2, 12 for AVX-512, lstm_kernel.cpp) alone and in balanced
+    splits; K = 1..17 with N = 64 (whole panels of 16 / 32 columns): W's
+    8 x 8 register-transpose blocks of pack_nt (AVX2, AVX-512) with and
+    without a tail of k, and N = 70 (a partial panel, the element loop).
+    fp16 / bf16: W converted while packed; compared with the float32 product
+    of the same rounded operands, rounded once."""
+    tol = TOL.get(dtype, dict(rtol=1e-2, atol=1e-2))
+    for M in range(1, 26):
+        for K, N in ((17, 64), (8, 70), (1, 64), (16, 64)):
+            x, w, b = (torch.randn(M, K, dtype=dtype), torch.randn(N, K, dtype=dtype),
+                       torch.randn(N, dtype=dtype))
+            want = torch.addmm(b.double(), x.double(), w.double().t()).to(dtype)
+            assert_close(f"{isa} M{M}K{K}N{N}", cpu_gemm.linear(x, w, b), want, **tol)
+
+
 def test_strided_inputs_are_read_in_place():
     big = torch.randn(9, 40, dtype=torch.float64)
     x = big[2:7, 3:30]                      # rows 40 apart, offset start
