@@ -254,3 +254,26 @@ def test_peak_table_matches_device_names():
     assert lookup_peak("NVIDIA L40S").name == "L40S"
     assert lookup_peak("Tesla T4").name == "T4"
     assert lookup_peak("NVIDIA GeForce RTX 4090").name == "GeForce RTX 4090"
+
+
+def test_cpu_peak_is_the_faster_of_torch_and_our_gemm(monkeypatch):
+    """On a CPU the measured peak counts the cpu backend's GEMM too (device.py):
+    with ours made slow it is torch.matmul's figure, with ours made instant it
+    is ours (and the description says which)."""
+    import time
+    from bilstm_fast.bench import device
+    monkeypatch.setattr(device, "MATMUL_MAX_N", {"cpu": 256})
+    real = device._our_cpu_matmul("fp32")
+    assert real is not None
+
+    def slow(a, b):
+        time.sleep(0.05)
+        return real(a, b)
+
+    monkeypatch.setattr(device, "_our_cpu_matmul", lambda dt: slow)
+    f_torch, n, who = device.measured_matmul_flops(torch.device("cpu"), "fp32")
+    assert (n, who) == (256, "torch.matmul") and f_torch > 0
+    monkeypatch.setattr(device, "_our_cpu_matmul", lambda dt: (lambda a, b: a))
+    f_ours, _, who = device.measured_matmul_flops(torch.device("cpu"), "fp32")
+    assert who == "bilstm_fast cpu GEMM" and f_ours > f_torch
+    assert "bilstm_fast cpu GEMM" in device.device_peak(torch.device("cpu"), ["fp32"]).description
