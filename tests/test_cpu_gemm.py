@@ -262,3 +262,37 @@ print("ok")
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     print(out.stdout, out.stderr)
     assert out.returncode == 0 and "ok" in out.stdout
+
+
+def test_layer_gx_workspace_is_reused_and_private():
+    """The layer op's gx goes into one reused buffer per thread (cpu_gemm.py):
+    the same memory on the next call, grown for a bigger one, never aliased
+    by an output, and two layers of different widths, calls of different
+    sizes and two threads at once all still match nn.LSTM."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    cpu_gemm.release_workspace()
+    ref, ours = lstm_pair(6, 5, dtype=torch.float64, num_layers=2, backend="cpu")
+    with torch.no_grad():
+        for T, B in ((4, 3), (2, 1), (9, 4)):   # smaller (reused), then bigger (grown)
+            x = torch.randn(T, B, 6, dtype=torch.float64)
+            want, got = ref(x), ours(x)
+            buf = cpu_gemm._workspace.buf
+            assert buf is not None and buf.numel() >= T * B * 2 * 4 * 5
+            for name, g, w in zip(("out", "h_n", "c_n"), (got[0], *got[1]), (want[0], *want[1])):
+                assert_close(name, g, w, **TOL[torch.float64])
+                assert g.untyped_storage().data_ptr() != buf.untyped_storage().data_ptr(), name
+        ptr = cpu_gemm._workspace.buf.data_ptr()
+        ours(torch.randn(3, 2, 6, dtype=torch.float64))
+        assert cpu_gemm._workspace.buf.data_ptr() == ptr, "a smaller call reallocated the workspace"
+
+    def run(x):   # another thread: its own workspace
+        with torch.no_grad():
+            for _ in range(20):
+                assert_close("threaded out", ours(x)[0], ref(x)[0], **TOL[torch.float64])
+
+    with ThreadPoolExecutor(2) as pool:   # .result() re-raises a thread's failure here
+        for f in [pool.submit(run, torch.randn(7, 3, 6, dtype=torch.float64)) for _ in range(2)]:
+            f.result()
+    cpu_gemm.release_workspace()
+    assert cpu_gemm._workspace.buf is None

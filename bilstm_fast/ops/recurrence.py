@@ -65,12 +65,13 @@ def _run_forward(mod, plan, gx, w_hh, w_hr, h0, c0, lengths, keep):
 def _input_gates(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], N: int,
                  gemms=None) -> Tensor:
     """gx [T, B, N, 4H] = x W_ih^T + b_ih + b_hh for both directions: one GEMM,
-    the backend's (``gemms``, backends.py) or torch's."""
+    the backend's (``gemms``, backends.py; into its workspace: gx dies with
+    the layer op) or torch's."""
     T, B, D = x.shape
     x2 = x.reshape(T * B, D)
     bias = None if b_ih is None else b_ih + b_hh
     if gemms is not None:
-        gx = gemms.linear(x2, w_ih, bias)
+        gx = gemms.linear(x2, w_ih, bias, workspace=True)
     elif bias is None:
         gx = torch.mm(x2, w_ih.t())
     else:
