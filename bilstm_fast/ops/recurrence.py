@@ -63,14 +63,20 @@ def _run_forward(mod, plan, gx, w_hh, w_hr, h0, c0, lengths, keep):
 
 
 def _input_gates(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], N: int,
-                 gemms=None) -> Tensor:
+                 gemms=None, lengths: Optional[Tensor] = None) -> Tensor:
     """gx [T, B, N, 4H] = x W_ih^T + b_ih + b_hh for both directions: one GEMM,
     the backend's (``gemms``, backends.py; into its workspace: gx dies with
-    the layer op) or torch's."""
+    the layer op) or torch's. With ``lengths`` and a backend's
+    ``linear_rows``, only at t < lengths[b] (gx is undefined past a
+    sequence's end, where no backend reads it)."""
     T, B, D = x.shape
     x2 = x.reshape(T * B, D)
     bias = None if b_ih is None else b_ih + b_hh
-    if gemms is not None:
+    if gemms is not None and lengths is not None and hasattr(gemms, "linear_rows") \
+            and int(lengths.min()) < T:
+        inside = (torch.arange(T, device=x.device)[:, None] < lengths[None, :]).view(-1)
+        gx = gemms.linear_rows(x2, w_ih, bias, inside.nonzero().squeeze(1))
+    elif gemms is not None:
         gx = gemms.linear(x2, w_ih, bias, workspace=True)
     elif bias is None:
         gx = torch.mm(x2, w_ih.t())
@@ -95,7 +101,7 @@ def _lstm_layer_op(
     keep_for_backward: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     mod, plan = backends.parse(_concrete(backend, x, w_hh, w_hr, lengths))
-    gx = _input_gates(x, w_ih, b_ih, b_hh, w_hh.shape[0], getattr(mod, "gemms", None))
+    gx = _input_gates(x, w_ih, b_ih, b_hh, w_hh.shape[0], getattr(mod, "gemms", None), lengths)
     return _run_forward(mod, plan, gx, w_hh, w_hr, h0, c0, lengths, keep_for_backward)
 
 
