@@ -330,12 +330,16 @@ def test_variable_lengths_project_only_the_steps_inside(monkeypatch):
     x = torch.randn(T, B, D, dtype=torch.float64)
     x[torch.arange(T)[:, None] >= lens[None, :]] = float("nan")   # padding only
     results = []
-    for model in (ref, ours):
+    for model in (ref, ours):   # nn.LSTM on the packed sequence, ours on the padded x with lengths=
         xi = x.detach().clone().requires_grad_()
-        out, (h, c) = model(nn.utils.rnn.pack_padded_sequence(xi, lens, enforce_sorted=False))
-        out = nn.utils.rnn.pad_packed_sequence(out, total_length=T)[0]
+        if model is ref:
+            out, (h, c) = model(nn.utils.rnn.pack_padded_sequence(xi, lens, enforce_sorted=False))
+            out = nn.utils.rnn.pad_packed_sequence(out, total_length=T)[0]
+        else:
+            out, (h, c) = model(xi, lengths=lens)
         (out.sum() + h.sum() + c.sum()).backward()
-        results.append({"out": out.detach(), "h": h.detach(), "c": c.detach(),
+        dx = xi.grad.masked_fill(torch.arange(T)[:, None, None] >= lens[None, :, None], 0)
+        results.append({"out": out.detach(), "h": h.detach(), "c": c.detach(), "dx inside": dx,
                         **{n: p.grad for n, p in model.named_parameters()}})
     for name in results[0]:
         assert_close(name, results[1][name], results[0][name], **TOL[torch.float64])
@@ -344,3 +348,20 @@ def test_variable_lengths_project_only_the_steps_inside(monkeypatch):
     with torch.no_grad():
         ours(torch.randn(T, B, D, dtype=torch.float64), lengths=torch.full((B,), T))
     assert seen == []
+
+
+def test_nonfinite_padding_never_reaches_the_gradients_on_torch_gemms():
+    """The same NaN-in-padding case on a backend without its own GEMMs
+    (reference: torch's): dW_ih = dG^T x with x's padding zeroed, so 0 * NaN
+    never turns a weight gradient into NaN (it did before: dW_ih was all NaN)."""
+    T, B, D, H = 5, 3, 4, 6
+    ref, ours = lstm_pair(D, H, dtype=torch.float64, backend="reference")
+    lens = torch.tensor([5, 2, 3])
+    x = torch.randn(T, B, D, dtype=torch.float64)
+    x[torch.arange(T)[:, None] >= lens[None, :]] = float("inf")
+    out_r, (h_r, _) = ref(nn.utils.rnn.pack_padded_sequence(x, lens, enforce_sorted=False))
+    (nn.utils.rnn.pad_packed_sequence(out_r, total_length=T)[0].sum() + h_r.sum()).backward()
+    out_o, (h_o, _) = ours(x, lengths=lens)
+    (out_o.sum() + h_o.sum()).backward()
+    for (name, p_r), p_o in zip(ref.named_parameters(), ours.parameters()):
+        assert_close(name, p_o.grad, p_r.grad, **TOL[torch.float64])

@@ -246,13 +246,30 @@ def _layer_backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
     dgx, dw_hh, dw_hr, dh0, dc0 = _recurrence_grads(ctx, dy, dh_n, dc_n)
     T, B, D = x.shape
     need = ctx.needs_input_grad
-    dg2 = dgx.reshape(T * B, w_ih.shape[0])                       # [T*B, N*4H]
+    lengths = ctx.saved_tensors[8]
+    dg2 = dgx.reshape(T * B, w_ih.shape[0])                       # [T*B, N*4H], zero past each length
     x2 = x.reshape(T * B, D)
-    gemms = _gemms(ctx.backend, dy, ctx.saved_tensors[4], ctx.saved_tensors[5], ctx.saved_tensors[8])
+    gemms = _gemms(ctx.backend, dy, ctx.saved_tensors[4], ctx.saved_tensors[5], lengths)
     mm = gemms.matmul if gemms is not None else (lambda a, b, trans_a=False: (a.t() if trans_a else a) @ b)
+    rows = None   # with lengths: the positions inside the sequences
+    if lengths is not None:
+        inside = (torch.arange(T, device=x.device)[:, None] < lengths[None, :]).view(-1)
+        if gemms is not None and hasattr(gemms, "linear_rows"):
+            # The GEMMs over those rows only (dG is zero elsewhere: fewer FLOPs).
+            rows = inside.nonzero().squeeze(1)
+            dg2, x2 = dg2.index_select(0, rows), x2.index_select(0, rows)
+        else:
+            # x past a sequence's end is never an input of the LSTM: zeros there,
+            # so that a NaN / Inf in the padding cannot turn 0 * x into NaN in dW_ih.
+            x2 = x2.masked_fill(~inside[:, None], 0)
     # Only the GEMMs someone needs (layer 0's x is data: its dx would be a
     # [T*B, N*4H] x [N*4H, D] GEMM for nothing).
-    dx = mm(dg2, w_ih).view(T, B, D) if need[0] else None
+    dx = None
+    if need[0]:
+        dx = mm(dg2, w_ih)
+        if rows is not None:
+            dx = dx.new_zeros(T * B, D).index_copy_(0, rows, dx)
+        dx = dx.view(T, B, D)
     dw_ih = mm(dg2, x2, trans_a=True) if need[1] else None
     db = dg2.sum(0) if b_ih is not None and (need[2] or need[3]) else None
     return dx, dw_ih, db, db, dw_hh, dw_hr, dh0, dc0, None, None, None
