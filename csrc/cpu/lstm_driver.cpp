@@ -87,6 +87,13 @@ void run_gemm_locked(const std::vector<GemmParams>& problems, DType dt, int P) {
     max_n = std::max(max_n, p.N);
   }
   if (jobs.empty()) return;
+  // Largest first (jobs are claimed in order): equal cuts of 10 panels into
+  // 4 jobs are 2, 3, 2, 3 panels, which two threads claimed as 2 + 2 vs 3 + 3;
+  // 3, 3, 2, 2 is 5 + 5. Measured on dx of T64 B32 D300 H256 ([2048, 2048] x
+  // [2048, 300]), Zen 5, 2 threads, min of 20, 2 runs: 7.26-7.36 -> 6.38-6.59 ms.
+  std::stable_sort(jobs.begin(), jobs.end(), [](const GemmJob& a, const GemmJob& b) {
+    return a.p->M * a.p->K * (a.n1 - a.n0) > b.p->M * b.p->K * (b.n1 - b.n0);
+  });
   Arena arena;
   for (const GemmJob& j : jobs)
     arena.add(esize * round_up(j.n1 - j.n0, NR) * j.p->K);
