@@ -62,6 +62,11 @@ def _run_forward(mod, plan, gx, w_hh, w_hr, h0, c0, lengths, keep):
     return tuple(mod.forward(gx, w_hh, w_hr, h0, c0, lengths, keep, plan))
 
 
+def _inside(T: int, lengths: Tensor) -> Tensor:
+    """[T*B] bool, row t*B + b of a [T*B, F] view: t < lengths[b] (inside a sequence)."""
+    return (torch.arange(T, device=lengths.device)[:, None] < lengths[None, :]).view(-1)
+
+
 def _input_gates(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor], N: int,
                  gemms=None, lengths: Optional[Tensor] = None) -> Tensor:
     """gx [T, B, N, 4H] = x W_ih^T + b_ih + b_hh for both directions: one GEMM,
@@ -74,8 +79,7 @@ def _input_gates(x: Tensor, w_ih: Tensor, b_ih: Optional[Tensor], b_hh: Optional
     bias = None if b_ih is None else b_ih + b_hh
     if gemms is not None and lengths is not None and hasattr(gemms, "linear_rows") \
             and int(lengths.min()) < T:
-        inside = (torch.arange(T, device=x.device)[:, None] < lengths[None, :]).view(-1)
-        gx = gemms.linear_rows(x2, w_ih, bias, inside.nonzero().squeeze(1))
+        gx = gemms.linear_rows(x2, w_ih, bias, _inside(T, lengths).nonzero().squeeze(1))
     elif gemms is not None:
         gx = gemms.linear(x2, w_ih, bias, workspace=True)
     elif bias is None:
@@ -253,7 +257,7 @@ def _layer_backward(ctx, dy, dh_n, dc_n, _dgates, _dcells):
     mm = gemms.matmul if gemms is not None else (lambda a, b, trans_a=False: (a.t() if trans_a else a) @ b)
     rows = None   # with lengths: the positions inside the sequences
     if lengths is not None:
-        inside = (torch.arange(T, device=x.device)[:, None] < lengths[None, :]).view(-1)
+        inside = _inside(T, lengths)
         if gemms is not None and hasattr(gemms, "linear_rows"):
             # The GEMMs over those rows only (dG is zero elsewhere: fewer FLOPs).
             rows = inside.nonzero().squeeze(1)
