@@ -304,6 +304,29 @@ def test_layer_gx_workspace_is_reused_and_private():
     assert cpu_gemm._workspace.buf is None
 
 
+def test_workspace_made_under_inference_mode_serves_training_calls():
+    """The workspace may be created by a call under torch.inference_mode and
+    reused by a training call outside it (and back), with and without lengths:
+    an inference tensor there made the next call's in-place copy raise."""
+    cpu_gemm.release_workspace()
+    ref, ours = lstm_pair(5, 4, dtype=torch.float64, backend="cpu")
+    x, lens = torch.randn(6, 3, 5, dtype=torch.float64), torch.tensor([6, 2, 4])
+    with torch.no_grad():
+        packed = ref(nn.utils.rnn.pack_padded_sequence(x, lens, enforce_sorted=False))[0]
+        want = nn.utils.rnn.pad_packed_sequence(packed, total_length=6)[0]
+        want_full = ref(x)[0]
+    for _ in range(2):
+        with torch.inference_mode():
+            assert_close("inference, lengths", ours(x, lengths=lens)[0], want, **TOL[torch.float64])
+            assert_close("inference", ours(x)[0], want_full, **TOL[torch.float64])
+        out = ours(x.clone().requires_grad_(), lengths=lens)[0]
+        out.sum().backward()
+        assert_close("training, lengths", out.detach(), want, **TOL[torch.float64])
+        out = ours(x)[0]
+        out.sum().backward()
+        assert_close("training", out.detach(), want_full, **TOL[torch.float64])
+
+
 @pytest.mark.parametrize("dtype", DTYPES + [torch.bfloat16], ids=DTYPE_IDS + ["bf16"])
 def test_linear_rows_computes_exactly_the_rows_asked(dtype):
     """linear_rows: the rows asked for are x[rows] w^T + b (the others are not

@@ -73,7 +73,10 @@ def _workspace_tensor(rows: int, cols: int, dtype: torch.dtype, slot: str = "buf
     buf = getattr(_workspace, slot, None)
     if buf is None or buf.dtype != dtype or buf.numel() < need:
         setattr(_workspace, slot, None)  # free the old one before allocating the new
-        buf = torch.empty(need, dtype=dtype)
+        # A normal tensor even when the first call runs under inference_mode: an
+        # inference tensor could not be written in place by a later call outside it.
+        with torch.inference_mode(False):
+            buf = torch.empty(need, dtype=dtype)
         setattr(_workspace, slot, buf)
     return buf[:need].view(rows, cols)
 
