@@ -56,6 +56,12 @@ OP_CASES = [
     (6, 4, 2, 17, [3, 6, 1, 5]),
     (5, 2, 2, 33, [5, 2]),
     (3, 2, 1, 33, None),
+    # even H: bf16 takes the AVX512-BF16 dot products where the CPU has them
+    # (lstm_kernel.cpp, "bf16 dot products"): B=1 (4 k sets), B=13 (tiles of 7 + 6),
+    # H=40 (padded units past H), lengths with rows that start late in direction 1
+    (5, 1, 2, 64, None),
+    (4, 13, 2, 16, None),
+    (6, 4, 2, 40, [3, 6, 1, 5]),
 ]
 
 

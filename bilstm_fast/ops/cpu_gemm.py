@@ -96,8 +96,18 @@ def linear(x: Tensor, w: Tensor, bias: Optional[Tensor], workspace: bool = False
     acc = torch.float32 if x.dtype in _HALF else x.dtype
     out = (_workspace_tensor(x.shape[0], w.shape[0], acc, _slot) if workspace
            else x.new_empty(x.shape[0], w.shape[0], dtype=acc))
-    native.require("_cpu").linear(_acc(x), w, _acc(bias), out, _threads())
+    mod = native.require("_cpu")
+    a = x if _bf16_dot(mod, x, w) else _acc(x)
+    mod.linear(a, w, _acc(bias), out, _threads())
     return out.to(x.dtype)
+
+
+def _bf16_dot(mod, x: Tensor, w: Tensor) -> bool:
+    """x and w go to the bf16 dot-product kernels as they are (AVX512-BF16:
+    the products of bf16 pairs are exact in float32, as in the float32 path)."""
+    return (x.dtype == w.dtype == torch.bfloat16 and mod.bf16_dot() and x.shape[1] % 2 == 0
+            and x.stride(1) == 1 and w.stride(1) == 1 and x.stride(0) % 2 == 0 and w.stride(0) % 2 == 0
+            and x.data_ptr() % 4 == 0 and w.data_ptr() % 4 == 0)
 
 
 def linear_rows(x: Tensor, w: Tensor, bias: Optional[Tensor], rows: Tensor) -> Tensor:

@@ -135,12 +135,23 @@ void backward(py::handle dy, py::handle dh_n, py::handle dc_n, py::handle w_hh, 
 // why not torch's). x and w: last dim dense; bias and out contiguous.
 void linear(py::handle x, py::handle w, py::handle bias, py::handle out, int num_threads) {
   const bilstm::TensorArg ax = bilstm::read("x", x), aw = bilstm::read("w", w);
-  const DType X = ax.dtype, WB = gemm_dtype(ax, aw);
+  // bf16 x with bf16 w: the dot-product kernels, C and bias in float32.
+  const bool a_bf16 = ax.dtype == DType::bf16;
+  if (a_bf16 && !(aw.dtype == DType::bf16 && active_kernels().bf16_dot()))
+    throw py::value_error("x: torch.bfloat16 x needs torch.bfloat16 w and a CPU with AVX512-BF16 "
+                          "(cpu_gemm.py passes x in float32 otherwise)");
+  const DType X = a_bf16 ? DType::f32 : ax.dtype;
+  const DType WB = a_bf16 ? DType::bf16 : gemm_dtype(ax, aw);
   GemmParams p;
   p.M = bilstm::size_of(ax, 2, 0, "[M, D]"), p.K = ax.shape[1];
   p.N = bilstm::size_of(aw, 2, 0, "[G, D]");
-  const View vx = bilstm::expect(ax, X, kCpu, {{"M", p.M}, {"D", p.K}});
+  const View vx = bilstm::expect(ax, ax.dtype, kCpu, {{"M", p.M}, {"D", p.K}});
   const View vw = bilstm::expect(aw, WB, kCpu, {{"G", p.N}, {"D", p.K}});
+  if (a_bf16 && (p.K % 2 || vx.stride[0] % 2 || vw.stride[0] % 2 || vx.stride[1] != 1 || vw.stride[1] != 1 ||
+                 reinterpret_cast<uintptr_t>(vx.ptr) % 4 || reinterpret_cast<uintptr_t>(vw.ptr) % 4))
+    throw py::value_error("x, w: the bf16 dot products take an even D, rows with unit stride, even row "
+                          "strides and 4-byte aligned data, got D=" + std::to_string(p.K));
+  p.a_bf16 = a_bf16;
   p.a = vx.ptr, p.lda = vx.stride[0], p.ldk = 1;
   p.bkind = BKind::w_rows, p.b = vw.ptr, p.ldb = vw.stride[0];
   p.bias = bilstm::expect_optional("bias", bias, X, kCpu, {{"G", p.N}}).ptr;
@@ -243,6 +254,8 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("isa", [] { return std::string(active_kernels().isa); },
         "The kernel build in use: 'avx512', 'avx2' or 'baseline' (SSE2).");
   m.def("supported_isas", &supported_isas, "Kernel builds this CPU can run, fastest first.");
+  m.def("bf16_dot", [] { return active_kernels().bf16_dot(); },
+        "Whether the active build runs bf16 GEMMs on AVX512-BF16 dot products (then linear takes bf16 x).");
   m.def("set_isa", [](const std::string& name) {
     try { set_isa(name); } catch (const std::invalid_argument& e) { throw py::value_error(e.what()); }
   }, py::arg("name"), "Force a kernel build (tests, benchmarks).");

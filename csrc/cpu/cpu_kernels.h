@@ -42,6 +42,7 @@ struct GemmParams {
   View y, h0;
   const int64_t* lengths = nullptr;
   int64_t T = 0, batch = 0, dir = 0;
+  bool a_bf16 = false;           // w_rows only: A (x) is bf16 like B (kernel_table.bf16_dot); K, lda, ldb even
   const void* bias = nullptr;    // [N] contiguous, or nullptr
   void* c = nullptr;
   int64_t ldc = 0;               // C[m][n] = c[m*ldc + n]
@@ -111,6 +112,7 @@ struct KernelTable {
   RecBwdFn backward[4];
   RecFwdFn forward_proj[4];   // with a projection (w_hr, proj_size): float32, float64 only (null for X = f16/bf16)
   RecBwdFn backward_proj[4];
+  bool (*bf16_dot)();  // this CPU runs the bf16 dot-product kernels (AVX512-BF16; lstm_kernel.cpp)
 };
 
 const KernelTable& kernel_table_avx512();
