@@ -388,3 +388,25 @@ def test_nonfinite_padding_never_reaches_the_gradients_on_torch_gemms():
     (out_o.sum() + h_o.sum()).backward()
     for (name, p_r), p_o in zip(ref.named_parameters(), ours.parameters()):
         assert_close(name, p_o.grad, p_r.grad, **TOL[torch.float64])
+
+
+def test_bf16_dot_linear_refuses_what_it_cannot_run():
+    """_cpu.linear with a bf16 x (the AVX512-BF16 dot products): an odd D, or
+    a build without them, is a ValueError naming the argument -- never a
+    silently wrong product; with an even D it matches the float32 product."""
+    mod = _cpu()
+    if not mod.bf16_dot():
+        pytest.skip(f"this CPU has no AVX512-BF16 (isa {mod.isa()}): bf16 x is always passed in float32")
+    x, w = torch.randn(4, 6).bfloat16(), torch.randn(8, 6).bfloat16()
+    out = torch.empty(4, 8)
+    mod.linear(x, w, None, out, 1)
+    assert_close("bf16 dot", out, x.float() @ w.float().t(), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="even D"):
+        mod.linear(torch.randn(4, 5).bfloat16(), torch.randn(8, 5).bfloat16(), None, out, 1)
+    old = mod.isa()
+    mod.set_isa("avx2")
+    try:
+        with pytest.raises(ValueError, match="AVX512-BF16"):
+            mod.linear(x, w, None, out, 1)
+    finally:
+        mod.set_isa(old)

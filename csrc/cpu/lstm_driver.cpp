@@ -79,6 +79,8 @@ void run_gemm_locked(const std::vector<GemmParams>& problems, DType dt, int P) {
   for (int64_t i = 0; i < np; ++i) {
     const GemmParams& p = problems[i];
     if (p.M < 1 || p.N < 1) continue;
+    if (p.a_bf16 && (!ks.bf16_dot() || dt != DType::bf16))  // the binding checked; set_isa may have run since
+      throw std::invalid_argument("bf16 x: the active kernel build has no bf16 dot products");
     const int64_t panels = (p.N + NR - 1) / NR;
     const int64_t share = (P + np - 1 - i) / np;  // threads of this problem
     const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(panels, P > 1 ? kJobsPerThread * share : 1));
