@@ -439,30 +439,42 @@ __attribute__((noinline)) void micro_gemm(const T* A, int64_t lda, int64_t ldk, 
   }
 }
 
-// A jump table by row count (a compile-time chain of `if (m == M)` over the
-// heights measured ~8% slower on the B8 recurrence, Zen 5, 2 runs).
-template <class T, class W>
-inline void micro_gemm_rows(int m, const T* A, int64_t lda, int64_t ldk, const W* Wp, int64_t K, T* C,
-                            int64_t ldc, int nc, Init init, const T* bias) {
+// f(Rows<M>{}) for a tile of m = M rows, 1 <= m <= MR: the one dispatch from a
+// run-time height to the compile-time micro-kernels (a switch: a jump
+// table; a compile-time chain of `if (m == M)` over the heights measured
+// ~8% slower on the B8 recurrence, Zen 5, 2 runs).
+template <int M> struct Rows { static constexpr int value = M; };
+template <class F> inline void by_height(int m, F&& f) {
   switch (m) {
-    case 1: micro_gemm<T, 1, 4, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
-    case 2: micro_gemm<T, 2, 2, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
-    case 3: micro_gemm<T, 3, 2, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
-    case 4: micro_gemm<T, 4, 1, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
-    case 5: micro_gemm<T, 5, 1, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
-    case 6: micro_gemm<T, 6, 1, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+    case 1: f(Rows<1>{}); break;
+    case 2: f(Rows<2>{}); break;
+    case 3: f(Rows<3>{}); break;
+    case 4: f(Rows<4>{}); break;
+    case 5: f(Rows<5>{}); break;
+    case 6: f(Rows<6>{}); break;
     default:
       if constexpr (MR >= 12) switch (m) {
-          case 7: micro_gemm<T, 7, 1, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
-          case 8: micro_gemm<T, 8, 1, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
-          case 9: micro_gemm<T, 9, 1, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
-          case 10: micro_gemm<T, 10, 1, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
-          case 11: micro_gemm<T, 11, 1, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
-          case 12: micro_gemm<T, 12, 1, W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias); break;
+          case 7: f(Rows<7>{}); break;
+          case 8: f(Rows<8>{}); break;
+          case 9: f(Rows<9>{}); break;
+          case 10: f(Rows<10>{}); break;
+          case 11: f(Rows<11>{}); break;
+          case 12: f(Rows<12>{}); break;
           default: break;
         }
       break;
   }
+}
+// k-split accumulator sets of an M-row tile: >= 8 FMA chains (see above).
+constexpr int k_sets(int M) { return M == 1 ? 4 : M <= 3 ? 2 : 1; }
+
+template <class T, class W>
+inline void micro_gemm_rows(int m, const T* A, int64_t lda, int64_t ldk, const W* Wp, int64_t K, T* C,
+                            int64_t ldc, int nc, Init init, const T* bias) {
+  by_height(m, [&](auto rows) {
+    constexpr int M = decltype(rows)::value;
+    micro_gemm<T, M, k_sets(M), W>(A, lda, ldk, Wp, K, C, ldc, nc, init, bias);
+  });
 }
 
 // Tuning knobs: rows of A per block (MC) and the K chunk (KC; K up to
@@ -662,11 +674,11 @@ __attribute__((noinline, target("avx512bf16"))) void micro_gemm_bf16(const uint3
 // C[0:M][0:ncols] = A W (+ bias[0:ncols]) for A [M][K2] bf16 pairs (row
 // stride lda words) and W ceil(ncols/32) pair panels [K2][32] one after the
 // other; rows in blocks of MC (A's block stays in L2 while the panels pass)
-// and balanced tiles of <= 12 (as gemm()).
+// and balanced tiles of <= MR = 12 (as gemm()).
 inline void gemm_bf16(int64_t M, int64_t K2, const uint32_t* A, int64_t lda, const uint32_t* Wp,
                       int64_t ncols, float* C, int64_t ldc, const float* bias) {
   for (int64_t m0 = 0; m0 < M; m0 += BILSTM_MC_ROWS) {
-    const int64_t mb = imin(BILSTM_MC_ROWS, M - m0), tiles = (mb + 11) / 12;
+    const int64_t mb = imin(BILSTM_MC_ROWS, M - m0), tiles = (mb + MR - 1) / MR;
     for (int64_t p = 0; p * 32 < ncols; ++p)
       for (int64_t i = 0; i < tiles; ++i) {
         const int64_t r0 = m0 + mb * i / tiles, r1 = m0 + mb * (i + 1) / tiles;
@@ -675,21 +687,10 @@ inline void gemm_bf16(int64_t M, int64_t K2, const uint32_t* A, int64_t lda, con
         float* c = C + r0 * ldc + p * 32;
         const int nc = static_cast<int>(imin(32, ncols - p * 32));
         const float* b = bias ? bias + p * 32 : nullptr;
-        switch (r1 - r0) {
-          case 1: micro_gemm_bf16<1, 4>(a, lda, w, K2, c, ldc, nc, b); break;
-          case 2: micro_gemm_bf16<2, 2>(a, lda, w, K2, c, ldc, nc, b); break;
-          case 3: micro_gemm_bf16<3, 2>(a, lda, w, K2, c, ldc, nc, b); break;
-          case 4: micro_gemm_bf16<4, 1>(a, lda, w, K2, c, ldc, nc, b); break;
-          case 5: micro_gemm_bf16<5, 1>(a, lda, w, K2, c, ldc, nc, b); break;
-          case 6: micro_gemm_bf16<6, 1>(a, lda, w, K2, c, ldc, nc, b); break;
-          case 7: micro_gemm_bf16<7, 1>(a, lda, w, K2, c, ldc, nc, b); break;
-          case 8: micro_gemm_bf16<8, 1>(a, lda, w, K2, c, ldc, nc, b); break;
-          case 9: micro_gemm_bf16<9, 1>(a, lda, w, K2, c, ldc, nc, b); break;
-          case 10: micro_gemm_bf16<10, 1>(a, lda, w, K2, c, ldc, nc, b); break;
-          case 11: micro_gemm_bf16<11, 1>(a, lda, w, K2, c, ldc, nc, b); break;
-          case 12: micro_gemm_bf16<12, 1>(a, lda, w, K2, c, ldc, nc, b); break;
-          default: break;
-        }
+        by_height(static_cast<int>(r1 - r0), [&](auto rows) {
+          constexpr int Mt = decltype(rows)::value;
+          micro_gemm_bf16<Mt, k_sets(Mt)>(a, lda, w, K2, c, ldc, nc, b);
+        });
       }
   }
 }
