@@ -78,6 +78,8 @@ struct RowGroup {
   void* g = nullptr;
   void* m = nullptr;  // projection only
   void* r = nullptr;  // projection, backward only
+  void* h16 = nullptr;  // forward, X = bf16 without a projection: h in bf16, [2][nr][Hp]
+                        // (the A operand of the dot-product GEMM, lstm_kernel.cpp)
 };
 
 // One thread's share of the recurrence: direction n, the rows of `group`,

@@ -224,16 +224,17 @@ void run_recurrence(const Params& p, int num_threads) {
   std::lock_guard<std::mutex> lock(ThreadPool::call_mutex());
   Plan plan = make_plan(p.N, p.B, Hp, NR, num_threads < 1 ? 1 : num_threads, p.lengths, proj ? Pp : 0);
 
-  // Scratch: per group h, c, g (+ m, r with a projection; cpu_kernels.h:
-  // RowGroup), per job its packed W_hh slice: forward 4 gates x (hi-lo) units
+  // Scratch: per group h, c, g (+ m, r with a projection; + h16 forward in
+  // bf16; cpu_kernels.h: RowGroup), per job its packed W_hh slice: forward 4 gates x (hi-lo) units
   // x H, backward (hi-lo) x 4H; with a projection (K = P for the gate GEMM)
   // forward 4 (hi-lo) P + (phi-plo) H (W_hr), backward (phi-plo) 4H + (hi-lo) P.
   Arena arena;
   auto group_sizes = [&](const RowGroup& g) {
     const int64_t nr = g.nrows;
-    return std::array<int64_t, 5>{esize * (forward ? 2 : 1) * nr * Pp, esize * nr * Hp,
+    return std::array<int64_t, 6>{esize * (forward ? 2 : 1) * nr * Pp, esize * nr * Hp,
                                   esize * (forward ? nr * 4 * Hp : 2 * nr * G),
-                                  proj ? esize * nr * Hp : 0, proj && !forward ? esize * nr * Pp : 0};
+                                  proj ? esize * nr * Hp : 0, proj && !forward ? esize * nr * Pp : 0,
+                                  forward && !proj && dt == DType::bf16 ? 2 * 2 * nr * Hp : 0};
   };
   auto pack_size = [&](const RecJob& j) {
     if (!proj) return esize * (j.hi - j.lo) * G;
@@ -252,6 +253,7 @@ void run_recurrence(const Params& p, int num_threads) {
     g.g = arena.take(sz[2]);
     if (sz[3]) g.m = arena.take(sz[3]);
     if (sz[4]) g.r = arena.take(sz[4]);
+    if (sz[5]) g.h16 = arena.take(sz[5]);
   }
   for (auto& tj : plan.jobs)
     for (RecJob& j : tj) j.wpack = arena.take(pack_size(j));

@@ -22,7 +22,6 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 
 #include "cpu_kernels.h"
@@ -791,11 +790,10 @@ void forward_job(const FwdParams& p, const RecJob& job, int64_t Hp) {
   if constexpr (Same<S, bf16>::value)
     dot = bf16_dot_supported() && !job.barrier && lo == 0 && hi == Hp && H % 2 == 0 &&
           p.w_hh.stride[1] % 2 == 0 && p.w_hh.stride[0] % 2 == 0 && reinterpret_cast<uintptr_t>(p.w_hh.ptr) % 4 == 0;
-  uint16_t* hb = nullptr;  // dot: h in bf16, [2][nr][Hp] like hbuf (no memory: the float32 path)
+  uint16_t* hb = nullptr;  // dot: h in bf16, [2][nr][Hp] like hbuf; zero past H
   if (dot) {
-    hb = static_cast<uint16_t*>(std::aligned_alloc(64, static_cast<size_t>((2 * nr * Hp * 2 + 63) / 64 * 64)));
-    if (!hb) dot = false;
-    else std::memset(hb, 0, static_cast<size_t>(2 * nr * Hp * 2));
+    hb = static_cast<uint16_t*>(grp.h16);
+    std::memset(hb, 0, static_cast<size_t>(2 * nr * Hp * 2));
   }
   for (int g = 0; g < 4; ++g) {  // gate g's rows lo.. of W_hh[n], zero past H
     if (dot)  // the rows as H/2 words (k pairs): the same transposes move 32-bit pairs
@@ -874,7 +872,6 @@ void forward_job(const FwdParams& p, const RecJob& job, int64_t Hp) {
     }
     if (job.barrier) job.barrier->wait();
   }
-  std::free(hb);
 }
 
 // ----------------------------------------------------------------- backward
