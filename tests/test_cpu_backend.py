@@ -216,11 +216,18 @@ def test_bad_input_is_a_clear_error():
         call(lengths=torch.tensor([1, 4]))
     with pytest.raises(ValueError, match=r"h0: the last dimension must be contiguous"):
         call(h0=torch.empty(N, B, 2 * H)[..., ::2])
-    with pytest.raises(ValueError, match=r"gx: the cpu kernels run torch.float32, torch.float64, "
+    with pytest.raises(ValueError, match=r"w_hh: the cpu kernels run torch.float32, torch.float64, "
                                          r"torch.float16 and torch.bfloat16, got torch.int32"):
+        call(w_hh=w_hh.int())
+    # gx is read in A (float32 for every X but float64): never X = fp16 / bf16
+    with pytest.raises(ValueError, match=r"gx: expected dtype torch.float32 \(the accumulation dtype of "
+                                         r"w_hh's torch.float16\), got torch.float16"):
+        call(gx=gx.half(), w_hh=w_hh.half(), h0=h0.half(), c0=c0.half(), y=y.half(), h_n=hn.half(),
+             c_n=cn.half())
+    with pytest.raises(ValueError, match=r"gx: expected dtype torch.float32 .*, got torch.int32"):
         call(gx=gx.int())
-    with pytest.raises(ValueError, match=r"w_hh: expected dtype torch.float16, got torch.float32"):
-        call(gx=gx.half())
+    with pytest.raises(ValueError, match=r"h0: expected dtype torch.float16, got torch.float32"):
+        call(w_hh=w_hh.half())
     with pytest.raises(ValueError, match=r"h_n: expected dtype torch.float32, got torch.float64"):
         call(h_n=hn.double())
     with pytest.raises(ValueError, match=r"num_threads"):
@@ -232,8 +239,11 @@ def test_bad_input_is_a_clear_error():
     with pytest.raises(ValueError, match=r"lengths: must be contiguous"):
         call(lengths=torch.tensor([[3, 0], [2, 0]])[:, 0])
     # and through the Python backend module: a wrong dtype names the tensor
-    with pytest.raises(ValueError, match=r"w_hh: expected dtype torch.float32"):
+    with pytest.raises(ValueError, match=r"gx: expected dtype torch.float64 \(the accumulation dtype of "
+                                         r"w_hh's torch.float64\), got torch.float32"):
         cpu_lstm.forward(gx, w_hh.double(), None, h0, c0, None, False)
+    with pytest.raises(ValueError, match=r"h0: expected dtype torch.float64, got torch.float32"):
+        cpu_lstm.forward(gx.double(), w_hh.double(), None, h0, c0, None, False)
 
 
 def test_non_contiguous_lengths_through_the_op():

@@ -22,6 +22,7 @@ dtype and A the accumulation dtype: float64 for float64 input, else float32)::
         without plan options raise for any text).
     forward(gx, w_hh, w_hr, h0, c0, lengths, keep_for_backward, plan=None) -> y, h_n, c_n, gates, cells
         gx      [T, B, N, 4H]  X  input pre-activations, both biases included
+                               (or A where the backend's gemms.linear(workspace=True) returns A)
         w_hh    [N, 4H, P]     X  recurrent weights per direction
         w_hr    [N, P, H]      X  projection weights, or None (no projection)
         h0      [N, B, P]      X
@@ -43,7 +44,8 @@ dtype and A the accumulation dtype: float64 for float64 input, else float32)::
         own kernels, for the calls it supports (same dtypes and device):
         linear(x [M, D], w [G, D], bias [G] or None, workspace=False) -> [M, G]
             the projection; workspace=True: the result may live in a buffer
-            the backend reuses (the layer op's gx, dead when the op returns)
+            the backend reuses (the layer op's gx, dead when the op returns),
+            in X or in A -- whichever the backend's forward reads
         linear_rows(x, w, bias, rows) (optional) -> [M, G] with only rows
             ``rows`` computed: the projection at t < lengths[b] only
         matmul(a, b, trans_a=False) -> a @ b or a^T @ b              its backward

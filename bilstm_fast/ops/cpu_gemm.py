@@ -88,9 +88,12 @@ def release_workspace() -> None:
 
 def linear(x: Tensor, w: Tensor, bias: Optional[Tensor], workspace: bool = False, *,
            _slot: str = "buf") -> Tensor:
-    """x [M, D] @ w [G, D]^T + bias [G] -> [M, G] (bias may be None). workspace:
-    the result is written into this thread's reused buffer (module docstring)
-    and is valid until the next workspace call on this thread."""
+    """x [M, D] @ w [G, D]^T + bias [G] -> [M, G] (bias may be None), in x's
+    dtype. workspace: the result is written into this thread's reused buffer
+    (module docstring), valid until the next workspace call on this thread,
+    and left in A (float32 for fp16 / bf16 x): the layer op's gx, which the
+    recurrence reads in A (cpu_lstm.forward), so no conversion pass runs
+    between the two and the projection's sums reach the cell update unrounded."""
     if x.numel() == 0 or w.numel() == 0:   # nothing for the kernels (they take no empty tensors)
         return torch.addmm(bias, x, w.t()) if bias is not None else x @ w.t()
     acc = torch.float32 if x.dtype in _HALF else x.dtype
@@ -99,7 +102,7 @@ def linear(x: Tensor, w: Tensor, bias: Optional[Tensor], workspace: bool = False
     mod = native.require("_cpu")
     a = x if _bf16_dot(mod, x, w) else _acc(x)
     mod.linear(a, w, _acc(bias), out, _threads())
-    return out.to(x.dtype)
+    return out if workspace else out.to(x.dtype)
 
 
 def _bf16_dot(mod, x: Tensor, w: Tensor) -> bool:
@@ -112,7 +115,8 @@ def _bf16_dot(mod, x: Tensor, w: Tensor) -> bool:
 
 def linear_rows(x: Tensor, w: Tensor, bias: Optional[Tensor], rows: Tensor) -> Tensor:
     """[M, G] whose rows ``rows`` (int64 [R], increasing) are x[rows] @ w^T + bias
-    and whose other rows are undefined (in this thread's workspace): the
+    and whose other rows are undefined (in this thread's workspace, in A as
+    linear(workspace=True)): the
     layer's input projection over the positions inside the sequences only --
     the recurrence never reads gx past a sequence's end. One GEMM over the R
     gathered rows, then a copy of its output into place. A BiLSTM on a

@@ -58,17 +58,22 @@ def _threads() -> int:
 
 
 def forward(gx, w_hh, w_hr, h0, c0, lengths, keep_for_backward, plan=None):
-    """gx [T, B, N, 4H], w_hh [N, 4H, P], w_hr [N, P, H] or None, h0 [N, B, P], c0 [N, B, H],
+    """gx [T, B, N, 4H] (X or A), w_hh [N, 4H, P], w_hr [N, P, H] or None, h0 [N, B, P], c0 [N, B, H],
     lengths [B] int64 or None -> y [T, B, N, P], h_n [N, B, P], c_n [N, B, H],
     gates [T, B, N, 4H], cells [T, B, N, H] (gates/cells in A, shape (0,) when not
     keep_for_backward). ``plan``: the cpu backend has one plan (the driver splits
     the work by thread count), so only None."""
     _check_call(plan)
     T, B, N, G = gx.shape
-    H, A = G // 4, acc_dtype(gx.dtype)
+    X = w_hh.dtype
+    H, A = G // 4, acc_dtype(X)
     P = H if w_hr is None else w_hr.shape[1]
-    y = gx.new_empty(T, B, N, P)
-    h_n, c_n = gx.new_empty(N, B, P), gx.new_empty(N, B, H)
+    # The kernels read gx in A: the layer op's projection hands it over in A
+    # (cpu_gemm.linear(workspace=True)); a caller's gx in X is widened here.
+    if gx.dtype == X and X != A:
+        gx = gx.to(A)
+    y = gx.new_empty(T, B, N, P, dtype=X)
+    h_n, c_n = gx.new_empty(N, B, P, dtype=X), gx.new_empty(N, B, H, dtype=X)
     if keep_for_backward:
         gates, cells = gx.new_empty(T, B, N, G, dtype=A), gx.new_empty(T, B, N, H, dtype=A)
     else:  # two tensors: custom op outputs may not alias

@@ -37,7 +37,7 @@ struct View {
 struct FwdArgs {
   int64_t T = 0, B = 0, N = 0, H = 0;
   DType dtype = DType::f32;          // X
-  View gx;                           // [T, B, N, 4H] X  pre-activations, both biases included
+  View gx;                           // [T, B, N, 4H] X  pre-activations, both biases included (cpu: in A)
   View w_hh;                         // [N, 4H, P]    X
   View h0, c0;                       // [N, B, P], [N, B, H] X
   const int64_t* lengths = nullptr;  // [B], values in 1..T; nullptr = all T

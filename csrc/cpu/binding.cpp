@@ -80,9 +80,16 @@ void forward(py::handle gx, py::handle w_hh, py::handle h0, py::handle c0, py::h
   bilstm::lstm_sizes(agx, p.T, p.B, p.N, p.H);
   const int64_t T = p.T, B = p.B, N = p.N, H = p.H, P = p.P = proj_features(w_hr, H);
   const char* Pl = w_hr.is_none() ? "H" : "P";
-  const DType X = p.dtype = float_dtype(agx);
+  // X from w_hh; gx is in A (float32 for fp16 / bf16 models): the input
+  // projection's float32 sums go to the cell update unrounded, with no
+  // conversion pass between the GEMM and the recurrence (cpu_lstm.py).
+  const DType X = p.dtype = float_dtype(bilstm::read("w_hh", w_hh));
+  if (agx.dtype != acc_dtype(X))
+    throw py::value_error(std::string("gx: expected dtype ") + bilstm::dtype_name(acc_dtype(X)) +
+                          " (the accumulation dtype of w_hh's " + bilstm::dtype_name(X) + "), got " +
+                          bilstm::dtype_name(agx.dtype));
   check_projection_dtype(w_hr, X);
-  p.gx = bilstm::expect(agx, X, kCpu, {{"T", T}, {"B", B}, {"N", N}, {"4H", 4 * H}});
+  p.gx = bilstm::expect(agx, acc_dtype(X), kCpu, {{"T", T}, {"B", B}, {"N", N}, {"4H", 4 * H}});
   p.w_hh = bilstm::expect(bilstm::read("w_hh", w_hh), X, kCpu, {{"N", N}, {"4H", 4 * H}, {Pl, P}});
   p.w_hr = bilstm::expect_optional("w_hr", w_hr, X, kCpu, {{"N", N}, {"P", P}, {"H", H}});
   p.h0 = bilstm::expect(bilstm::read("h0", h0), X, kCpu, {{"N", N}, {"B", B}, {Pl, P}});

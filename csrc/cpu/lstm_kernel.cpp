@@ -763,7 +763,7 @@ void gemm_job(const GemmJob& job) {
 //   3. the barrier, when several jobs split the group's units
 // Rows that are not running (t >= L_b) get y = 0 and keep their state; both
 // halves of h start as h0, so a row that starts late (direction 1) reads h0.
-// S = X; T = A (cell state, h, the gate buffer, gates / cells); W: the panels.
+// S = X; T = A (gx, cell state, h, the gate buffer, gates / cells); W: the panels.
 template <class S>
 void forward_job(const FwdParams& p, const RecJob& job, int64_t Hp) {
   using T = Acc<S>;
@@ -834,7 +834,7 @@ void forward_job(const FwdParams& p, const RecJob& job, int64_t Hp) {
     for (int64_t i = 0; i < na; ++i) {
       const int64_t b = grp.rows[i];
       const T* gi = gbuf + i * 4 * Hp;
-      const S* gxp = at<const S>(p.gx, t, b, n);
+      const T* gxp = at<const T>(p.gx, t, b, n);  // gx in A (binding.cpp)
       S* yp = at<S>(p.y, t, b, n);
       T* ci = cbuf + i * Hp;
       T* hi_ = hn + i * Hp;
