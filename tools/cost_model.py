@@ -962,7 +962,7 @@ def _hash_files(paths, extra: str) -> str:
 CUDA_ENGINES = {"f16": (32, 8, 16, 8, 4), "tf32": (16, 16, 8, 16, 4), "fma": (16, 8, 8, 8, 8)}
 CUDA_ENGINE_CODE = {"f16": 1, "tf32": 2, "fma": 3}      # lstm_api.h Engine
 CUDA_PAIRS_PER_THREAD = 4                                 # lstm_api.h kPairsPerThread
-CUDA_STAGES = 4                                           # lstm.cu kStages
+CUDA_STAGES = 4                                           # lstm_api.h kStages
 
 
 def tagged_regions(path: Path, function: str) -> dict[str, frozenset]:
@@ -1110,10 +1110,19 @@ class CudaKernel(KernelModel):
             LoopSpec("barrier poll", (Site(r"while \(c\.load\(cuda::memory_order_acquire\) < target\)"),),
                      1 + 0.5 * 1, warps=1, grid_barrier=True),
             LoopSpec("batch chunks", (Site(r"for \(int b0 = 0; b0 < k\.B; b0 \+= g\.NB\) \{"),), nch),
+            # B > chunk: each chunk visit reloads its rows' lengths into shared memory
+            # (load_lengths: load_chunk, chunk_state), one row per thread
+            LoopSpec("state: the chunk's lengths", (Site(r"for \(int r = threadIdx\.x; r < imin\(g\.NB, B - b0\); "
+                                                         r"r \+= blockDim\.x\) len_s"),),
+                     avg(lambda nb: -(-nb // threads)), warps=max(1, min(nw, -(-NB // 32)))),
         ]
         guards = [Guard("pairs of thread 0", (Site(r"for \(int k = 0; k < kP; \+\+k\) \{", block=True),), pair_runs),
                    Guard("state round trip (B > chunk)", (Site(r"if \(k\.nchunks > 1\) \{", block=True),),
                          float(nch > 1))]
+        if fwd:
+            # the chunk's gx loads in load_chunk: nvcc's line info drops the outer frames
+            # (the [state] call) of part of this inlined copy, so its own line tells it
+            guards.append(Guard("state: the chunk's gx (B > chunk)", (Site(marker="chunk gx"),), float(nch > 1)))
         notes = [f"{engine} {blocks} blocks/dir x {U} units, {nw} warps, W_hh columns 0..{Kr} of {Kpad} in "
                  f"registers, chunks {chunks} (batch tiles {nnts})"]
         if fwd:
@@ -1121,7 +1130,7 @@ class CudaKernel(KernelModel):
             slots = MT * KS
             groups = min(CUDA_STAGES, KT) if slots <= nw else 1
             qr = Kr // (KS * K) if KS * K else 0
-            guards += [Guard("one K stage (several slots per warp)", (Site(r"if \(k\.groups == 1\) \{", block=True),),
+            guards += [Guard("one K stage (several slots per warp)", (Site(r"if \(g\.groups == 1\) \{", block=True),),
                              float(groups == 1)),
                        Guard("K stages (one slot per warp)", (Site(r"\} else \{  // one slot \(mt, ks\) per warp",
                                                                    block=True),), float(groups > 1)),
@@ -1133,7 +1142,7 @@ class CudaKernel(KernelModel):
                                        for i in range(groups)) / groups)
             # warps that copy (all warps' copies = the chunk's rows, for the bytes)
             copy_warps = max(1, min(nw, round(avg(lambda nb: nb * Hx / vec / 32) / max(stage * groups, 1e-9))))
-            loops += [LoopSpec("stage h: K groups", (Site(r"for \(int i = 0; i < k\.groups; \+\+i\)\s*$"),), groups),
+            loops += [LoopSpec("stage h: K groups", (Site(r"for \(int i = 0; i < g\.groups; \+\+i\)\s*$"),), groups),
                       LoopSpec("stage h: 16-byte copies", (Site(r"for \(int i = threadIdx\.x; i < total; i \+= "
                                                                  r"blockDim\.x\)"), Site(r"stage_rows\(k\.h_s")),
                                stage, warps=copy_warps)]
@@ -1145,7 +1154,7 @@ class CudaKernel(KernelModel):
                 mma_note = (f"K stages {groups}, one slot per warp ({slots} of {nw} warps busy), slot 0: "
                             f"{kcount} K tiles, {min(qr, kcount)} from registers")
                 for n in range(1, MAX_NT + 1):
-                    loops += [LoopSpec(f"mma K stages NNT={n}", (Site(r"for \(int i = 0; i < k\.groups; \+\+i\) \{"),),
+                    loops += [LoopSpec(f"mma K stages NNT={n}", (Site(r"for \(int i = 0; i < g\.groups; \+\+i\) \{"),),
                                        groups * share(n), warps=min(slots, nw), rank=(work_cls, n - 1), instance=n,
                                        smem_ways=ways_reg),
                               LoopSpec(f"mma shared K tiles NNT={n}", (q_loop, Site(r"slot_mma<Eng, wm::row_major>"
@@ -1173,7 +1182,7 @@ class CudaKernel(KernelModel):
                                                                   r"r\[ks \* red_ks\];"),),
                                KS, warps=max(pair_warps(nb) for nb in chunks), copies=kP * 4, generic="shared",
                                work=("fp32", 1)),
-                      LoopSpec("publish h_t: 16-byte stores", (Site(r"for \(int i = threadIdx\.x; i < nb \* per_row; "
+                      LoopSpec("publish h_t: 16-byte stores", (Site(r"for \(int i = threadIdx\.x; i < nb \* \(int\)g\.u_vec\.d; "
                                                                      r"i \+= blockDim\.x\)"),),
                                avg(lambda nb: -(-nb * (U // vec) // threads)),
                                warps=max(1, min(nw, -(-chunks[0] * (U // vec) // 32))))]

@@ -223,7 +223,29 @@ Options plan_opts(int engine, int blocks, int batch_tile, int reg_tiles) {
 
 }  // namespace
 
+// FastDiv (lstm_api.h) against '/' and '%': every numerator below 2^16 for
+// every divisor up to 512 and larger ones up to 2^15, powers of two and their
+// neighbours.
+void check_fastdiv() {
+  std::vector<unsigned> ds;
+  for (unsigned d = 1; d <= 512; ++d) ds.push_back(d);
+  for (unsigned e = 10; e <= 16; ++e)
+    for (unsigned d : {(1u << e) - 1, 1u << e, (1u << e) + 1}) if (d <= (unsigned)kFastDivMaxD) ds.push_back(d);
+  for (unsigned d : {641u, 1000u, 3000u, 12345u, 32749u}) ds.push_back(d);
+  long bad = 0;
+  for (unsigned d : ds) {
+    const FastDiv f(d);
+    for (int n = 0; n < kFastDivMax; ++n) {
+      const int q = f.div(n);
+      if (q != n / (int)d || f.mod(n, q) != n % (int)d) ++bad;
+    }
+  }
+  std::printf("fastdiv: %zu divisors x %d numerators, %ld wrong\n", ds.size(), kFastDivMax, bad);
+  g_fail += bad != 0;
+}
+
 int main() {
+  check_fastdiv();
   // H = 21 over 3 blocks of 8 units (3 padding units), B = 3, unsorted lengths incl. 1.
   const Problem p = make_problem(6, 3, 2, 21, {6, 1, 4}, 1234);
   run<float>(p, DType::f32, plan_opts(kFma, 3, 0, -1), "fma-registers", 2e-5);

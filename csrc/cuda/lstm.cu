@@ -234,17 +234,19 @@ __device__ __forceinline__ void barrier_wait(unsigned* counter, unsigned target)
   __syncthreads();
 }
 
-// Issues the async copies of columns [c0, c1) (multiples of 16 bytes) of
+// Issues the async copies of columns [c0, c0 + per_row.d * 16 bytes) of
 // `nrows` rows into shared memory rows `dst_ld` apart; row r comes from
 // row_src(r), and the pieces form one commit group. Every 16-byte piece of a
 // stage is issued before any is waited for (cp_async_wait, then
-// __syncthreads): one L2 round trip per stage, not one per element.
+// __syncthreads): one L2 round trip per stage, not one per element. per_row
+// (the 16-byte pieces of a row) divides without a division (FastDiv).
 template <class X, class RowSrc>
-__device__ __forceinline__ void stage_rows(X* dst, int dst_ld, int nrows, int c0, int c1, RowSrc row_src) {
+__device__ __forceinline__ void stage_rows(X* dst, int dst_ld, int nrows, int c0, const FastDiv& per_row,
+                                           RowSrc row_src) {
   constexpr int kVec = 16 / (int)sizeof(X);
-  const int per_row = (c1 - c0) / kVec, total = nrows * per_row;
+  const int total = nrows * (int)per_row.d;
   for (int i = threadIdx.x; i < total; i += blockDim.x) {
-    const int r = i / per_row, c = c0 + (i - r * per_row) * kVec;
+    const int r = per_row.div(i), c = c0 + per_row.mod(i, r) * kVec;
     cp_async16(dst + (size_t)r * dst_ld + c, row_src(r) + c);
   }
   cp_async_commit();
@@ -316,17 +318,16 @@ __device__ __forceinline__ void with_tiles(int n, F&& f) {
   }
 }
 
-// The K tiles kt in [kt_lo, kt_hi) of one slot of a warp, accumulated into
-// acc[0..NNT) (NNT batch tiles): slot (mt, ks) reduces over kt = ks + KS*q.
-// Its register tiles are a_reg[f0 + q] for q < qreg (f0: the slot's first
-// index in the warp's tile stream), the rest come from shared memory through
-// a_tile(mt, kt). Register arrays are indexed only by compile-time constants
-// (unrolled loops), so they never leave the registers.
+// The K tiles kt = ks + KS*q, q in [q_lo, q_hi), of one slot (mt, ks) of a
+// warp, accumulated into acc[0..NNT) (NNT batch tiles). Its register tiles
+// are a_reg[f0 + q] for q < qreg (f0: the slot's first index in the warp's
+// tile stream), the rest come from shared memory through a_tile(mt, kt).
+// Register arrays are indexed only by compile-time constants (unrolled
+// loops), so they never leave the registers.
 template <class Eng, class L, int RT, int NNT, class ATile, class BTile>
 __device__ __forceinline__ void slot_mma(typename Eng::FragC (&acc)[NNT], const typename Eng::template FragA<L> (&a_reg)[RT],
-                                         int mt, int ks, int KS, int f0, int qreg, int kt_lo, int kt_hi,
+                                         int mt, int ks, int KS, int f0, int qreg, int q_lo, int q_hi,
                                          ATile a_tile, int ld_a, BTile b_tile, int ld_b) {
-  const int q_lo = imax(0, (kt_lo - ks + KS - 1) / KS), q_hi = (kt_hi - ks + KS - 1) / KS;  // kt in range
   const int qr_hi = imin(q_hi, qreg);
 #pragma unroll
   for (int f = 0; f < RT; ++f) {
@@ -354,26 +355,32 @@ __device__ __forceinline__ void slot_mma(typename Eng::FragC (&acc)[NNT], const 
   }
 }
 
+// Division by 1 at compile time: the backward's k split (KS = 1).
+struct UnitDiv {
+  static constexpr unsigned d = 1;
+  __device__ __forceinline__ static int div(int n) { return n; }
+  __device__ __forceinline__ static int mod(int, int) { return 0; }
+};
+
 // One warp's share of a chunk's matmul C[MT*M rows, NNT*N] = A * B, all K at
 // once. Slots j = warp + i * warps map to (mt = j / KS, ks = j % KS); the
 // warp's first `qr` tiles (slot-major) are its register tiles, i.e. the W_hh
-// columns [0, Kr). flush(mt, ks, acc) takes each slot's accumulators.
-template <class Eng, class L, int RT, int NNT, class ATile, class BTile, class Flush>
-__device__ __forceinline__ void warp_mma(const typename Eng::template FragA<L> (&a_reg)[RT], int S, int KS, int KT,
+// columns [0, Kr). flush(mt, ks, acc) takes each slot's accumulators. KS: a
+// FastDiv (forward) or UnitDiv (backward).
+template <class Eng, class L, int RT, int NNT, class ATile, class BTile, class Flush, class Div>
+__device__ __forceinline__ void warp_mma(const typename Eng::template FragA<L> (&a_reg)[RT], int S, const Div& KS, int KT,
                                          int qr, ATile a_tile, int ld_a, BTile b_tile, int ld_b, Flush flush) {
-  const int warp = threadIdx.x / 32, nw = blockDim.x / 32;
+  const int warp = threadIdx.x / 32, nw = blockDim.x / 32, ksn = (int)KS.d;
   for (int j = warp, i = 0; j < S; j += nw, ++i) {
-    const int mt = j / KS, ks = j - mt * KS;
-    const int kcount = (KT - ks + KS - 1) / KS, f0 = i * kcount;
+    const int mt = KS.div(j), ks = KS.mod(j, mt);
+    const int kcount = KS.div(KT - ks + ksn - 1), f0 = i * kcount;
     typename Eng::FragC acc[NNT];
 #pragma unroll
     for (int nt = 0; nt < NNT; ++nt) Eng::zero(acc[nt]);
-    slot_mma<Eng, L>(acc, a_reg, mt, ks, KS, f0, imin(kcount, imax(0, qr - f0)), 0, KT, a_tile, ld_a, b_tile, ld_b);
+    slot_mma<Eng, L>(acc, a_reg, mt, ks, ksn, f0, imin(kcount, imax(0, qr - f0)), 0, kcount, a_tile, ld_a, b_tile, ld_b);
     flush(mt, ks, acc);
   }
 }
-
-constexpr int kStages = 4;  // K stages of the forward h copy (cp.async.wait_group takes 0..3)
 
 template <class X, int E>
 struct FwdCta {
@@ -384,7 +391,7 @@ struct FwdCta {
 
   const FwdParams& p;
   const Geometry& g;
-  int T, B, N, H, dir, blk, u0, MT, KT, slots, nchunks, groups;
+  int T, B, N, H, dir, blk, u0, MT, KT, slots, nchunks;
   X *w_s, *h_s, *hout, *xch;
   float* red;
   const X* w;
@@ -392,19 +399,18 @@ struct FwdCta {
   FragA a_reg[S.reg_tiles];
   // Per pair k of this thread (pair = tid + k * threads of the chunk, (row, unit) = (pair / U, pair % U)):
   float c[kP], gx[kP][4], h[kP], act[kP][4];
+  int* len_s;  // shared [NB]: L_b of the chunk's rows (load_lengths)
 
   __device__ __forceinline__ FwdCta(const FwdParams& p_, unsigned char* smem) : p(p_), g(p_.geo) {
     T = (int)p.T; B = (int)p.B; N = (int)p.N; H = (int)p.H;
     dir = blockIdx.x / g.blocks; blk = blockIdx.x - dir * g.blocks; u0 = blk * g.U;
     MT = 4 * g.U / S.m; KT = g.Kpad / S.k; slots = MT * g.KS;
-    // Stages of the h copy: up to kStages when every warp owns at most one slot
-    // (its accumulators then live across the stages).
-    groups = slots <= (int)(blockDim.x / 32) ? imin(kStages, KT) : 1;
     nchunks = (B + g.NB - 1) / g.NB;
     w_s = reinterpret_cast<X*>(smem + g.off_w);
     h_s = reinterpret_cast<X*>(smem + g.off_b);
     red = reinterpret_cast<float*>(smem + g.off_red);
     hout = reinterpret_cast<X*>(smem + g.off_out);
+    len_s = reinterpret_cast<int*>(smem + g.off_len);
     xch = static_cast<X*>(p.exchange);
     w = static_cast<const X*>(p.w_hh.ptr) + (size_t)dir * 4 * H * H;
     counter = p.barrier + dir * kBarrierStride;
@@ -413,6 +419,15 @@ struct FwdCta {
   __device__ __forceinline__ int time_of(int s) const { return dir == 0 ? s : T - 1 - s; }
   __device__ __forceinline__ X* xrow(int parity, int b) const { return xch + ((size_t)(parity * N + dir) * B + b) * g.Hx; }
   __device__ __forceinline__ int pair_count(int b0) const { return imin(g.NB, B - b0) * g.U; }
+  // Pair pr's batch row in its chunk and its unit in the block: (pr / U, pr % U).
+  __device__ __forceinline__ int pair_row(int pr) const { return g.by_U.div(pr); }
+  __device__ __forceinline__ int pair_unit(int pr, int row) const { return g.by_U.mod(pr, row); }
+  // len_s of chunk b0's rows: L_b clamped (seq_len), read from global memory
+  // once per launch (per chunk visit when B > NB) instead of once per pair
+  // and step; the caller synchronizes before it is read.
+  __device__ __forceinline__ void load_lengths(int b0) {
+    for (int r = threadIdx.x; r < imin(g.NB, B - b0); r += blockDim.x) len_s[r] = seq_len(p.lengths, b0 + r, T);
+  }
 
   __device__ __forceinline__ void load_gx(int k, int t, int b, int uu) {
     const X* q = static_cast<const X*>(p.gx.ptr) + (int64_t)t * p.gx.stride[0] + (int64_t)b * p.gx.stride[1] +
@@ -421,13 +436,14 @@ struct FwdCta {
     for (int gt = 0; gt < 4; ++gt) gx[k][gt] = to_f(q[(size_t)gt * H]);
   }
 
-  // gx of step s for every pair of chunk b0 (skipped for padding units).
+  // gx of step s for every pair of chunk b0 (skipped for padding units): the
+  // single-chunk path (B <= NB), after the arrival; load_chunk otherwise.
   __device__ __forceinline__ void prefetch_gx(int s, int b0) {
     const int t = time_of(s), np = pair_count(b0);
 #pragma unroll
     for (int k = 0; k < kP; ++k) {
-      const int pr = threadIdx.x + k * blockDim.x;
-      if (pr < np && u0 + pr % g.U < H) load_gx(k, t, b0 + pr / g.U, u0 + pr % g.U);
+      const int pr = threadIdx.x + k * blockDim.x, bl = pair_row(pr), uu = u0 + pair_unit(pr, bl);
+      if (pr < np && uu < H) load_gx(k, t, b0 + bl, uu);
     }
   }
 
@@ -456,9 +472,10 @@ struct FwdCta {
     if (nchunks == 1) {
 #pragma unroll
       for (int k = 0; k < kP; ++k) {
-        const int pr = threadIdx.x + k * blockDim.x;
-        c[k] = (pr < pair_count(0) && u0 + pr % g.U < H) ? to_f(c0[(size_t)(pr / g.U) * H + u0 + pr % g.U]) : 0.f;
+        const int pr = threadIdx.x + k * blockDim.x, bl = pair_row(pr), uu = u0 + pair_unit(pr, bl);
+        c[k] = (pr < pair_count(0) && uu < H) ? to_f(c0[(size_t)bl * H + uu]) : 0.f;
       }
+      load_lengths(0);
       prefetch_gx(0, 0);
     }
     __syncthreads();
@@ -473,9 +490,9 @@ struct FwdCta {
     float* cells = static_cast<float*>(p.cells.ptr);
 #pragma unroll
     for (int k = 0; k < kP; ++k) {
-      const int pr = threadIdx.x + k * blockDim.x, b = b0 + pr / g.U, uu = u0 + pr % g.U;
+      const int pr = threadIdx.x + k * blockDim.x, bl = pair_row(pr), b = b0 + bl, uu = u0 + pair_unit(pr, bl);
       if (pr >= np || uu >= H) continue;
-      const bool valid = t < seq_len(p.lengths, b, T);
+      const bool valid = t < len_s[bl];
       y[(int64_t)t * p.y.stride[0] + (int64_t)b * p.y.stride[1] + (int64_t)dir * p.y.stride[2] + uu] =
           from_f<X>(valid ? h[k] : 0.f);
       if (gates && valid) {
@@ -493,10 +510,10 @@ struct FwdCta {
     const size_t red_ks = (size_t)g.NB * g.ld_red;
 #pragma unroll
     for (int k = 0; k < kP; ++k) {
-      const int pr = threadIdx.x + k * blockDim.x, bl = pr / g.U, u = pr - bl * g.U, uu = u0 + u;
+      const int pr = threadIdx.x + k * blockDim.x, bl = pair_row(pr), u = pair_unit(pr, bl), uu = u0 + u;
       if (pr >= np) continue;
       if (uu >= H) { hout[pr] = from_f<X>(0.f); continue; }
-      if (t >= seq_len(p.lengths, b0 + bl, T)) {          // past L_b: state frozen, y = 0
+      if (t >= len_s[bl]) {                                 // past L_b: state frozen, y = 0
         hout[pr] = h_s[(size_t)bl * g.ld_b + uu];
         h[k] = 0.f;
         continue;
@@ -517,14 +534,28 @@ struct FwdCta {
     }
   }
 
-  __device__ __forceinline__ void chunk_state(int b0, bool load) {  // c <-> state (B > NB only)
+  // B > NB: chunk b0 at step s starts: its rows' lengths, c from the state
+  // buffer and gx, all in one round trip (len_s is read after the barrier).
+  // Its own gx loads, not prefetch_gx's: nvcc's line info drops the outer
+  // frames of part of this copy, so the cost model tells it by this line.
+  __device__ __forceinline__ void load_chunk(int s, int b0) {
+    const int t = time_of(s), np = pair_count(b0);
+    load_lengths(b0);
+#pragma unroll
+    for (int k = 0; k < kP; ++k) {
+      const int pr = threadIdx.x + k * blockDim.x, bl = pair_row(pr), uu = u0 + pair_unit(pr, bl);
+      if (pr >= np) continue;
+      c[k] = p.state[((size_t)dir * B + b0 + bl) * g.Hx + uu];
+      if (uu < H) load_gx(k, t, b0 + bl, uu);  // cost-model: chunk gx
+    }
+    __syncthreads();
+  }
+  __device__ __forceinline__ void store_chunk(int b0) {  // c -> state (B > NB only)
     const int np = pair_count(b0);
 #pragma unroll
     for (int k = 0; k < kP; ++k) {
-      const int pr = threadIdx.x + k * blockDim.x;
-      if (pr >= np) continue;
-      float& st = p.state[((size_t)dir * B + b0 + pr / g.U) * g.Hx + u0 + pr % g.U];
-      if (load) c[k] = st; else st = c[k];
+      const int pr = threadIdx.x + k * blockDim.x, bl = pair_row(pr);
+      if (pr < np) p.state[((size_t)dir * B + b0 + bl) * g.Hx + u0 + pair_unit(pr, bl)] = c[k];
     }
   }
 
@@ -540,8 +571,8 @@ struct FwdCta {
     if (nchunks == 1) {
 #pragma unroll
       for (int k = 0; k < kP; ++k) {
-        const int pr = threadIdx.x + k * blockDim.x, uu = u0 + pr % g.U;
-        if (pr < pair_count(0) && uu < H) c_n[(size_t)(pr / g.U) * H + uu] = from_f<X>(c[k]);
+        const int pr = threadIdx.x + k * blockDim.x, bl = pair_row(pr), uu = u0 + pair_unit(pr, bl);
+        if (pr < pair_count(0) && uu < H) c_n[(size_t)bl * H + uu] = from_f<X>(c[k]);
       }
     }
   }
@@ -561,14 +592,12 @@ __device__ __forceinline__ void fwd_step(FwdCta<X, E>& k, int s) {
   for (int b0 = 0; b0 < k.B; b0 += g.NB) {
     const int nb = imin(g.NB, k.B - b0);
     if (k.nchunks > 1) {  // [state]
-      k.chunk_state(b0, true);
-      k.prefetch_gx(s, b0);
+      k.load_chunk(s, b0);
     }
     // [stage] h_{t-1} in `groups` stages along K, all issued now: the matmul of stage
     // i starts as soon as it has landed, while the later ones are in flight.
-    for (int i = 0; i < k.groups; ++i)
-      stage_rows(k.h_s, g.ld_b, nb, imin(g.Hx, i * k.KT / k.groups * C::S.k), imin(g.Hx, (i + 1) * k.KT / k.groups * C::S.k),
-                 [&](int r) { return k.xrow(par, b0 + r); });
+    for (int i = 0; i < g.groups; ++i)
+      stage_rows(k.h_s, g.ld_b, nb, g.st_col[i], g.st_row[i], [&](int r) { return k.xrow(par, b0 + r); });
     // [mma]
     auto a_tile = [&](int mt, int kt) { return k.w_s + (size_t)mt * C::S.m * g.ld_w + (kt * C::S.k - g.Kr); };
     auto b_tile = [&](int kt, int nt) { return k.h_s + (size_t)nt * C::S.n * g.ld_b + kt * C::S.k; };
@@ -580,22 +609,24 @@ __device__ __forceinline__ void fwd_step(FwdCta<X, E>& k, int s) {
         for (int nt = 0; nt < kTiles; ++nt)
           Eng::store_col(k.red + ((size_t)ks * g.NB + nt * C::S.n) * g.ld_red + mt * C::S.m, acc[nt], g.ld_red);
       };
-      if (k.groups == 1) {
+      if (g.groups == 1) {
         cp_async_wait(0);
         __syncthreads();
-        warp_mma<Eng, wm::row_major, C::S.reg_tiles, NNT>(k.a_reg, k.slots, g.KS, k.KT, g.qr, a_tile, g.ld_w, b_tile,
+        warp_mma<Eng, wm::row_major, C::S.reg_tiles, NNT>(k.a_reg, k.slots, g.by_KS, k.KT, g.qr, a_tile, g.ld_w, b_tile,
                                                        g.ld_b, flush);
       } else {  // one slot (mt, ks) per warp; warps >= slots only keep the block's barriers
-        const int warp = threadIdx.x / 32, mt = warp / g.KS, ks = warp - mt * g.KS;
+        const int warp = threadIdx.x / 32, mt = g.by_KS.div(warp), ks = g.by_KS.mod(warp, mt);
+        // q of the slot's first K tile at or after kt: ceil((kt - ks) / KS), kt - ks + KS - 1 >= 0
+        auto q_at = [&](int kt) { return g.by_KS.div(kt - ks + g.KS - 1); };
         typename Eng::FragC acc[NNT];
 #pragma unroll
         for (int nt = 0; nt < NNT; ++nt) Eng::zero(acc[nt]);
-        for (int i = 0; i < k.groups; ++i) {
-          cp_async_wait(k.groups - 1 - i);
+        for (int i = 0; i < g.groups; ++i) {
+          cp_async_wait(g.groups - 1 - i);
           __syncthreads();
           if (warp < k.slots)
-            slot_mma<Eng, wm::row_major>(acc, k.a_reg, mt, ks, g.KS, 0, g.qr, i * k.KT / k.groups,
-                                         (i + 1) * k.KT / k.groups, a_tile, g.ld_w, b_tile, g.ld_b);
+            slot_mma<Eng, wm::row_major>(acc, k.a_reg, mt, ks, g.KS, 0, g.qr, q_at(g.st_kt[i]), q_at(g.st_kt[i + 1]),
+                                         a_tile, g.ld_w, b_tile, g.ld_b);
         }
         if (warp < k.slots) flush(mt, ks, acc);
       }
@@ -605,14 +636,13 @@ __device__ __forceinline__ void fwd_step(FwdCta<X, E>& k, int s) {
     __syncthreads();
     // [publish] h_t of this block's units: rows of U X, 16-byte stores
     constexpr int kVec = 16 / (int)sizeof(X);
-    const int per_row = g.U / kVec;
-    for (int i = threadIdx.x; i < nb * per_row; i += blockDim.x) {
-      const int r = i / per_row, v = i - r * per_row;
+    for (int i = threadIdx.x; i < nb * (int)g.u_vec.d; i += blockDim.x) {
+      const int r = g.u_vec.div(i), v = g.u_vec.mod(i, r);
       copy16(k.xrow(par ^ 1, b0 + r) + k.u0 + v * kVec, k.hout + (size_t)r * g.U + v * kVec);
     }
     if (k.nchunks > 1) {  // [outputs]
       k.write_outputs(s, b0);
-      k.chunk_state(b0, false);
+      k.store_chunk(b0);
       __syncthreads();  // h_s / red / hout reused by the next chunk
     }
   }
@@ -655,6 +685,7 @@ struct BwdCta {
   FragA a_reg[S.reg_tiles];
   // Per pair k: the dh / dc recurrence, and the saved forward values of the step.
   float dh[kP], dc[kP], act[kP][4], cell[kP], cprev[kP], dy[kP];
+  int* len_s;  // shared [NB]: L_b of the chunk's rows (load_lengths)
 
   __device__ __forceinline__ BwdCta(const BwdParams& p_, unsigned char* smem) : p(p_), g(p_.geo) {
     T = (int)p.T; B = (int)p.B; N = (int)p.N; H = (int)p.H;
@@ -664,6 +695,7 @@ struct BwdCta {
     w_s = reinterpret_cast<X*>(smem + g.off_w);
     dg_s = reinterpret_cast<X*>(smem + g.off_b);
     rx = reinterpret_cast<X*>(smem + g.off_red);
+    len_s = reinterpret_cast<int*>(smem + g.off_len);
     xch = static_cast<X*>(p.exchange);
     w = static_cast<const X*>(p.w_hh.ptr) + (size_t)dir * 4 * H * H;
     counter = p.barrier + dir * kBarrierStride;
@@ -672,6 +704,13 @@ struct BwdCta {
   // Iteration it runs the forward step T-1-it of this direction, at time t.
   __device__ __forceinline__ int time_of(int it) const { return dir == 0 ? T - 1 - it : it; }
   __device__ __forceinline__ int pair_count(int b0) const { return imin(g.NB, B - b0) * g.U; }
+  // Pair pr's batch row in its chunk and its unit in the block: (pr / U, pr % U).
+  __device__ __forceinline__ int pair_row(int pr) const { return g.by_U.div(pr); }
+  __device__ __forceinline__ int pair_unit(int pr, int row) const { return g.by_U.mod(pr, row); }
+  // len_s of chunk b0's rows (as FwdCta::load_lengths).
+  __device__ __forceinline__ void load_lengths(int b0) {
+    for (int r = threadIdx.x; r < imin(g.NB, B - b0); r += blockDim.x) len_s[r] = seq_len(p.lengths, b0 + r, T);
+  }
   // Partials that block `src` sends block `dest` at parity `par`: [B][U] X.
   __device__ __forceinline__ X* xblock(int par, int dest, int src) const {
     return xch + ((((size_t)par * N + dir) * g.blocks + dest) * g.blocks + src) * B * g.U;
@@ -686,9 +725,9 @@ struct BwdCta {
     const X* dyp = static_cast<const X*>(p.dy.ptr);
 #pragma unroll
     for (int k = 0; k < kP; ++k) {
-      const int pr = threadIdx.x + k * blockDim.x, b = b0 + pr / g.U, uu = u0 + pr % g.U;
+      const int pr = threadIdx.x + k * blockDim.x, bl = pair_row(pr), b = b0 + bl, uu = u0 + pair_unit(pr, bl);
       if (pr >= np || uu >= H) continue;
-      const int L = seq_len(p.lengths, b, T);
+      const int L = len_s[bl];
       if (t >= L) continue;  // masked: nothing read
       const int64_t tbn = ((int64_t)t * B + b) * N + dir;
 #pragma unroll
@@ -703,11 +742,15 @@ struct BwdCta {
 
   __device__ __forceinline__ void chunk_state(int b0, bool load) {  // dh, dc <-> state (B > NB only)
     const int np = pair_count(b0);
+    if (load) {  // the same round trip as dh's and dc's; prefetch reads it next
+      load_lengths(b0);
+      __syncthreads();
+    }
 #pragma unroll
     for (int k = 0; k < kP; ++k) {
-      const int pr = threadIdx.x + k * blockDim.x;
+      const int pr = threadIdx.x + k * blockDim.x, bl = pair_row(pr);
       if (pr >= np) continue;
-      const size_t i = ((size_t)dir * B + b0 + pr / g.U) * g.Hx + u0 + pr % g.U;
+      const size_t i = ((size_t)dir * B + b0 + bl) * g.Hx + u0 + pair_unit(pr, bl);
       float* st = p.state + i;
       float* sc = p.state + (size_t)N * B * g.Hx + i;
       if (load) { dh[k] = *st; dc[k] = *sc; } else { *st = dh[k]; *sc = dc[k]; }
@@ -719,15 +762,18 @@ struct BwdCta {
   // whose sequence was past its end there keep their dh.
   __device__ __forceinline__ void receive(int it, int b0) {
     const int nb = imin(g.NB, B - b0), par = (it - 1) & 1, t_prev = time_of(it - 1);
-    stage_rows(rx, g.U, g.blocks * nb, 0, g.U,
-               [&](int r) { return xblock(par, blk, r / nb) + (size_t)(b0 + r % nb) * g.U; });
+    const FastDiv by_nb = b0 + g.NB >= B ? g.by_nb[1] : g.by_nb[0];  // the last chunk's rows, or a full chunk's
+    stage_rows(rx, g.U, g.blocks * nb, 0, g.u_vec, [&](int r) {
+      const int src = by_nb.div(r);
+      return xblock(par, blk, src) + (size_t)(b0 + by_nb.mod(r, src)) * g.U;
+    });
     cp_async_wait(0);
     __syncthreads();
     const int np = nb * g.U;
 #pragma unroll
     for (int k = 0; k < kP; ++k) {
       const int pr = threadIdx.x + k * blockDim.x;
-      if (pr >= np || t_prev >= seq_len(p.lengths, b0 + pr / g.U, T)) continue;
+      if (pr >= np || t_prev >= len_s[pair_row(pr)]) continue;
       float s0 = 0.f, s1 = 0.f;  // two chains, fixed order: deterministic
       int j = 0;
       for (; j + 1 < g.blocks; j += 2) {
@@ -745,7 +791,7 @@ struct BwdCta {
     X* dgx = static_cast<X*>(p.dgx.ptr);
 #pragma unroll
     for (int k = 0; k < kP; ++k) {
-      const int pr = threadIdx.x + k * blockDim.x, bl = pr / g.U, u = pr - bl * g.U, b = b0 + bl, uu = u0 + u;
+      const int pr = threadIdx.x + k * blockDim.x, bl = pair_row(pr), u = pair_unit(pr, bl), b = b0 + bl, uu = u0 + u;
       if (pr >= np) continue;
       X* gs = dg_s + (size_t)bl * g.ld_b + u;
       if (uu >= H) {
@@ -755,7 +801,7 @@ struct BwdCta {
       }
       X* dq = dgx + (int64_t)t * p.dgx.stride[0] + (int64_t)b * p.dgx.stride[1] + (int64_t)dir * p.dgx.stride[2] + uu;
       float d[4] = {0.f, 0.f, 0.f, 0.f};
-      if (t < seq_len(p.lengths, b, T)) {
+      if (t < len_s[bl]) {
         const float ig = act[k][0], fg = act[k][1], gg = act[k][2], og = act[k][3];
         const float dh_out = dh[k] + dy[k];
         const float tc = bl_tanh(cell[k]);
@@ -798,11 +844,13 @@ struct BwdCta {
     } else {
 #pragma unroll
       for (int k = 0; k < kP; ++k) {
-        const int pr = threadIdx.x + k * blockDim.x, uu = u0 + pr % g.U;
+        const int pr = threadIdx.x + k * blockDim.x, bl = pair_row(pr), uu = u0 + pair_unit(pr, bl);
         const bool own = pr < pair_count(0) && uu < H;
-        dh[k] = own ? to_f(dh_n[(size_t)(pr / g.U) * H + uu]) : 0.f;
-        dc[k] = own ? to_f(dc_n[(size_t)(pr / g.U) * H + uu]) : 0.f;
+        dh[k] = own ? to_f(dh_n[(size_t)bl * H + uu]) : 0.f;
+        dc[k] = own ? to_f(dc_n[(size_t)bl * H + uu]) : 0.f;
       }
+      load_lengths(0);
+      __syncthreads();  // len_s, read by prefetch
       prefetch(0, 0);
     }
     __syncthreads();
@@ -818,7 +866,7 @@ struct BwdCta {
       const int np = pair_count(b0);
 #pragma unroll
       for (int k = 0; k < kP; ++k) {
-        const int pr = threadIdx.x + k * blockDim.x, b = b0 + pr / g.U, uu = u0 + pr % g.U;
+        const int pr = threadIdx.x + k * blockDim.x, bl = pair_row(pr), b = b0 + bl, uu = u0 + pair_unit(pr, bl);
         if (pr >= np || uu >= H) continue;
         dh0[(size_t)b * H + uu] = from_f<X>(dh[k]);
         dc0[(size_t)b * H + uu] = from_f<X>(dc[k]);
@@ -855,7 +903,7 @@ __device__ __forceinline__ void bwd_step(BwdCta<X, E>& k, int it) {
     with_tiles<1, C::S.max_nt>((nb + C::S.n - 1) / C::S.n, [&](auto tiles) {
       constexpr int NNT = decltype(tiles)::value;
       warp_mma<Eng, wm::col_major, C::S.reg_tiles, NNT>(
-          k.a_reg, k.MT, 1, k.KT, g.qr, a_tile, g.ld_w, b_tile, g.ld_b,
+          k.a_reg, k.MT, UnitDiv{}, k.KT, g.qr, a_tile, g.ld_w, b_tile, g.ld_b,
           [&](int mt, int, auto& acc) {
             constexpr int kTiles = std::extent<std::remove_reference_t<decltype(acc)>>::value;
 #pragma unroll
@@ -921,7 +969,8 @@ long layout_smem(int kind, Geometry& g, const EngineShape& S, int esize) {
     const long red = round_up((long)g.KS * g.NB * g.ld_red * 4, 128);
     g.off_red = (int)(w + hs);
     g.off_out = (int)(w + hs + red);
-    return w + hs + red + round_up((long)g.NB * g.U * esize, 128);
+    g.off_len = (int)(w + hs + red + round_up((long)g.NB * g.U * esize, 128));
+    return g.off_len + round_up((long)g.NB * 4, 128);
   }
   g.ld_b = 4 * g.U + pad;
   g.ld_red = 0;
@@ -929,7 +978,34 @@ long layout_smem(int kind, Geometry& g, const EngineShape& S, int esize) {
   const long rx = round_up(std::max({(long)g.blocks * g.NB * g.U * esize, (long)g.warps * g.NB * (S.m + 4) * 4, tile_stage}), 128);
   g.off_red = (int)(w + gs);
   g.off_out = 0;
-  return w + gs + rx;
+  g.off_len = (int)(w + gs + rx);
+  return g.off_len + round_up((long)g.NB * 4, 128);
+}
+
+// The Geometry's step-invariant index math (lstm_api.h): the forward's K
+// stages (up to kStages when every warp owns at most one slot, so that its
+// accumulators live across the stages), and the divisors of the step loop.
+void fill_index_math(int kind, Geometry& g, const EngineShape& S, int esize, int B) {
+  const int vec = 16 / esize;  // X elements per 16-byte piece
+  // Every numerator a FastDiv sees is below NB * Hx / vec (the staged pieces
+  // of a chunk; pairs, slots and K tiles are smaller).
+  if ((long)g.NB * round_up(g.Hx, S.k) / vec >= kFastDivMax || g.Hx > kFastDivMaxD || g.NB > kFastDivMaxD)
+    fail("a batch chunk of " + std::to_string(g.NB) + " rows x " + std::to_string(g.Hx) +
+         " units is beyond the kernels' index range");
+  g.by_U = FastDiv((unsigned)g.U);
+  g.u_vec = FastDiv((unsigned)(g.U / vec));
+  const int last = B - (B - 1) / g.NB * g.NB;  // rows of the last chunk
+  g.by_nb[0] = FastDiv((unsigned)g.NB);
+  g.by_nb[1] = FastDiv((unsigned)last);
+  g.by_KS = FastDiv((unsigned)g.KS);
+  if (kind != kForward) return;
+  const int MT = 4 * g.U / S.m, KT = g.Kpad / S.k;
+  g.groups = MT * g.KS <= g.warps ? std::min(kStages, KT) : 1;
+  for (int i = 0; i <= g.groups; ++i) {
+    g.st_kt[i] = i * KT / g.groups;
+    g.st_col[i] = std::min(g.Hx, g.st_kt[i] * S.k);
+  }
+  for (int i = 0; i < g.groups; ++i) g.st_row[i] = FastDiv((unsigned)((g.st_col[i + 1] - g.st_col[i]) / vec));
 }
 
 }  // namespace
@@ -1045,6 +1121,7 @@ Plan make_plan(int kind, int N, int B, int H, DType dtype, const DeviceLimits& l
     }
   }
   const long long nchunks = (B + g.NB - 1) / g.NB;
+  fill_index_math(kind, g, S, esize, B);
   pl.exchange_elems = kind == kForward ? 2LL * N * B * g.Hx : 2LL * N * g.blocks * B * g.Hx;
   pl.state_floats = nchunks > 1 ? (kind == kForward ? 1LL : 2LL) * N * B * g.Hx : 1;
   pl.why = why + "; " + std::to_string(g.blocks) + " blocks x " + std::to_string(g.U) + " units per direction, " +

@@ -52,6 +52,27 @@ BILSTM_HD constexpr EngineShape engine_shape(int e) {
 }
 const char* engine_name(int e);
 
+// n / d and n % d for 0 <= n < 2^16 and 1 <= d <= 2^15 without a division
+// instruction: q = floor(2n * m / 2^32) with m = ceil(2^31 / d) (d = 1 gives
+// m = 2^31, which fits); the error n * (m - 2^31 / d) / 2^31 < 2^-15 <= 1/d
+// never carries floor(n / d) over. A runtime integer division is a chain of
+// ~20-40 dependent instructions on the GPU; this is a shift and one
+// multiply-high. make_plan builds them for the sizes the step loop divides
+// by (Geometry) and checks the bounds; the emulation self-test checks every
+// n against '/'.
+struct FastDiv {
+  unsigned d = 1, m = 1u << 31;
+  FastDiv() = default;
+  explicit FastDiv(unsigned dd) : d(dd), m((unsigned)(((1ull << 31) + dd - 1) / dd)) {}
+  BILSTM_HD int div(int n) const { return (int)((((unsigned long long)((unsigned)n << 1)) * m) >> 32); }
+  BILSTM_HD int mod(int n, int q) const { return n - q * (int)d; }  // q = div(n)
+};
+constexpr int kFastDivMax = 1 << 16;  // numerators of a FastDiv: n < 2^16
+constexpr int kFastDivMaxD = 1 << 15;  // and divisors d <= 2^15
+
+// K stages of the forward h copy (cp.async.wait_group takes 0..3).
+constexpr int kStages = 4;
+
 // Cell-update pairs (batch row, unit) a thread owns per chunk (register arrays).
 constexpr int kPairsPerThread = 4;
 // Threads per block at most (the kernels' __launch_bounds__).
@@ -90,6 +111,18 @@ struct Geometry {
   int ld_b = 0;     // B operand row: forward h_s [NB][Kpad+pad], backward dG_s [NB][4U+pad]
   int ld_red = 0;   // forward: partial-gates rows red[KS][NB][4U+4] (fp32)
   int off_w = 0, off_b = 0, off_red = 0, off_out = 0;  // forward: w_s, h_s, red, hout; backward: w_s, dG_s, rx, -
+  int off_len = 0;  // both: len_s [NB] int, L_b of the chunk's rows (read once per chunk visit, not per step)
+  // Step-invariant index math, made once by make_plan: uniform over the
+  // block, so the kernels take it as constant-bank operands and the step loop
+  // runs no integer division by a runtime size (docs/cuda.md §4, lever 1).
+  int groups = 1;                // forward: K stages of the h copy (1: the whole copy, then the matmul)
+  int st_col[kStages + 1] = {};  // forward: stage i copies h columns [st_col[i], st_col[i+1]) (X elements)
+  int st_kt[kStages + 1] = {};   // forward: and feeds the K tiles [st_kt[i], st_kt[i+1])
+  FastDiv st_row[kStages];       // forward: by stage i's 16-byte pieces per h row
+  FastDiv by_U;                  // by U: pair index -> (batch row, unit); backward: row k -> owner block
+  FastDiv by_KS;                 // forward: by KS: slot -> (m tile, k split)
+  FastDiv u_vec;                 // by U's 16-byte pieces per row: publish (forward), receive (backward)
+  FastDiv by_nb[2];              // backward: by the rows of a full chunk (NB) and of the last chunk
 };
 
 // How a call is launched: grid = N * blocks, blockDim = 32 * warps.
