@@ -369,6 +369,143 @@ def test_triton_today():
         assert r["serial_chain"]["dependent_global_round_trips"] >= 2 * tiles
 
 
+def _split_step(kernel, dtype, H, B, gpu="H100"):
+    """The SPLIT launch, its SASS and the analysed step (every loop described, or LookupError)."""
+    g = gpu_specs.lookup(gpu)
+    k = cm.KERNELS[kernel]
+    launch = k.launch(g, dtype, H, B)
+    funcs = sass.disassemble(k.cubin(g, dtype, H, launch))
+    instrs = funcs[cm._function(funcs, launch.function)]
+    an = cm.StepAnalysis(cm.Machine(g), instrs, launch).run()
+    return launch, instrs, an, sass.body(instrs, an.step, own=False)
+
+
+def _back_to_back(instrs, loads) -> bool:
+    """No instruction from the first to the last of `loads` waits for a
+    scoreboard one of the loads issued before it set: they are issued
+    together, one round trip."""
+    mine = {i.addr for i in loads}
+    pending = 0
+    for i in instrs:
+        if loads[0].addr < i.addr <= loads[-1].addr and i.ctrl.wait & pending:
+            return False
+        if i.addr in mine and i.ctrl.wbar != 7:
+            pending |= 1 << i.ctrl.wbar
+    return True
+
+
+@pytest.mark.parametrize("kernel", ["triton.fwd", "triton.bwd"])
+def test_triton_split_step_read_off_the_sass(kernel):
+    """SPLIT (the dispatcher's path for fp16 128 < H <= 1024 on sm_90), H100,
+    fp16, H=512, B=16: grid (N, Q, S) = (2, 1, 32), one grid barrier per step.
+    Every loop of the step is described (the batch tiles, backward: of phase
+    B and of phase A, and the barrier's poll, found on `while seen < target`
+    and timed as the grid barrier: the release's fence, the peeled poll and
+    half a failed one); read off the SASS: the W slices never load inside the
+    step (on chip for all steps), one arrival (a release-add) per step, every
+    gate's [BB, HP] x [HP, BH] dot once (4 x 2 x HP/16 HMMA), and the exchange
+    through L2: .cg 16-byte loads of exactly the tile's h_{t-1} (backward: the
+    four gates' dG_t) -- the forward's h loads of a tile issued back to back,
+    one L2 round trip per batch tile; the backward's per gate. Predictions."""
+    _need(kernel)
+    fwd = kernel == "triton.fwd"
+    H, B = 512, 16
+    r = _prediction(kernel, "fp16", H, B)
+    p = r["plan"]
+    assert (p["path"], p["block_h"], p["block_b"], p["num_warps"], p["S"], p["Q"], p["sync"]) == \
+        ("split", 16, 16, 4, 32, 1, "grid")
+    assert r["blocks"] == 64 and "split BH=16 S=32 Q=1 grid" in r["variant"] and not r["fixed_us"]
+    assert any("sync=grid" in n for n in r["notes"]) and any("capacity" in n for n in r["notes"])
+    loops = {l["name"]: l for l in r["loops"][1:]}
+    assert set(loops) == ({"batch tiles p = q, q+Q, ...", "barrier poll"} if fwd else
+                          {"phase B tiles (dh = dG W)", "phase A tiles (cell backward)", "barrier poll"})
+    assert loops["barrier poll"]["line"] == f"triton_kernels.py:{_kernel_line(r'while seen < target:')}"
+    assert all(l["trips"] == 1 for n, l in loops.items() if n != "barrier poll")
+    l2 = r["serial_chain"]["l2_hit_cycles"]
+    assert 2 * l2 <= r["serial_chain"]["grid_barrier_cycles"] <= 4 * l2
+    assert r["step_instructions"]["mma"] == 4 * (16 // 8) * (H // 16) * (16 // 16)
+    assert r["bytes_per_step_per_block"]["hbm"] <= (0 if fwd else 16 * 16 * (4 + 2) * 4 + 16 * 16 * 2)
+    assert "grid barrier" in r["regions_cycles"]
+    assert sum(r["regions_cycles"].values()) == pytest.approx(r["cycles_per_step"], rel=0.01)
+    assert r["prediction"] and r["us_per_step_range"][0] <= r["us_per_step"] <= r["us_per_step_range"][1]
+
+    launch, instrs, an, step = _split_step(kernel, "fp16", H, B)
+    src = launch.source
+    w_load = cm.resolve(cm.Site(r"return tl\.load\(w_n \+"), src)                  # _w_tile
+    loads_w = [i for i in instrs if i.cls == "global_ld" and cm._matches(i.chain, [w_load])]
+    assert loads_w and not any(an.step.contains(i.addr) for i in loads_w)          # prologue only
+    assert sum(1 for i in step if i.cls == "atomic") == 1
+    polls = [n for n in cm._walk(an.root) if n.spec is not None and n.spec.grid_barrier]
+    assert len(polls) == 1 and any(i.opcode.startswith("LDG") for i in sass.body(instrs, polls[0].loop))
+    xs = [cm.resolve(cm.Site(r"hx = tl\.load\(y \+"), src)] if fwd else \
+        [cm.resolve(cm.Site(rf"tl\.load\(dgx \+ g_off{g}, mask=k_ok"), src) for g in ("", r" \+ H", r" \+ 2 \* H",
+                                                                                    r" \+ 3 \* H")]
+    total = 0
+    for lines in xs:
+        ld = [i for i in step if i.cls == "global_ld" and cm._matches(i.chain, [lines])]
+        assert ld and all(i.opcode.startswith("LDG.E.128") and "STRONG.GPU" in i.opcode for i in ld)   # .cg
+        assert _back_to_back(instrs, ld)
+        total += len(ld) * 32 * 16 * launch.warps
+    assert total == (1 if fwd else 4) * 16 * H * 2                                   # the tile, once
+
+
+def _kernel_line(pattern: str) -> int:
+    lines = cm.resolve(cm.Site(pattern), cm._triton_adapter()[1])
+    assert len(lines) == 1
+    return next(iter(lines))[1]
+
+
+@pytest.mark.parametrize("gpu,dtype,H,B", [("H100", "fp16", 256, 64), ("H100", "fp16", 1024, 64),
+                                           ("H100", "bf16", 768, 40), ("H100", "fp32", 256, 40),
+                                           ("RTX4090", "fp16", 256, 16)])
+def test_triton_split_launch_follows_the_dispatcher(gpu, dtype, H, B):
+    """Q from triton_plan.split_groups with the capacity of the compiled kernel
+    (registers, shared memory; co_resident_programs on the GPU's limits from
+    gpu_specs): H=256 fp16 on an H100 holds several programs per SM (41 KB of
+    shared memory each), so Q = 4 groups of 16 run B=64 one tile each; H=1024 holds one group per direction (Q=1),
+    whose programs run all 4 tiles; every loop of every variant (sm_89, sm_90,
+    fp32 with 8 warps) described. Predictions."""
+    _need("triton.fwd")
+    from bilstm_fast.ops import triton_plan as tp
+    g = gpu_specs.lookup(gpu)
+    for kernel in ("triton.fwd", "triton.bwd"):
+        launch, instrs, an, step = _split_step(kernel, dtype, H, B, gpu)
+        p = launch.plan
+        a = gpu_specs.arch_facts(g.cc)
+        facts = tp.DeviceFacts(g.sms, g.smem_per_sm, a["regs_per_sm"], a["threads_per_sm"], a["blocks_per_sm"])
+        assert p["capacity"] == tp.co_resident_programs(facts, p["registers"], p["smem_bytes"], p["num_warps"])
+        S, tiles = -(-H // 16), -(-B // 16)
+        assert (p["S"], p["Q"], p["sync"]) == (S, tp.split_groups(2, S, tiles, p["capacity"]), "grid")
+        assert launch.blocks == 2 * p["Q"] * S <= p["capacity"]
+        trips = -(-tiles // p["Q"])
+        nodes = {n.name: n for n in cm._walk(an.root) if n is not an.root}
+        assert {n.trips for k, n in nodes.items() if k != "barrier poll"} == {trips}
+        assert nodes["barrier poll"].spec.grid_barrier
+        if (gpu, dtype, H) == ("H100", "fp16", 256):
+            assert p["capacity"] >= 2 * 132 and p["Q"] == 4 and trips == 1
+        if (gpu, dtype, H) == ("H100", "fp16", 1024):
+            assert p["Q"] == 1 and trips == 4
+
+
+def test_triton_split_one_launch_per_step():
+    """Where one group per direction does not fit (A100, fp16, H=1024: 2 x 64
+    programs of 160 KB, one per SM, 108 SMs), the launcher runs one launch per
+    step (sync=step, the SYNC=False kernel: no poll in its step); the model
+    says so in the row and adds the per-launch gap, an assumed constant of
+    gpu_specs, and the W slices' reload. Predictions."""
+    _need("triton.fwd")
+    r = _prediction("triton.fwd", "fp16", 1024, 16, gpu="A100")
+    p = r["plan"]
+    assert (p["path"], p["Q"], p["sync"], p["groups"]) == ("split", 0, "step", 1) and p["capacity"] < 2 * 64
+    assert "sync=step" in r["variant"] and r["waves"] == 2
+    gap = gpu_specs.arch_facts(80).facts["launch_gap_us"]
+    assert gap.checked == "assumed" and r["fixed_us"]["kernel launch (assumed)"] == gap.value
+    assert r["us_per_step"] >= r["bounds_us"]["sm"] * r["waves"] + sum(r["fixed_us"].values()) - 1e-9
+    assert "barrier poll" not in {l["name"] for l in r["loops"]} and r["serial_chain"]["grid_barrier_cycles"] >= 0
+    launch, instrs, an, step = _split_step("triton.fwd", "fp16", 1024, 16, "A100")
+    assert not an.root.children[0].children and len(an.root.children) == 1       # the tile loop, no spin
+
+
 def test_cli_rows_json_and_exit_status(capsys):
     _need("cuda.fwd")
     args = ["--gpu", "H100", "--kernel", "cuda.fwd", "--dtype", "fp16", "--H", "768", "--B", "16"]

@@ -205,6 +205,9 @@ class Launch:
                                            # instance_runs[instance] times per pass (0 if absent)
     plan: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    fixed_us: dict = field(default_factory=dict)   # name -> us per step outside the SASS step loop, added
+                                                   # after the bounds (a kernel launch per step: an assumed
+                                                   # constant of gpu_specs; its source in notes)
 
 
 class KernelModel:
@@ -1236,22 +1239,32 @@ class CudaKernel(KernelModel):
         return cuda_resources.cubin(str(gpu.cc)).read_bytes()
 
 
-def _triton_adapter(compiler: bool = False):
+def _triton_adapter(compiler: bool = False, planner: bool = False):
     """Everything taken from the Triton backend, in one place:
     -> (kernel_config(H, dtype, smem, dot_prec) -> KernelConfig, the kernels'
     source file), or with compiler=True the ahead-of-time compile
-    (kernel, arch, H, dtype, dot_prec) -> Triton's compiled kernel, which
-    tools/compile_report.py does (imported only in the compiling process: it
-    clears TRITON_INTERPRET on import)."""
+    (kernel, arch, H, dtype, dot_prec, plan, sync) -> (Triton's compiled
+    kernel, its resources), which tools/compile_report.py does (imported only
+    in the compiling process: it clears TRITON_INTERPRET on import), or with
+    planner=True the dispatcher's module, triton_plan (SPLIT's launch rule:
+    split_launch_groups, split_groups, co_resident_programs, DeviceFacts)."""
     if compiler:
         import compile_report
 
-        def compile_(kernel, arch, H, dtype, prec, plan=""):
-            v = compile_report.Variant(kernel, arch, H, dtype, 2, True, kernel == "fwd", prec, plan=plan)
-            return compile_report.compile_triton(v)[0]
+        def compile_(kernel, arch, H, dtype, prec, plan="", sync=True):
+            """-> (compiled kernel, its resources: registers per thread (cuobjdump, as
+            the compile report reads them), dynamic shared memory and warps (metadata))."""
+            v = compile_report.Variant(kernel, arch, H, dtype, 2, True, kernel == "fwd", prec, sync=sync,
+                                       plan=plan)
+            k = compile_report.compile_triton(v)[0]
+            regs, stack = compile_report._cubin_usage(k.asm["cubin"])
+            return k, dict(registers=regs, stack=stack, shared=k.metadata.shared,
+                           num_warps=k.metadata.num_warps)
         return compile_
     import torch
     from bilstm_fast.ops import triton_kernels, triton_plan
+    if planner:
+        return triton_plan
 
     def config(H, dtype, smem, prec, plan=""):
         if plan:
@@ -1259,6 +1272,53 @@ def _triton_adapter(compiler: bool = False):
         tdt = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
         return triton_plan.kernel_config(H, tdt, smem, prec)
     return config, Path(triton_kernels.__file__)
+
+
+def _py_function_lines(path: Path) -> dict[str, tuple[int, int]]:
+    """Top-level Python functions of a source file -> (first, last) line of each
+    (the `def` line to the last line before the next decorator or def)."""
+    lines = _lines(str(path))
+    starts = [(i, m.group(1)) for i, text in enumerate(lines) if (m := re.match(r"def (\w+)\(", text))]
+    out = {}
+    for k, (i, name) in enumerate(starts):
+        j = starts[k + 1][0] if k + 1 < len(starts) else len(lines)
+        while j - 1 > i and (not lines[j - 1].strip() or lines[j - 1].startswith("@")):
+            j -= 1
+        out[name] = (i + 1, j)
+    return out
+
+
+def _split_regions(path: Path, fwd: bool) -> dict:
+    """The parts a SPLIT step is reported by (Launch.regions): whole helper
+    functions, and lines of the kernel's own body found by their text."""
+    fn = _py_function_lines(path)
+    lines = _lines(str(path))
+    name = path.name
+
+    def funcs(*names):
+        return {(name, l) for f in names if f in fn for l in range(fn[f][0], fn[f][1] + 1)}
+
+    lo, hi = fn["_lstm_fwd_split_kernel" if fwd else "_lstm_bwd_split_kernel"]
+
+    def body(pattern):
+        rx = re.compile(pattern)
+        return {(name, l) for l in range(lo, hi + 1) if rx.search(lines[l - 1])}
+
+    regions = {"grid barrier": funcs("_arrive_and_wait"), "dots": funcs("_dot"), "k-sum": funcs("_ksum"),
+               "rows, time, lengths": funcs("_row_lengths", "_step_time")}
+    if fwd:
+        regions.update({
+            "h load": body(r"hx \+?= tl\.load|mask=k_ok & valid\[None|k_ok = b_ok\[None|f3 = first"),
+            "gx": funcs("_load_gx"),
+            "cell, stores": funcs("_cell_and_store", "_sigmoid", "_tanh") | body(r"tl\.(load|store)\(c_scr|"
+                                                                                  r"c \+= tl\.load\(c0")})
+    else:
+        regions.update({
+            "dG load (phase B)": body(r"tl\.load\(dgx \+ g_off|g_off = row\[None|k_ok = b_ok\[None"),
+            "dh store (phase B)": body(r"tl\.store\((dh_scr|dh0) \+|tl\.debug_barrier\(\)"),
+            "cell backward (phase A)": funcs("_cell_bwd_and_store", "_tanh")
+            | body(r"d[hc] \+?= tl\.load\(d[hc]_(n|scr)|c_first = tl\.load|tl\.store\(dc_scr")})
+    return regions
 
 
 class TritonKernel(KernelModel):
@@ -1287,9 +1347,7 @@ class TritonKernel(KernelModel):
         smem = gpu.smem_per_block
         cfg = config(H, dtype, smem, self.prec(dtype), self.plan)
         if cfg.path == "split":
-            raise NotImplementedError(
-                f"triton {self.pass_} H={H} {dtype}: the SPLIT path is not described to the cost "
-                "model yet (docs/triton.md has its hand estimate); force another path with plan=")
+            return self._split_launch(gpu, dtype, H, B, N, T, cfg, src)
         fwd = self.pass_ == "fwd"
         nt = math.ceil(H / cfg.block_h)
         programs = N * math.ceil(B / cfg.block_b)
@@ -1320,33 +1378,150 @@ class TritonKernel(KernelModel):
                                 num_warps=cfg.num_warps, maxnreg=cfg.maxnreg, programs=programs),
                       notes=[f"{programs} programs (N x ceil(B/{cfg.block_b})), {cfg.num_warps} warps"])
 
-    def cubin(self, gpu, dtype, H, launch) -> bytes:
+    # ------------------------------------------------------------ SPLIT
+    # _lstm_fwd_split_kernel / _lstm_bwd_split_kernel (docs/triton.md, "Grid and
+    # time", "The three paths"): grid (N, Q, S), program (n, q, j) holds the W_hh
+    # slice of units 16j..16j+15 in shared memory for all steps; per step it runs
+    # the batch tiles q, q+Q, ... (`for p in range(q, cdiv(B, BB), Q)`) and meets
+    # its group's S programs at the barrier (_arrive_and_wait: bar.sync, one
+    # release-add, a volatile-load poll without nanosleep, bar.sync).
+    SPLIT_TILES = r"for p in range\(q, \(B \+ BLOCK_B - 1\) // BLOCK_B, Q\):"
+    SPLIT_POLL = r"while seen < target:"
+    # the barrier poll: the first volatile load is peeled before the loop (the
+    # successful one of the last program to arrive); the loop runs half a failed
+    # poll on average (the last arrival lands half a poll period before the poll
+    # that sees it), as CudaKernel's "barrier poll" counts 1 + 0.5 polls
+    SPLIT_POLL_TRIPS = 0.5
+
+    def _split_launch(self, gpu, dtype, H, B, N, T, cfg, src) -> Launch:
+        """The SPLIT launch the Triton launcher (triton_lstm._launch_split) makes:
+        Q from triton_plan.split_launch_groups with the capacity of the compiled
+        SYNC kernel (its registers and shared memory, triton_plan's occupancy
+        arithmetic on the GPU's limits from gpu_specs); Q == 0: one launch per
+        step (sync=step), the SYNC=False kernel, every batch tile its own group,
+        plus the per-launch gap (an assumed constant) and the W slices' reload."""
+        tp = _triton_adapter(planner=True)
+        fwd = self.pass_ == "fwd"
+        a = gpu_specs.arch_facts(gpu.cc)
+        facts = tp.DeviceFacts(gpu.sms, gpu.smem_per_sm, int(a["regs_per_sm"]), int(a["threads_per_sm"]),
+                               int(a["blocks_per_sm"]))
+        S = -(-H // cfg.block_h)
+        tiles = -(-B // cfg.block_b)
+        rs = self._compiled(gpu, dtype, H, sync=True)[1]        # the launcher asks the SYNC kernel
+        capacity = tp.co_resident_programs(facts, rs["registers"], rs["shared"], rs["num_warps"])
+        if capacity <= 0:
+            raise RuntimeError(f"triton {self.pass_} H={H} {dtype}: one program ({rs['shared']} B shared "
+                               f"memory, {rs['registers']} registers) does not fit an SM of the {gpu.name}")
+        Q = tp.split_launch_groups(cfg.sync, False, N, S, tiles, lambda: capacity)
+        grid = Q > 0
+        # the kernel that runs: the SYNC one, or the SYNC=False one launched once per step
+        res = rs if grid else self._compiled(gpu, dtype, H, sync=False)[1]
+        per_sm = tp.co_resident_programs(facts, res["registers"], res["shared"], res["num_warps"]) // gpu.sms
+        groups = Q if grid else tiles
+        trips = -(-tiles // groups)                              # the busiest program (q = 0)
+        blocks = N * groups * S
+        bk = tp.split_block_k(H)
+        tile_loop = Site(self.SPLIT_TILES)
+        if fwd:
+            step = Site(r"for s in range\(S_BEGIN, S_END\):")
+            loops = [LoopSpec("batch tiles p = q, q+Q, ...", (tile_loop,), trips, unroll=1)]
+        else:
+            # the two batch-tile loops share one source text: phase B holds the dG x W dots, phase A the cell
+            step = Site(r"for r in range\(S_BEGIN, S_END\):")
+            loops = [LoopSpec("phase B tiles (dh = dG W)", (tile_loop,), trips, has=r"\bHMMA", unroll=1),
+                     LoopSpec("phase A tiles (cell backward)", (tile_loop,), trips, lacks=r"\bHMMA", unroll=1)]
+        if grid:
+            loops.append(LoopSpec("barrier poll", (Site(self.SPLIT_POLL),), self.SPLIT_POLL_TRIPS,
+                                  grid_barrier=True))
+        # gx: L2 or HBM (gx_level); the backward's saved gates / cell states and dy:
+        # HBM; loads masked to the first or the last step (h0, c0, dh_n, dc_n) are
+        # off in the steady state; the h (dG) exchange, .cg loads of y (dgx) that the
+        # group's S programs wrote one step before: L2
+        mem = [MemHint(Site(r"tl\.load\(gx \+"), gx_level(gpu, T, B, N, H, dtype)),
+               MemHint(Site(r"tl\.load\((gates|cells|dy) \+"), "hbm"),
+               MemHint(Site(r"tl\.load\((h0|c0|dh_n|dc_n) \+"), "off"),
+               MemHint(Site(r"hx = tl\.load\(y \+|tl\.load\(dgx \+ g_off"), "l2")]
+        sync = "grid" if grid else "step"
+        notes = [f"path=split BLOCK_H={cfg.block_h} BLOCK_B={cfg.block_b} BLOCK_K={bk} num_warps={cfg.num_warps}: "
+                 f"grid (N, Q, S) = ({N}, {groups}, {S}), {blocks} programs, sync={sync}",
+                 f"capacity {capacity} co-resident programs of the SYNC kernel ({gpu.sms} SMs x "
+                 f"{capacity // gpu.sms}: {rs['registers']} registers x {32 * rs['num_warps']} threads, "
+                 f"{rs['shared']} B shared memory; triton_plan.co_resident_programs, sm_{gpu.cc} limits "
+                 f"from gpu_specs)",
+                 f"Q = split_groups(N={N}, S={S}, batch tiles={tiles}, capacity) = {Q}"
+                 + ("" if grid else f" (N x S = {N * S} > capacity: one launch per step, {tiles} group(s) "
+                                    f"per direction)")
+                 + f"; the busiest program runs {trips} batch tile(s) per step"]
+        if grid and -(-blocks // gpu.sms) > 1:
+            notes.append(f"{-(-blocks // gpu.sms)} programs share an SM: the model times one program per SM "
+                         f"(their throughput is not summed; docs/cost_model.md §6)")
+        fixed = {}
+        if not grid:
+            gap = a["launch_gap_us"]
+            es = DTYPE_BYTES[dtype]
+            w_prog = 4 * H * min(cfg.block_h, H) * es                # the program's 4 W slices, real units
+            w_all = w_prog * blocks
+            per_sm_bytes = -(-blocks // gpu.sms) * w_prog
+            m_cyc = max(per_sm_bytes / a["l2_sm_bytes_clk"], w_all / (gpu.sms * a["l2_gpu_bytes_clk_per_sm"]))
+            reload = (m_cyc + a["lat_l2_near"] * a["l2_far_factor"]) / gpu.clock_hz * 1e6
+            fixed = {"kernel launch (assumed)": gap, "W slice reload (estimate)": reload}
+            notes.append(f"sync=step: + {gap:g} us per launch (gpu_specs launch_gap_us, assumed: CUDA-graph "
+                         f"replay; an eager launch adds ~5-20 us of Python) + {reload:.2f} us to reload the W "
+                         f"slices each launch ({w_all} B over the L2 bandwidth / {per_sm_bytes} B through one "
+                         f"SM's L2 port, + one far L2 hit; an estimate from bytes, not the SASS walk)")
+        variant = (f"split BH={cfg.block_h} S={S} Q={Q} grid" if grid else
+                   f"split BH={cfg.block_h} S={S} sync=step: a launch per step (+{a['launch_gap_us']:g} us "
+                   f"assumed, +{fixed['W slice reload (estimate)']:.2f} us W reload estimated)")
+        plan = dict(path="split", block_h=cfg.block_h, block_b=cfg.block_b, block_k=bk, num_warps=cfg.num_warps,
+                    S=S, Q=Q, sync=sync, groups=groups, batch_tiles=tiles, tiles_per_program=trips,
+                    capacity=capacity, registers=res["registers"], smem_bytes=res["shared"], programs=blocks)
+        return Launch(variant=variant, function=r"_lstm_(fwd|bwd)_split_kernel", source=src, blocks=blocks,
+                      warps=cfg.num_warps, step=step, loops=loops, mem=mem, blocks_per_sm=max(1, per_sm),
+                      regions=_split_regions(src, fwd),
+                      gemm_flops=2.0 * N * B * 4 * H * H, plan=plan, notes=notes, fixed_us=fixed)
+
+    def _compiled(self, gpu, dtype, H, sync: bool = True, resources: bool = True) -> tuple[Path, dict]:
         """Compiled in a fresh process (python tools/cost_model.py --compile-triton):
         the kernels must be JIT functions, not the interpreter's (a test session
-        may have set TRITON_INTERPRET=1), and a compiler crash stays there."""
+        may have set TRITON_INTERPRET=1), and a compiler crash stays there.
+        -> (the cached cubin, its resources: registers, shared, num_warps; {}
+        without `resources`). sync=False: SPLIT's kernel for one launch per step."""
         import triton
         _, src = _triton_adapter()
         key = _hash_files([src, ROOT / "tools" / "compile_report.py"],
-                          f"{triton.__version__}{gpu.cc}{self.pass_}{H}{dtype}{self.prec(dtype)}{self.plan}")
-        path = cache_dir() / f"triton-{self.pass_}-sm{gpu.cc}-{dtype}-H{H}-{key}.cubin"
-        if not path.exists():
+                          f"{triton.__version__}{gpu.cc}{self.pass_}{H}{dtype}{self.prec(dtype)}{self.plan}"
+                          + ("" if sync else "SYNC=False"))
+        path = cache_dir() / f"triton-{self.pass_}-sm{gpu.cc}-{dtype}-H{H}{'' if sync else '-step'}-{key}.cubin"
+        info = path.with_suffix(".json")
+        if not path.exists() or (resources and not info.exists()):
             path.parent.mkdir(parents=True, exist_ok=True)
             job = json.dumps(dict(kernel=self.pass_, arch=gpu.cc, H=H, dtype=dtype, prec=self.prec(dtype),
-                                  plan=self.plan, out=str(path)))
+                                  plan=self.plan, sync=sync, out=str(path)))
             env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
             r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--compile-triton", job],
                                capture_output=True, text=True, env=env)
             if r.returncode != 0 or not path.exists():
                 raise RuntimeError(f"triton.compile failed for {job}: "
                                    f"{(r.stderr.strip().splitlines() or ['no output'])[-1][:300]}")
-        return path.read_bytes()
+        return path, (json.loads(info.read_text()) if resources else {})
+
+    def cubin(self, gpu, dtype, H, launch) -> bytes:
+        """The compiled variant the launch runs (SPLIT: the SYNC kernel, or the
+        per-step one when launch.plan says sync=step), from the cache."""
+        sync = launch.plan.get("sync") != "step"
+        return self._compiled(gpu, dtype, H, sync, resources=False)[0].read_bytes()
 
 
 def _compile_triton_job(job: str) -> int:
     d = json.loads(job)
     compile_ = _triton_adapter(compiler=True)
-    k = compile_(d["kernel"], d["arch"], d["H"], d["dtype"], d["prec"], d.get("plan", ""))
+    k, resources = compile_(d["kernel"], d["arch"], d["H"], d["dtype"], d["prec"], d.get("plan", ""),
+                            d.get("sync", True))
     out = Path(d["out"])
+    # the resources first (TritonKernel._compiled takes a cubin with its .json beside it)
+    tmp = out.with_suffix(f".{os.getpid()}.json.tmp")
+    tmp.write_text(json.dumps(resources))
+    os.replace(tmp, out.with_suffix(".json"))
     tmp = out.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_bytes(k.asm["cubin"])
     os.replace(tmp, out)
@@ -1395,9 +1570,12 @@ def analyze(kernel: KernelModel, gpu: GpuSpec, dtype: str, H: int, B: int, N: in
     t_l2 = l2_bytes / l2_bw
     t_hbm = an.bytes["hbm"] * launch.blocks / (gpu.hbm_gbs * 1e9)
     t_sm = sm_cycles / clock
-    per_step = max(t_sm, t_l2, t_hbm) * waves
-    per_step_range = [max(c / clock, t_l2, t_hbm) * waves * 1e6 for c in span]
+    fixed = sum(launch.fixed_us.values()) * 1e-6     # outside the step loop (e.g. a launch per step)
+    per_step = max(t_sm, t_l2, t_hbm) * waves + fixed
+    per_step_range = [(max(c / clock, t_l2, t_hbm) * waves + fixed) * 1e6 for c in span]
     bound = "SM (see loops)" if t_sm >= max(t_l2, t_hbm) else ("L2 bandwidth" if t_l2 >= t_hbm else "HBM bandwidth")
+    if launch.fixed_us:
+        bound += " + " + " + ".join(launch.fixed_us)
     peak = gpu.tensor_flops(dtype)
     gemm_frac = launch.gemm_flops / per_step / peak if peak else None
     w = an.waits
@@ -1412,6 +1590,7 @@ def analyze(kernel: KernelModel, gpu: GpuSpec, dtype: str, H: int, B: int, N: in
         bytes_per_step_per_block={k: round(v) for k, v in an.bytes.items()},
         bytes_per_step_gpu={"l2": round(l2_bytes), "hbm": round(an.bytes["hbm"] * launch.blocks)},
         bounds_us={"sm": t_sm * 1e6, "l2_bandwidth": t_l2 * 1e6, "hbm_bandwidth": t_hbm * 1e6},
+        fixed_us=dict(launch.fixed_us),
         throughput_bounds_cycles={k: round(v) for k, v in sorted(an.thr_totals.items(), key=lambda kv: -kv[1])},
         serial_chain={"dependent_global_round_trips": round(an.round_trips, 1),
                       "grid_barrier_cycles": round(an.barrier_cycles),

@@ -268,6 +268,32 @@ ARCH: dict[int, ArchFacts] = {
              "assumed"), _H100_L2_BW)),
 }
 
+# Residency limits of one SM (the occupancy calculation: how many blocks of a
+# compiled kernel an SM holds at once, from its registers, threads and block
+# count; shared memory per SM is GpuSpec.smem_per_sm). Used by the cost
+# model's Triton SPLIT description, through triton_plan.co_resident_programs.
+_CUDA_GUIDE_CC = ("CUDA C++ Programming Guide, 'Technical Specifications per Compute Capability' "
+                  "(8.0 and 9.0: 64 K registers, 2048 threads, 32 blocks per SM; 8.6: 1536 threads, "
+                  "16 blocks; 8.9: 1536 threads, 24 blocks)")
+_SM_LIMITS = {80: (65536, 2048, 32), 89: (65536, 1536, 24), 90: (65536, 2048, 32)}
+# One kernel launch per step (the Triton SPLIT path's sync=step, when one
+# barrier group per direction does not fit on the GPU at once): the gap
+# between two dependent launches on one stream. docs/triton.md's lead is
+# 2-5 us between dependent launches (CUDA launch latency) and ~5-20 us of
+# Python per eager Triton launch; 2 us, its low end, is assumed: replay of a
+# captured CUDA graph (no Python launcher). A GPU run is what settles it.
+_LAUNCH_GAP = Fact(2.0, "us per dependent kernel launch (one launch per step)",
+                   "assumed: the low end of docs/triton.md's lead of 2-5 us between dependent launches "
+                   "(CUDA launch latency), as under CUDA-graph replay; an eager Triton launch adds ~5-20 us "
+                   "of Python that is not counted", "assumed")
+for _cc, (_regs, _threads, _blocks) in _SM_LIMITS.items():
+    ARCH[_cc].facts.update(
+        regs_per_sm=Fact(_regs, "32-bit registers/SM", _CUDA_GUIDE_CC, "recalled"),
+        threads_per_sm=Fact(_threads, "resident threads/SM", _CUDA_GUIDE_CC, "recalled"),
+        blocks_per_sm=Fact(_blocks, "resident blocks/SM", _CUDA_GUIDE_CC, "recalled"),
+        launch_gap_us=_LAUNCH_GAP)
+del _cc, _regs, _threads, _blocks
+
 
 def arch_facts(cc: int) -> ArchFacts:
     if cc not in ARCH:
