@@ -525,3 +525,7 @@ def test_cli_rows_json_and_exit_status(capsys):
     assert row["prediction"] is True and row["plan"]["reg_cols"] == 0
     assert {"loops", "step_instructions", "bytes_per_step_per_block", "serial_chain", "bounds_us",
             "regions_cycles"} <= set(row)
+    # -v prints the breakdown docs/cost_model.md §1 names, the regions among it (before: JSON only)
+    assert cm.main(args + ["--report-only", "-v"]) == 0
+    verbose = capsys.readouterr().out
+    assert "by region of the source" in verbose and "barrier " in verbose and "mma " in verbose

@@ -1718,6 +1718,9 @@ def _verbose(r: dict) -> str:
                f"round trips (L2 hit {ch['l2_hit_cycles']} cycles, range {ch['l2_hit_range']}); grid barrier "
                f"{ch['grid_barrier_cycles']} cycles; waits: " +
                ", ".join(f"{k} {v}" for k, v in ch["waits_cycles"].items()))
+    if r.get("regions_cycles"):
+        out.append("  the step by region of the source (cycles of the simulated warp): " +
+                   ", ".join(f"{k} {v}" for k, v in r["regions_cycles"].items()))
     if r.get("gemm_tensor_fraction") is not None:
         out.append(f"  recurrent GEMM at {100 * r['gemm_tensor_fraction']:.2f}% of the dense tensor-core peak")
     return "\n".join(out)
