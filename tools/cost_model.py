@@ -1114,7 +1114,7 @@ class CudaKernel(KernelModel):
                      1 + 0.5 * 1, warps=1, grid_barrier=True),
             LoopSpec("batch chunks", (Site(r"for \(int b0 = 0; b0 < k\.B; b0 \+= g\.NB\) \{"),), nch),
             # B > chunk: each chunk visit reloads its rows' lengths into shared memory
-            # (load_lengths: load_chunk, chunk_state), one row per thread
+            # (load_lengths, in load_chunk / chunk_state), one row per thread
             LoopSpec("state: the chunk's lengths", (Site(r"for \(int r = threadIdx\.x; r < imin\(g\.NB, B - b0\); "
                                                          r"r \+= blockDim\.x\) len_s"),),
                      avg(lambda nb: -(-nb // threads)), warps=max(1, min(nw, -(-NB // 32)))),
