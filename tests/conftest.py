@@ -46,16 +46,28 @@ def threads(request):
     torch.set_num_threads(old)
 
 
-@pytest.fixture(params=["avx512", "avx2", "baseline"])
+@pytest.fixture(params=["avx512", "avx512-bf16dot", "avx2", "baseline"])
 def isa(request):
     """Each ISA build of the cpu kernels, restored after the test; a build this
-    CPU cannot run is skipped, saying so."""
+    CPU cannot run is skipped, saying so. "avx512" runs bf16 on the float
+    FMAs, "avx512-bf16dot" on the AVX512-BF16 dot products (where the CPU has
+    them): both paths are tested whichever one "auto" picks on this CPU."""
     mod = cpu_module()
-    if request.param not in mod.supported_isas():
-        pytest.skip(f"this CPU cannot run the {request.param} build (supported: {mod.supported_isas()})")
+    build, _, dot = request.param.partition("-")
+    if build not in mod.supported_isas():
+        pytest.skip(f"this CPU cannot run the {build} build (supported: {mod.supported_isas()})")
     old = mod.isa()
-    mod.set_isa(request.param)
-    yield request.param
+    mod.set_isa(build)
+    if dot:
+        try:
+            mod.set_bf16_dot("on")
+        except ValueError as e:
+            mod.set_isa(old)
+            pytest.skip(str(e))
+    else:
+        mod.set_bf16_dot("off")
+    yield build
+    mod.set_bf16_dot("auto")
     mod.set_isa(old)
 
 

@@ -12,6 +12,8 @@ unevenly), 5 (more threads than panels for the small shapes).
 from __future__ import annotations
 
 
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -404,8 +406,12 @@ def test_bf16_dot_linear_refuses_what_it_cannot_run():
     a build without them, is a ValueError naming the argument -- never a
     silently wrong product; with an even D it matches the float32 product."""
     mod = _cpu()
-    if not mod.bf16_dot():
-        pytest.skip(f"this CPU has no AVX512-BF16 (isa {mod.isa()}): bf16 x is always passed in float32")
+    if mod.isa() != "avx512":
+        pytest.skip(f"the {mod.isa()} build has no bf16 dot products: bf16 x is always passed in float32")
+    try:
+        mod.set_bf16_dot("on")
+    except ValueError as e:
+        pytest.skip(str(e))   # this CPU has no AVX512-BF16
     x, w = torch.randn(4, 6).bfloat16(), torch.randn(8, 6).bfloat16()
     out = torch.empty(4, 8)
     mod.linear(x, w, None, out, 1)
@@ -419,3 +425,32 @@ def test_bf16_dot_linear_refuses_what_it_cannot_run():
             mod.linear(x, w, None, out, 1)
     finally:
         mod.set_isa(old)
+    mod.set_bf16_dot("off")   # dot products turned off: the same refusal
+    try:
+        with pytest.raises(ValueError, match="AVX512-BF16"):
+            mod.linear(x, w, None, out, 1)
+    finally:
+        mod.set_bf16_dot("auto")
+
+
+def test_set_bf16_dot_modes():
+    """set_bf16_dot: 'off' turns the dot products off, 'auto' decides by
+    itself (a bool, the same on every call), any other name is a ValueError
+    naming the choices; 'on' works exactly where the CPU has AVX512-BF16."""
+    mod = _cpu()
+    try:
+        mod.set_bf16_dot("off")
+        assert mod.bf16_dot() is False
+        mod.set_bf16_dot("auto")
+        assert mod.bf16_dot() is mod.bf16_dot()
+        with pytest.raises(ValueError, match="'auto', 'on' or 'off'"):
+            mod.set_bf16_dot("fast")
+        has = "avx512_bf16" in open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else None
+        if has is False:
+            with pytest.raises(ValueError, match="AVX512-BF16"):
+                mod.set_bf16_dot("on")
+        elif has and mod.isa() == "avx512":
+            mod.set_bf16_dot("on")
+            assert mod.bf16_dot() is True
+    finally:
+        mod.set_bf16_dot("auto")

@@ -263,6 +263,11 @@ PYBIND11_MODULE(_cpu, m) {
   m.def("supported_isas", &supported_isas, "Kernel builds this CPU can run, fastest first.");
   m.def("bf16_dot", [] { return active_kernels().bf16_dot(); },
         "Whether the active build runs bf16 GEMMs on AVX512-BF16 dot products (then linear takes bf16 x).");
+  m.def("set_bf16_dot", [](const std::string& mode) {
+    try { set_bf16_dot(mode); } catch (const std::invalid_argument& e) { throw py::value_error(e.what()); }
+  }, py::arg("mode"),
+        "'auto' (default: the dot products where they beat the float FMAs on this CPU, measured once),\n"
+        "'on' (needs AVX512-BF16) or 'off': force the bf16 GEMM path (tests, benchmarks).");
   m.def("set_isa", [](const std::string& name) {
     try { set_isa(name); } catch (const std::invalid_argument& e) { throw py::value_error(e.what()); }
   }, py::arg("name"), "Force a kernel build (tests, benchmarks).");

@@ -114,8 +114,16 @@ struct KernelTable {
   RecBwdFn backward[4];
   RecFwdFn forward_proj[4];   // with a projection (w_hr, proj_size): float32, float64 only (null for X = f16/bf16)
   RecBwdFn backward_proj[4];
-  bool (*bf16_dot)();  // this CPU runs the bf16 dot-product kernels (AVX512-BF16; lstm_kernel.cpp)
+  bool (*bf16_dot)();  // bf16 GEMMs run on the dot-product kernels (AVX512-BF16, where they pay; lstm_kernel.cpp)
 };
+
+// Whether bf16 GEMMs use the AVX512-BF16 dot products where the CPU has
+// them: kBf16DotAuto (the default: where they beat the float FMAs on this
+// core, measured once; lstm_kernel.cpp), kBf16DotOff, kBf16DotOn. Set by
+// set_bf16_dot (lstm_driver.h) or BILSTM_CPU_BF16_DOT=auto|on|off, read
+// once. A plain function, not a std::atomic the ISA builds would inline.
+constexpr int kBf16DotAuto = -1, kBf16DotOff = 0, kBf16DotOn = 1;
+int bf16_dot_mode();
 
 const KernelTable& kernel_table_avx512();
 const KernelTable& kernel_table_avx2();

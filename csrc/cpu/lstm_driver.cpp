@@ -44,6 +44,33 @@ const KernelTable* pick_default() {
 
 std::atomic<const KernelTable*> g_active{pick_default()};
 
+bool cpu_has_bf16_dot() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
+}
+
+int parse_bf16_dot(const std::string& mode) {
+  if (mode == "auto") return kBf16DotAuto;
+  if (mode == "off") return kBf16DotOff;
+  if (mode == "on") {
+    if (!cpu_has_bf16_dot())
+      throw std::invalid_argument("bf16_dot: 'on' needs AVX512-BF16, which this CPU does not have");
+    return kBf16DotOn;
+  }
+  throw std::invalid_argument("bf16_dot: expected 'auto', 'on' or 'off', got '" + mode + "'");
+}
+
+std::atomic<int> g_bf16_dot{[] {
+  const char* v = std::getenv("BILSTM_CPU_BF16_DOT");
+  if (!v) return kBf16DotAuto;
+  const std::string s(v);
+  return s == "off" ? kBf16DotOff : s == "on" && cpu_has_bf16_dot() ? kBf16DotOn : kBf16DotAuto;
+}()};
+
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // Bump allocator over one scratch slot: every piece 64-byte aligned.
@@ -330,6 +357,10 @@ void set_isa(const std::string& name) {
     }
   throw std::invalid_argument("isa: '" + name + "' is not built or not supported by this CPU");
 }
+
+int bf16_dot_mode() { return g_bf16_dot.load(std::memory_order_relaxed); }
+
+void set_bf16_dot(const std::string& mode) { g_bf16_dot.store(parse_bf16_dot(mode)); }
 
 void run_gemm(const std::vector<GemmParams>& problems, DType dt, int num_threads) {
   run_gemm_impl(problems, dt, num_threads < 1 ? 1 : num_threads);

@@ -12,6 +12,9 @@ namespace bilstm_cpu {
 const KernelTable& active_kernels();
 std::vector<std::string> supported_isas();      // the builds this CPU can run, fastest first
 void set_isa(const std::string& name);          // throws std::invalid_argument if unsupported
+// "auto", "on" or "off" (cpu_kernels.h: bf16_dot_mode); "on" throws
+// std::invalid_argument on a CPU without AVX512-BF16, as does any other name.
+void set_bf16_dot(const std::string& mode);
 
 // All block until done. num_threads >= 1. run_gemm runs independent GEMMs
 // (e.g. dW_hh of each direction) together, the threads split among them. dt:

@@ -23,6 +23,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <ctime>
 
 #include "cpu_kernels.h"
 #include "thread_pool.h"
@@ -618,13 +619,75 @@ template <class T> inline T* at2(const View& v, int64_t i0, int64_t i1) {
 // module (bilstm-bench, same run) B1 0.52 ms / B8 2.27 ms against the fp32
 // model's 1.07 / 4.20 and nn.LSTM bf16's 1.05 / 3.51 (2 Dec 2026). The
 // backward and fp16 (no AVX512-FP16 on AMD) compute in fp32 as before.
+//
+// Not on every AVX512-BF16 core: on an Intel Xeon (family 6 model 207, KVM,
+// 2 Dec 2026) vdpbf16ps delivered half the multiply-adds per second of
+// vfmadd231ps (42 vs 86 GMAC/s, 16 independent chains, one thread), and the
+// bf16 module ran slower than fp32 (T64 B8 D300 H256, 2 threads: bf16 8.61
+// ms, fp16 on the float FMAs 5.50 ms, same run). So "auto" (cpu_kernels.h:
+// bf16_dot_mode) measures both instructions once per process (dot_pays,
+// ~1 ms) and takes the dot products only where they deliver >= 1.25x the
+// FMA's multiply-adds; the dot path's extra work per step (h rounded to a
+// bf16 copy) is small next to a 2x rate (Zen 5: 1.75x on the recurrence).
 #if BILSTM_VEC_BYTES == 64
+// Thread CPU time, seconds (a preempted loop is not charged for the wait).
+double thread_seconds() {
+  timespec t;
+  clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t);
+  return static_cast<double>(t.tv_sec) + 1e-9 * static_cast<double>(t.tv_nsec);
+}
+
+// n rounds of 16 independent accumulator chains (as many as an 8-row tile
+// keeps); the sum keeps the loop alive.
+__attribute__((noinline)) float fma_chains(int64_t n, float seed) {
+  __m512 acc[16];
+  for (int j = 0; j < 16; ++j) acc[j] = _mm512_set1_ps(seed + 1e-3f * j);
+  const __m512 a = _mm512_set1_ps(0.9999f), b = _mm512_set1_ps(1e-5f);
+  for (int64_t i = 0; i < n; ++i)
+    for (int j = 0; j < 16; ++j) acc[j] = _mm512_fmadd_ps(acc[j], a, b);
+  float s = 0.f;
+  for (int j = 0; j < 16; ++j) s += _mm512_reduce_add_ps(acc[j]);
+  return s;
+}
+__attribute__((noinline, target("avx512bf16"))) float dot_chains(int64_t n, float seed) {
+  __m512 acc[16];
+  for (int j = 0; j < 16; ++j) acc[j] = _mm512_set1_ps(seed + 1e-3f * j);
+  const __m512bh a = (__m512bh)_mm512_set1_epi16(0x3f80), b = (__m512bh)_mm512_set1_epi16(0x3c00);
+  for (int64_t i = 0; i < n; ++i)
+    for (int j = 0; j < 16; ++j) acc[j] = _mm512_dpbf16_ps(acc[j], a, b);
+  float s = 0.f;
+  for (int j = 0; j < 16; ++j) s += _mm512_reduce_add_ps(acc[j]);
+  return s;
+}
+
+// Multiply-adds per second of vdpbf16ps (32 per instruction) over
+// vfmadd231ps (16), the best of 5 alternating timings of each: ~0.1 ms a
+// timing, so a preemption spoils one sample, not the minimum.
+bool dot_pays() {
+  constexpr int64_t kRounds = 20000;
+  double fma = 1e30, dot = 1e30;
+  volatile float sink = 0.f;
+  for (int r = 0; r < 5; ++r) {
+    double t0 = thread_seconds();
+    sink = sink + fma_chains(kRounds, static_cast<float>(r));
+    fma = std::fmin(fma, thread_seconds() - t0);
+    t0 = thread_seconds();
+    sink = sink + dot_chains(kRounds, static_cast<float>(r));
+    dot = std::fmin(dot, thread_seconds() - t0);
+  }
+  return 32.0 / dot >= 1.25 * 16.0 / fma;
+}
+
 bool bf16_dot_supported() {
-  static const bool ok = [] {
+  static const bool cpu = [] {
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx512bf16") != 0;
   }();
-  return ok;
+  if (!cpu) return false;
+  const int mode = bf16_dot_mode();
+  if (mode != kBf16DotAuto) return mode == kBf16DotOn;
+  static const bool pays = dot_pays();
+  return pays;
 }
 
 template <int M, int KU>

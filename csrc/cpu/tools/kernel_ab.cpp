@@ -58,8 +58,10 @@ int main(int argc, char** argv) {
   const std::string what = argv[2];
   const int64_t T = atol(argv[3]), B = atol(argv[4]), H = atol(argv[5]);
   const int reps = atoi(argv[6]);
-  const int64_t D = argc > 7 ? atol(argv[7]) : 300, N = 2, NR = 16, Hp = (H + NR - 1) / NR * NR;
   const KernelTable* tabs[4] = {&kernel_table_v0(), &kernel_table_v1(), &kernel_table_v2(), &kernel_table_v3()};
+  // NR: the float panel width of the build (2 vectors; kernel_ab.sh's ISA)
+  const int64_t D = argc > 7 ? atol(argv[7]) : 300, N = 2, NR = 2 * tabs[0]->vec_bytes / 4,
+                Hp = (H + NR - 1) / NR * NR;
 
   // forward recurrence: one row group of all B rows per direction
   std::vector<int64_t> rows(B);

@@ -5,6 +5,8 @@
 #
 #   csrc/cpu/tools/kernel_ab.sh "" "-DBILSTM_KC=128" -- fwd 64 32 256 20
 #   csrc/cpu/tools/kernel_ab.sh "-DBILSTM_MC_ROWS=96" "" -- lin 64 32 256 10 [D]
+#
+# ISA=avx512 builds the variants as the AVX-512 kernels (default: avx2).
 set -e
 here=$(cd "$(dirname "$0")" && pwd)
 src=$here/..
@@ -13,10 +15,15 @@ mkdir -p "$out"
 variants=()
 while [ $# -gt 0 ] && [ "$1" != "--" ]; do variants+=("$1"); shift; done
 shift
+case ${ISA:-avx2} in  # the flags of csrc/cpu/CMakeLists.txt
+  avx2) isa_flags="-mavx2 -mfma -mf16c -DBILSTM_VEC_BYTES=32" ;;
+  avx512) isa_flags="-mavx512f -mavx512dq -mavx2 -mfma -mf16c -DBILSTM_VEC_BYTES=64" ;;
+  *) echo "ISA: avx2 or avx512" >&2; exit 2 ;;
+esac
 objs=()
 for i in 0 1 2 3; do
   flags=${variants[$i]:-}
-  g++ -std=gnu++20 -O3 -mavx2 -mfma -fvisibility=hidden -DBILSTM_ISA=v$i -DBILSTM_VEC_BYTES=32 $flags \
+  g++ -std=gnu++20 -O3 $isa_flags -fvisibility=hidden -DBILSTM_ISA=v$i $flags \
       -I"$src/.." -I"$src" -c "$src/lstm_kernel.cpp" -o "$out/v$i.o"
   objs+=("$out/v$i.o")
 done
