@@ -124,6 +124,7 @@ struct KernelTable {
 // once. A plain function, not a std::atomic the ISA builds would inline.
 constexpr int kBf16DotAuto = -1, kBf16DotOff = 0, kBf16DotOn = 1;
 int bf16_dot_mode();
+bool cpu_has_bf16_dot();  // the CPU has AVX512-BF16 (lstm_driver.cpp)
 
 const KernelTable& kernel_table_avx512();
 const KernelTable& kernel_table_avx2();

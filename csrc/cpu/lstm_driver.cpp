@@ -44,15 +44,6 @@ const KernelTable* pick_default() {
 
 std::atomic<const KernelTable*> g_active{pick_default()};
 
-bool cpu_has_bf16_dot() {
-#if defined(__x86_64__) || defined(__i386__)
-  __builtin_cpu_init();
-  return __builtin_cpu_supports("avx512bf16");
-#else
-  return false;
-#endif
-}
-
 int parse_bf16_dot(const std::string& mode) {
   if (mode == "auto") return kBf16DotAuto;
   if (mode == "off") return kBf16DotOff;
@@ -64,11 +55,15 @@ int parse_bf16_dot(const std::string& mode) {
   throw std::invalid_argument("bf16_dot: expected 'auto', 'on' or 'off', got '" + mode + "'");
 }
 
+// The environment's choice; one it cannot honour (a typo, "on" without
+// AVX512-BF16) leaves "auto" rather than failing the module's import.
 std::atomic<int> g_bf16_dot{[] {
   const char* v = std::getenv("BILSTM_CPU_BF16_DOT");
-  if (!v) return kBf16DotAuto;
-  const std::string s(v);
-  return s == "off" ? kBf16DotOff : s == "on" && cpu_has_bf16_dot() ? kBf16DotOn : kBf16DotAuto;
+  try {
+    return v ? parse_bf16_dot(v) : kBf16DotAuto;
+  } catch (const std::invalid_argument&) {
+    return kBf16DotAuto;
+  }
 }()};
 
 int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
@@ -356,6 +351,15 @@ void set_isa(const std::string& name) {
       return;
     }
   throw std::invalid_argument("isa: '" + name + "' is not built or not supported by this CPU");
+}
+
+bool cpu_has_bf16_dot() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512bf16");
+#else
+  return false;
+#endif
 }
 
 int bf16_dot_mode() { return g_bf16_dot.load(std::memory_order_relaxed); }

@@ -626,7 +626,7 @@ template <class T> inline T* at2(const View& v, int64_t i0, int64_t i1) {
 // bf16 module ran slower than fp32 (T64 B8 D300 H256, 2 threads: bf16 8.61
 // ms, fp16 on the float FMAs 5.50 ms, same run). So "auto" (cpu_kernels.h:
 // bf16_dot_mode) measures both instructions once per process (dot_pays,
-// ~1 ms) and takes the dot products only where they deliver >= 1.25x the
+// ~1.5 ms) and takes the dot products only where they deliver >= 1.25x the
 // FMA's multiply-adds; the dot path's extra work per step (h rounded to a
 // bf16 copy) is small next to a 2x rate (Zen 5: 1.75x on the recurrence).
 #if BILSTM_VEC_BYTES == 64
@@ -679,10 +679,7 @@ bool dot_pays() {
 }
 
 bool bf16_dot_supported() {
-  static const bool cpu = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512bf16") != 0;
-  }();
+  static const bool cpu = cpu_has_bf16_dot();
   if (!cpu) return false;
   const int mode = bf16_dot_mode();
   if (mode != kBf16DotAuto) return mode == kBf16DotOn;
